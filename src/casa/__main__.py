@@ -1,0 +1,5 @@
+"""Allow ``python -m casa``."""
+
+from casa.cli import main
+
+main()

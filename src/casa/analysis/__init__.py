@@ -1,0 +1,1 @@
+"""Built-in analyses, running them, and their outputs."""

@@ -1,0 +1,101 @@
+"""Physics objects shared by the built-in processors: four-vectors, light leptons, b-tag, MET."""
+
+from __future__ import annotations
+
+import awkward as ak
+import hist
+import numpy as np
+from coffea.nanoevents.methods import candidate
+from coffea.processor import ProcessorABC
+
+from casa.errors import DataError
+
+#: Jet b-tag fields tried in order: the ADL benchmark layout, then DeepJet, then DeepCSV.
+BTAG_FIELDS: tuple[str, ...] = ("btag", "btagDeepFlavB", "btagDeepB")
+
+#: Missing-ET collections tried in order; NanoAOD v15 renamed ``MET`` to ``PFMET``.
+MET_COLLECTIONS: tuple[str, ...] = ("MET", "PFMET")
+
+#: Value of the ``flavour`` field of a light lepton built from a muon (its |PDG id|).
+MUON_FLAVOUR = 13
+
+#: Value of the ``flavour`` field of a light lepton built from an electron (its |PDG id|).
+ELECTRON_FLAVOUR = 11
+
+_KINEMATICS = ("pt", "eta", "phi", "mass")
+
+
+class HistogramProcessor(ProcessorABC):
+    """A stateless processor whose output is a plain ``dict[str, hist.Hist]``."""
+
+    def process(self, events: ak.Array) -> dict[str, hist.Hist]:
+        """Fill this analysis's histograms from one chunk of NanoEvents."""
+        raise NotImplementedError
+
+    def postprocess(self, accumulator: dict[str, hist.Hist]) -> dict[str, hist.Hist]:
+        """Return the merged histograms unchanged."""
+        return accumulator
+
+
+def regular_hist(name: str, bins: int, start: float, stop: float, label: str) -> hist.Hist:
+    """An empty unweighted histogram with one regular axis called ``name`` (with flow bins)."""
+    return hist.Hist(hist.axis.Regular(bins, start, stop, name=name, label=label))
+
+
+def fill(histogram: hist.Hist, values: ak.Array) -> hist.Hist:
+    """Fill ``histogram`` with every value of ``values`` (flattened) and return it."""
+    histogram.fill(ak.to_numpy(ak.flatten(values, axis=None)))
+    return histogram
+
+
+def four_vectors(collection: ak.Array, **extra: ak.Array) -> ak.Array:
+    """The collection's pt, eta, phi, mass widened to float64, as Lorentz vectors with ``extra``.
+
+    With a ``charge`` among ``extra`` the records are coffea ``PtEtaPhiMCandidate`` (sums are
+    Cartesian), otherwise ``PtEtaPhiMLorentzVector``.
+    """
+    # coffea's vector behaviours compute in the precision of their inputs. In float32,
+    # m^2 = E^2 - p^2 of a light, boosted pair loses up to ~1% of the mass, enough to move
+    # entries across bin edges and selection cuts, so kinematics are widened first.
+    fields = {name: ak.values_astype(collection[name], np.float64) for name in _KINEMATICS}
+    fields.update(extra)
+    name = "PtEtaPhiMCandidate" if "charge" in extra else "PtEtaPhiMLorentzVector"
+    return ak.zip(fields, with_name=name, behavior=candidate.behavior)
+
+
+def light_leptons(events: ak.Array) -> ak.Array:
+    """Each event's muons followed by its electrons, as one candidate collection.
+
+    Fields: pt, eta, phi, mass (float64), charge, and flavour (13 for muons, 11 for electrons).
+    """
+    # Muon and Electron records have different fields, so concatenating them directly gives
+    # an awkward union; zipping both into the same record first keeps one plain record type.
+    muons = events.Muon
+    electrons = events.Electron
+    parts = [
+        four_vectors(
+            leptons,
+            charge=leptons.charge,
+            flavour=ak.full_like(leptons.charge, flavour),
+        )
+        for leptons, flavour in ((muons, MUON_FLAVOUR), (electrons, ELECTRON_FLAVOUR))
+    ]
+    return ak.concatenate(parts, axis=1)
+
+
+def btag_field(jets: ak.Array) -> str:
+    """The name of the jets' b-tag discriminant field: the first of ``BTAG_FIELDS`` present."""
+    for field in BTAG_FIELDS:
+        if field in jets.fields:
+            return field
+    looked_for = ", ".join(f"Jet_{field}" for field in BTAG_FIELDS)
+    raise DataError(f"no jet b-tag branch in the input: looked for {looked_for}")
+
+
+def missing_et(events: ak.Array) -> ak.Array:
+    """The event's missing transverse momentum: the first of ``MET_COLLECTIONS`` present."""
+    for name in MET_COLLECTIONS:
+        if name in events.fields:
+            return events[name]
+    looked_for = ", ".join(f"{name}_pt" for name in MET_COLLECTIONS)
+    raise DataError(f"no missing-ET branches in the input: looked for {looked_for}")

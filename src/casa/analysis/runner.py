@@ -1,0 +1,268 @@
+"""Running a coffea processor over a dataset's files, chunk by chunk, with live progress.
+
+The catalog knows every file's entries, so casa plans coffea ``WorkItem`` chunks itself
+and hands them to ``coffea.processor.Runner``, which then skips its preprocessing pass
+(opening every file once more only to count its entries).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import threading
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from coffea.processor import ProcessorABC
+
+from casa.cluster.base import ComputeBackend
+from casa.data.files import FileInfo
+from casa.errors import AnalysisError, DataError
+
+DEFAULT_CHUNKSIZE = 200_000
+#: Warnings coffea's NanoAOD schema gives on files without NanoAOD's cross-reference indices
+#: (such as the ADL benchmark layout); they say nothing about the user's analysis.
+QUIET_WARNINGS = "ignore::RuntimeWarning:coffea.nanoevents.schemas.nanoaod"
+
+
+def quiet_schema_warnings() -> None:
+    """Silence the schema's cross-reference warnings here and in worker processes started later."""
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module="coffea.nanoevents")
+    # Workers are new processes: they take their warning filters from the environment.
+    current = os.environ.get("PYTHONWARNINGS", "")
+    if QUIET_WARNINGS not in current:
+        os.environ["PYTHONWARNINGS"] = ",".join(x for x in (current, QUIET_WARNINGS) if x)
+
+
+def plan_chunks(dataset: str, files: Sequence[FileInfo], chunksize: int) -> list:
+    """Split each file into nearly equal chunks of at most about ``chunksize`` entries."""
+    from coffea.processor.executor import WorkItem
+
+    if chunksize < 1:
+        raise AnalysisError(f"--chunksize must be at least 1 (got {chunksize})")
+    items = []
+    for f in files:
+        if f.events == 0:
+            continue
+        n = max(1, math.ceil(f.events / chunksize))
+        step = math.ceil(f.events / n)
+        for start in range(0, f.events, step):
+            items.append(
+                WorkItem(dataset, f.url, f.tree, start, min(start + step, f.events), b"")
+            )
+    return items
+
+
+class TrackedProcessor(ProcessorABC):
+    """Wraps a user's processor unchanged, recording each chunk it processes.
+
+    The output is ``{"result": <the user's output>, "chunks": {(file, start, stop): events}}``.
+    A chunk that a retry processed twice would show up as a doubled count, so callers can
+    prove that every entry was counted exactly once.
+    """
+
+    def __init__(self, inner: Any, reporter: Callable[[int], None] | None = None):
+        self.inner = inner
+        self.reporter = reporter
+
+    def process(self, events):
+        """Run the user's processor on one chunk and note which chunk it was."""
+        quiet_schema_warnings()
+        out = self.inner.process(events) if hasattr(self.inner, "process") else self.inner(events)
+        meta = events.metadata
+        n = len(events)
+        if self.reporter is not None:
+            self.reporter(n)
+        key = (meta["filename"], int(meta["entrystart"]), int(meta["entrystop"]))
+        return {"result": out, "chunks": {key: n}}
+
+    def postprocess(self, accumulator):
+        """Let the user's processor postprocess its own part of the output."""
+        post = getattr(self.inner, "postprocess", None)
+        if callable(post):
+            result = post(accumulator["result"])
+            if result is not None:
+                accumulator["result"] = result
+        return accumulator
+
+
+@dataclass
+class RunResult:
+    """What a run produced and what it cost."""
+
+    output: Any
+    events_per_file: dict[str, int]
+    chunks: int
+    chunks_repeated: list[tuple[str, int, int]]
+    wall_seconds: float
+    bytes_read: int
+    executor: str
+    workers: int
+    dashboard: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def events(self) -> int:
+        """Events processed in all files."""
+        return sum(self.events_per_file.values())
+
+    @property
+    def events_per_second(self) -> float:
+        """Throughput over the whole wall time."""
+        return self.events / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+
+def check_files_present(files: Sequence[FileInfo]) -> None:
+    """DataError naming the first local file that is missing."""
+    for f in files:
+        if "://" not in f.url and not Path(f.url).is_file():
+            raise DataError(
+                f"{f.url} is missing: it was catalogued but is no longer there; "
+                "restore it or remove the dataset with 'casa datasets remove'"
+            )
+
+
+def run_analysis(
+    processor: Any,
+    dataset: str,
+    files: Sequence[FileInfo],
+    backend: ComputeBackend,
+    *,
+    workers: int = 1,
+    chunksize: int = DEFAULT_CHUNKSIZE,
+    on_start: Callable[[int, int, str | None], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+    uproot_options: dict | None = None,
+) -> RunResult:
+    """Run ``processor`` over ``files`` on ``backend``; progress goes to ``on_progress``.
+
+    ``on_start(chunks, events, dashboard)`` is called once the workers are ready and
+    ``on_progress(chunks_done, events_done)`` whenever chunks finish.
+    """
+    from coffea import processor as coffea_processor
+    from coffea.nanoevents import NanoAODSchema
+
+    quiet_schema_warnings()
+    if not files:
+        raise DataError(f"dataset {dataset!r} holds no files")
+    check_files_present(files)
+    chunks = plan_chunks(dataset, files, chunksize)
+    total_events = sum(len(c) for c in chunks)
+    if total_events == 0:
+        raise DataError(f"dataset {dataset!r} holds no events: there is nothing to analyse")
+
+    with backend.open(workers) as opened, _coffea_bars_hidden():
+        tracked = TrackedProcessor(processor, opened.channel.reporter())
+        runner = coffea_processor.Runner(
+            executor=opened.executor,
+            schema=NanoAODSchema,
+            chunksize=chunksize,
+            savemetrics=True,
+        )
+        if on_start is not None:
+            on_start(len(chunks), total_events, opened.dashboard)
+        outcome: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                outcome["out"] = runner.run(
+                    chunks, tracked, uproot_options=uproot_options or {}
+                )
+            except BaseException as e:  # re-raised in the caller's thread
+                outcome["error"] = e
+
+        started = time.perf_counter()
+        thread = threading.Thread(target=work, name="casa-runner", daemon=True)
+        thread.start()
+        done_chunks = done_events = 0
+        while thread.is_alive():
+            thread.join(0.1)
+            reports = opened.channel.drain()
+            if reports and on_progress is not None:
+                done_chunks += len(reports)
+                done_events += sum(reports)
+                on_progress(min(done_chunks, len(chunks)), min(done_events, total_events))
+        wall = time.perf_counter() - started
+        if "error" in outcome:
+            raise _analysis_error(outcome["error"]) from None
+
+    wrapped = outcome["out"]
+    out = wrapped["out"]
+    metrics = wrapped.get("metrics", {})
+    counted: dict[tuple[str, int, int], int] = out.get("chunks", {})
+    per_file = {f.url: 0 for f in files}
+    repeated = []
+    for (filename, start, stop), n in counted.items():
+        per_file[filename] = per_file.get(filename, 0) + n
+        if n != stop - start:
+            repeated.append((filename, start, stop))
+    if on_progress is not None:
+        on_progress(len(chunks), total_events)
+    return RunResult(
+        output=out.get("result"),
+        events_per_file=per_file,
+        chunks=len(chunks),
+        chunks_repeated=repeated,
+        wall_seconds=wall,
+        bytes_read=int(metrics.get("bytesread", 0)),
+        executor=opened.name,
+        workers=opened.workers,
+        dashboard=opened.dashboard,
+    )
+
+
+@contextlib.contextmanager
+def _coffea_bars_hidden() -> Iterator[None]:
+    """Hide coffea's own progress bars: casa shows one bar with chunks and events instead.
+
+    (coffea's IterativeExecutor draws its bar even with ``status=False``.)
+    """
+    from coffea.util import coffea_console
+
+    quiet = coffea_console.quiet
+    coffea_console.quiet = True
+    try:
+        yield
+    finally:
+        coffea_console.quiet = quiet
+
+
+_ITEM = re.compile(
+    r"WorkItem\(dataset='(?P<dataset>[^']*)', filename='(?P<file>[^']*)', "
+    r"treename='[^']*', entrystart=(?P<start>\d+), entrystop=(?P<stop>\d+)"
+)
+
+
+def _analysis_error(error: BaseException) -> AnalysisError | DataError:
+    """Turn coffea's wrapped failure into a casa error naming the file, entries and cause."""
+    chain = []
+    e: BaseException | None = error
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    where = ""
+    for exc in chain:
+        m = _ITEM.search(str(exc))
+        if m:
+            where = f" in {m['file']} entries {m['start']}-{m['stop']}"
+            break
+    root = chain[-1]
+    remote = next((str(x) for x in chain if type(x).__name__ == "_RemoteTraceback"), None)
+    if remote:
+        root = chain[-2] if len(chain) > 1 else chain[-1]
+        details = remote.strip()
+    else:
+        details = "".join(traceback.format_exception(root)).rstrip()
+    opening = any("Failed to open file" in str(x) for x in chain)
+    if opening:
+        return DataError(f"could not open a file{where}: {root}", details=details)
+    return AnalysisError(
+        f"the processor raised {type(root).__name__}{where}: {root}", details=details
+    )

@@ -1,0 +1,54 @@
+"""Command-line entry points: parse, call, and map casa errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from casa import __version__
+from casa.cli import datasets, generate, run
+from casa.cli.console import console, err_console
+from casa.errors import CasaError
+
+COMMANDS = (generate, datasets, run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``casa`` argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="casa",
+        description="casa: an analysis facility for high-energy physics that anyone can run.",
+    )
+    parser.add_argument("--version", action="version", version=f"casa {__version__}")
+    parser.add_argument(
+        "--home",
+        metavar="DIR",
+        help="facility state directory (default: $CASA_HOME or ~/.local/share/casa)",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for module in COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the casa command line and exit with its status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = args.handler(args) or 0
+    except CasaError as e:
+        err_console.print(f"[bold red]casa: error:[/] {e}", highlight=False)
+        if e.details:
+            err_console.print(e.details, highlight=False, markup=False)
+        if args.debug:
+            err_console.print(traceback.format_exc(), markup=False)
+        code = e.exit_code
+    except KeyboardInterrupt:
+        err_console.print("casa: interrupted")
+        code = 130
+    console.file.flush()
+    sys.exit(code)

@@ -1,0 +1,144 @@
+"""``casa datasets``: the catalog of named datasets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+from casa.cli.console import console
+from casa.config import facility_paths
+from casa.data.catalog import DEFAULT_TREE, DatasetCatalog
+from casa.errors import DataError, UsageError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``datasets`` command group."""
+    p = sub.add_parser("datasets", help="add, list, show, remove, import and export datasets")
+    ds = p.add_subparsers(dest="datasets_command", metavar="ACTION")
+    ds.required = True
+
+    add = ds.add_parser("add", help="register ROOT files (files, globs or folders) as a dataset")
+    add.add_argument("name", help="dataset name")
+    add.add_argument("paths", nargs="+", metavar="PATH", help="files, glob patterns or folders")
+    add.add_argument("--tree", default=DEFAULT_TREE, help="tree to read (default: Events)")
+    add.set_defaults(handler=handle_add)
+
+    ls = ds.add_parser("list", help="list the datasets")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    ls.set_defaults(handler=handle_list)
+
+    show = ds.add_parser("show", help="show one dataset and its files")
+    show.add_argument("name")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(handler=handle_show)
+
+    rm = ds.add_parser("remove", help="forget a dataset (its files stay where they are)")
+    rm.add_argument("name")
+    rm.set_defaults(handler=handle_remove)
+
+    imp = ds.add_parser("import", help="register the datasets of a coffea fileset JSON file")
+    imp.add_argument("file", help="fileset JSON ({name: [files]} or {name: {'files': ...}})")
+    imp.set_defaults(handler=handle_import)
+
+    exp = ds.add_parser("export", help="write datasets as a coffea fileset JSON")
+    exp.add_argument("names", nargs="*", metavar="NAME", help="datasets to export (default: all)")
+    exp.add_argument("--out", metavar="FILE", help="write to FILE instead of standard output")
+    exp.set_defaults(handler=handle_export)
+
+
+def open_catalog(args: argparse.Namespace) -> DatasetCatalog:
+    """The catalog of the facility chosen by ``--home`` / ``$CASA_HOME``."""
+    return DatasetCatalog(facility_paths(args.home).ensure().database)
+
+
+def handle_add(args: argparse.Namespace) -> int:
+    """Register files as a dataset."""
+    dataset = open_catalog(args).add(args.name, args.paths, args.tree)
+    console.print(
+        f"added dataset [bold]{dataset.name}[/]: {len(dataset.files)} file(s), "
+        f"{dataset.events:,} events, {dataset.bytes / 1e6:.1f} MB"
+    )
+    return 0
+
+
+def handle_list(args: argparse.Namespace) -> int:
+    """List datasets."""
+    datasets = open_catalog(args).list()
+    if args.json:
+        console.print_json(json.dumps([d.to_dict(with_files=False) for d in datasets]))
+        return 0
+    if not datasets:
+        console.print("no datasets yet: add one with 'casa datasets add NAME PATH...'")
+        return 0
+    table = Table("name", "files", "events", "size", "created")
+    for d in datasets:
+        table.add_row(
+            d.name, str(len(d.files)), f"{d.events:,}", _size(d.bytes), d.created.isoformat(" ")
+        )
+    console.print(table)
+    return 0
+
+
+def handle_show(args: argparse.Namespace) -> int:
+    """Show one dataset."""
+    d = open_catalog(args).get(args.name)
+    if args.json:
+        console.print_json(json.dumps(d.to_dict()))
+        return 0
+    console.print(
+        f"[bold]{d.name}[/]: {len(d.files)} file(s), {d.events:,} events, {_size(d.bytes)}, "
+        f"created {d.created.isoformat(' ')}"
+    )
+    table = Table("url", "tree", "events", "size")
+    for f in d.files:
+        table.add_row(f.url, f.tree, f"{f.events:,}", _size(f.bytes))
+    console.print(table)
+    return 0
+
+
+def handle_remove(args: argparse.Namespace) -> int:
+    """Remove a dataset from the catalog."""
+    open_catalog(args).remove(args.name)
+    console.print(f"removed dataset {args.name} (its files were left in place)")
+    return 0
+
+
+def handle_import(args: argparse.Namespace) -> int:
+    """Import a coffea fileset."""
+    path = Path(args.file)
+    try:
+        fileset = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"fileset file {path} does not exist") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} is not valid JSON: {e}") from None
+    added = open_catalog(args).import_fileset(fileset)
+    for d in added:
+        console.print(f"imported dataset [bold]{d.name}[/]: {len(d.files)} file(s), {d.events:,} events")
+    return 0
+
+
+def handle_export(args: argparse.Namespace) -> int:
+    """Export datasets as a coffea fileset."""
+    fileset = open_catalog(args).export_fileset(args.names)
+    text = json.dumps(fileset, indent=2) + "\n"
+    if args.out:
+        out = Path(args.out)
+        if out.is_dir():
+            raise UsageError(f"--out {out} is a folder: give a file name")
+        out.write_text(text)
+        console.print(f"wrote {len(fileset)} dataset(s) to {out}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)

@@ -1,0 +1,111 @@
+"""``casa run``: an analysis over a dataset or files, with outputs written to a folder."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+from rich.table import Table
+
+from casa.cli.console import console, err_console
+from casa.cli.progress import ChunkProgress
+from casa.config import facility_paths
+from casa.data.catalog import DEFAULT_TREE, DatasetCatalog
+from casa.errors import UsageError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``run`` command."""
+    p = sub.add_parser(
+        "run",
+        help="run an analysis (dimuon, adl1..adl8 or path/to/file.py:Class) over a dataset",
+        description="Run a coffea processor chunk by chunk and write histograms.root, "
+        "result.pkl, summary.json and a PNG per histogram into --out.",
+    )
+    p.add_argument("analysis", help="dimuon, adl1 ... adl8, or path/to/file.py:ClassName")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", metavar="NAME", help="a dataset from the catalog")
+    source.add_argument("--files", nargs="+", metavar="PATH", help="ROOT files, globs or folders")
+    p.add_argument("--tree", default=DEFAULT_TREE, help="tree of --files (default: Events)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the outputs")
+    p.add_argument(
+        "--executor",
+        default="futures",
+        choices=["iterative", "futures", "dask"],
+        help="where chunks run (default: futures, a local process pool)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, metavar="N", help="worker processes"
+    )
+    p.add_argument(
+        "--chunksize", type=int, default=None, metavar="N", help="entries per chunk (default 200000)"
+    )
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    """Run the analysis and print a short table of its histograms."""
+    from casa.analysis.outputs import prepare_out_dir, write_outputs
+    from casa.analysis.registry import load_processor
+    from casa.analysis.runner import DEFAULT_CHUNKSIZE, run_analysis
+    from casa.cluster.local import local_backend
+    from casa.data.files import expand_paths, inspect_root_file
+
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1 (got {args.workers})")
+    backend = local_backend(args.executor)
+    processor = load_processor(args.analysis)
+    if args.dataset:
+        catalog = DatasetCatalog(facility_paths(args.home).ensure().database)
+        dataset = catalog.get(args.dataset)
+        name, files = dataset.name, list(dataset.files)
+    else:
+        name = "files"
+        files = [inspect_root_file(p, args.tree) for p in expand_paths(args.files)]
+    prepare_out_dir(args.out)
+    with ChunkProgress(args.analysis, err_console) as progress:
+        result = run_analysis(
+            processor,
+            name,
+            files,
+            backend,
+            workers=args.workers,
+            chunksize=args.chunksize or DEFAULT_CHUNKSIZE,
+            on_start=progress.start,
+            on_progress=progress.update,
+        )
+    summary = write_outputs(args.out, result, args.analysis, name, plots=not args.no_plots)
+    print_summary(args.out, summary, result.output)
+    return 0
+
+
+def print_summary(out: str, summary: dict, output) -> None:
+    """A table of the histograms (entries, mean, peak) and where the files went."""
+    from casa.analysis.outputs import iter_histograms
+
+    table = Table(title=f"{summary['analysis']} on {summary['dataset']}")
+    for col in ("histogram", "entries", "mean", "peak bin"):
+        table.add_column(col, justify="left" if col == "histogram" else "right")
+    for name, h in iter_histograms(output):
+        values = h.values()
+        entries = float(h.values(flow=True).sum())
+        if h.ndim == 1 and values.sum() > 0:
+            centers = h.axes[0].centers
+            mean = f"{np.average(centers, weights=values):.2f}"
+            i = int(np.argmax(values))
+            edges = h.axes[0].edges
+            peak = f"{edges[i]:g}-{edges[i + 1]:g}"
+        else:
+            mean = peak = "-"
+        table.add_row(name, f"{entries:,.0f}", mean, peak)
+    console.print(table)
+    console.print(
+        f"{summary['events']:,} events in {summary['wall_seconds']:.2f} s "
+        f"({summary['events_per_second'] / 1e6:.2f} M events/s) on {summary['executor']} "
+        f"with {summary['workers']} worker(s)"
+    )
+    console.print(f"outputs in {out}: histograms.root, result.pkl, summary.json")
+    for png in summary["plots"]:
+        console.print(f"  plot: {os.path.join(out, png)}")

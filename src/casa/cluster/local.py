@@ -1,0 +1,153 @@
+"""Work on this machine: coffea's iterative, futures (process pool) and Dask executors."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import queue as queue_module
+from collections.abc import Callable, Iterator
+
+from casa.cluster.base import ComputeBackend, OpenBackend, ProgressChannel
+from casa.errors import UsageError
+
+
+class _QueueReporter:
+    """Picklable reporter that puts event counts on a multiprocessing manager queue."""
+
+    def __init__(self, q):
+        self.q = q
+
+    def __call__(self, events: int) -> None:
+        self.q.put(events)
+
+
+class ManagerQueueChannel(ProgressChannel):
+    """Progress through a multiprocessing manager queue (same-machine processes)."""
+
+    def __init__(self, q):
+        self._q = q
+
+    def reporter(self) -> Callable[[int], None]:
+        """Reporter bound to the manager queue."""
+        return _QueueReporter(self._q)
+
+    def drain(self) -> list[int]:
+        """Everything queued so far."""
+        out = []
+        while True:
+            try:
+                out.append(self._q.get_nowait())
+            except queue_module.Empty:
+                return out
+
+
+class _DaskQueueReporter:
+    """Picklable reporter that puts event counts on a named ``distributed.Queue``."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self, events: int) -> None:
+        from distributed import Queue
+
+        Queue(self.name).put(events)
+
+
+class DaskQueueChannel(ProgressChannel):
+    """Progress through a ``distributed.Queue`` held by the cluster's scheduler."""
+
+    def __init__(self, client, name: str):
+        from distributed import Queue
+
+        self._name = name
+        self._queue = Queue(name, client=client)
+
+    def reporter(self) -> Callable[[int], None]:
+        """Reporter naming the scheduler-side queue."""
+        return _DaskQueueReporter(self._name)
+
+    def drain(self) -> list[int]:
+        """Everything queued so far."""
+        n = self._queue.qsize()
+        return list(self._queue.get(batch=n)) if n else []
+
+
+class IterativeBackend(ComputeBackend):
+    """One chunk after another in this process."""
+
+    name = "iterative"
+
+    @contextlib.contextmanager
+    def open(self, workers: int) -> Iterator[OpenBackend]:
+        """Yield coffea's IterativeExecutor (``workers`` is ignored: there is one)."""
+        from coffea import processor
+
+        with _manager_channel() as channel:
+            yield OpenBackend(processor.IterativeExecutor(status=False), channel, self.name, 1)
+
+
+class FuturesBackend(ComputeBackend):
+    """A pool of worker processes on this machine."""
+
+    name = "futures"
+
+    @contextlib.contextmanager
+    def open(self, workers: int) -> Iterator[OpenBackend]:
+        """Yield coffea's FuturesExecutor over a process pool of ``workers``."""
+        from concurrent.futures import ProcessPoolExecutor
+
+        from coffea import processor
+
+        with _manager_channel() as channel, ProcessPoolExecutor(
+            max_workers=workers, mp_context=multiprocessing.get_context("spawn")
+        ) as pool:
+            executor = processor.FuturesExecutor(pool=pool, workers=workers, status=False)
+            yield OpenBackend(executor, channel, self.name, workers)
+
+
+class LocalDaskBackend(ComputeBackend):
+    """A Dask cluster of ``workers`` single-threaded worker processes on this machine."""
+
+    name = "dask"
+
+    @contextlib.contextmanager
+    def open(self, workers: int) -> Iterator[OpenBackend]:
+        """Yield coffea's DaskExecutor on a fresh ``distributed.LocalCluster``."""
+        import uuid
+
+        from coffea import processor
+        from distributed import Client, LocalCluster
+
+        with LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address="127.0.0.1:0",
+            host="127.0.0.1",
+        ) as cluster, Client(cluster) as client:
+            channel = DaskQueueChannel(client, f"casa-progress-{uuid.uuid4().hex}")
+            executor = processor.DaskExecutor(client=client, status=False, retries=3)
+            yield OpenBackend(executor, channel, self.name, workers, cluster.dashboard_link)
+
+
+@contextlib.contextmanager
+def _manager_channel() -> Iterator[ManagerQueueChannel]:
+    with multiprocessing.get_context("spawn").Manager() as manager:
+        yield ManagerQueueChannel(manager.Queue())
+
+
+LOCAL_BACKENDS: dict[str, type[ComputeBackend]] = {
+    "iterative": IterativeBackend,
+    "futures": FuturesBackend,
+    "dask": LocalDaskBackend,
+}
+
+
+def local_backend(name: str) -> ComputeBackend:
+    """The local backend called ``name``; UsageError naming the choices otherwise."""
+    try:
+        return LOCAL_BACKENDS[name]()
+    except KeyError:
+        raise UsageError(
+            f"unknown executor {name!r}: choose one of {', '.join(LOCAL_BACKENDS)}"
+        ) from None

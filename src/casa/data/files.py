@@ -1,0 +1,78 @@
+"""Finding ROOT files on disk and reading what the catalog records about each one."""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+
+from casa.errors import DataError
+
+ROOT_MAGIC = b"root"
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """One file of a dataset: where it is, which tree to read, how many events and bytes."""
+
+    url: str
+    tree: str
+    events: int
+    bytes: int
+
+
+def expand_paths(paths: list[str]) -> list[Path]:
+    """Files named by ``paths``: plain files, glob patterns, and directories (their ``*.root``).
+
+    Raises a DataError naming the first path that matches nothing.
+    """
+    found: list[Path] = []
+    for spec in paths:
+        path = Path(spec).expanduser()
+        if glob.has_magic(spec):
+            matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
+            matches = [p for p in matches if p.is_file()]
+            if not matches:
+                raise DataError(f"no file matches {spec!r}: check the pattern and the folder")
+            found.extend(matches)
+        elif path.is_dir():
+            matches = sorted(p for p in path.rglob("*.root") if p.is_file())
+            if not matches:
+                raise DataError(f"folder {spec} holds no .root files")
+            found.extend(matches)
+        elif path.exists():
+            found.append(path)
+        else:
+            raise DataError(f"{spec}: no such file or folder")
+    unique: dict[Path, None] = {}
+    for p in found:
+        unique.setdefault(p.resolve(), None)
+    return list(unique)
+
+
+def inspect_root_file(path: Path, tree: str) -> FileInfo:
+    """Open ``path`` and read the number of entries of ``tree``; DataError if it cannot."""
+    import uproot
+
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the file ({e.strerror})") from None
+    if magic != ROOT_MAGIC:
+        raise DataError(f"{path} is not a ROOT file (it does not start with the ROOT header)")
+    try:
+        with uproot.open(path) as f:
+            obj = f.get(tree)
+            if obj is None or not hasattr(obj, "num_entries"):
+                trees = sorted(
+                    {k.split(";")[0] for k, c in f.classnames().items() if c in ("TTree", "TNtuple")}
+                )
+                hint = f"it holds the trees {', '.join(trees)}" if trees else "it holds no tree"
+                raise DataError(f"{path} has no tree {tree!r}: {hint}; choose one with --tree")
+            events = int(obj.num_entries)
+    except DataError:
+        raise
+    except Exception as e:  # uproot raises many kinds on a damaged file
+        raise DataError(f"{path} is not a readable ROOT file: {e}") from None
+    return FileInfo(url=str(path), tree=tree, events=events, bytes=path.stat().st_size)
