@@ -7,11 +7,11 @@ import sys
 import traceback
 
 from casa import __version__
-from casa.cli import datasets, generate, run
+from casa.cli import datasets, demo, generate, run
 from casa.cli.console import console, err_console
 from casa.errors import CasaError
 
-COMMANDS = (generate, datasets, run)
+COMMANDS = (generate, datasets, run, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
