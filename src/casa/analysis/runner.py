@@ -8,9 +8,11 @@ and hands them to ``coffea.processor.Runner``, which then skips its preprocessin
 from __future__ import annotations
 
 import contextlib
+import linecache
 import math
 import os
 import re
+import sys
 import threading
 import time
 import traceback
@@ -30,15 +32,20 @@ DEFAULT_CHUNKSIZE = 200_000
 #: Warnings coffea's NanoAOD schema gives on files without NanoAOD's cross-reference indices
 #: (such as the ADL benchmark layout); they say nothing about the user's analysis.
 QUIET_WARNINGS = "ignore::RuntimeWarning:coffea.nanoevents.schemas.nanoaod"
+#: coffea warns on every retry of a failed chunk; casa reports the failure once, at the end.
+QUIET_RETRIES = "ignore:Performed attempt:UserWarning"
 
 
 def quiet_schema_warnings() -> None:
     """Silence the schema's cross-reference warnings here and in worker processes started later."""
     warnings.filterwarnings("ignore", category=RuntimeWarning, module="coffea.nanoevents")
     # Workers are new processes: they take their warning filters from the environment.
-    current = os.environ.get("PYTHONWARNINGS", "")
-    if QUIET_WARNINGS not in current:
-        os.environ["PYTHONWARNINGS"] = ",".join(x for x in (current, QUIET_WARNINGS) if x)
+    warnings.filterwarnings("ignore", message="Performed attempt", category=UserWarning)
+    current = [x for x in os.environ.get("PYTHONWARNINGS", "").split(",") if x]
+    for rule in (QUIET_WARNINGS, QUIET_RETRIES):
+        if rule not in current:
+            current.append(rule)
+    os.environ["PYTHONWARNINGS"] = ",".join(current)
 
 
 def plan_chunks(dataset: str, files: Sequence[FileInfo], chunksize: int) -> list:
@@ -60,6 +67,28 @@ def plan_chunks(dataset: str, files: Sequence[FileInfo], chunksize: int) -> list
     return items
 
 
+_TB_START, _TB_END = "\n<<casa-traceback>>\n", "\n<</casa-traceback>>"
+
+
+class ProcessorFailed(Exception):
+    """The user's processor raised; carries the user's traceback as text.
+
+    coffea wraps a failure as ``Exception(f"... The error was: {e!r}.")`` and Dask sends
+    only that message back, so the traceback travels inside this exception's repr.
+    """
+
+    def __init__(self, summary: str, user_traceback: str):
+        super().__init__(summary, user_traceback)
+        self.summary = summary
+        self.user_traceback = user_traceback
+
+    def __str__(self) -> str:
+        return self.summary
+
+    def __repr__(self) -> str:
+        return f"{self.summary}{_TB_START}{self.user_traceback.rstrip()}{_TB_END}"
+
+
 class TrackedProcessor(ProcessorABC):
     """Wraps a user's processor unchanged, recording each chunk it processes.
 
@@ -75,7 +104,13 @@ class TrackedProcessor(ProcessorABC):
     def process(self, events):
         """Run the user's processor on one chunk and note which chunk it was."""
         quiet_schema_warnings()
-        out = self.inner.process(events) if hasattr(self.inner, "process") else self.inner(events)
+        try:
+            if hasattr(self.inner, "process"):
+                out = self.inner.process(events)
+            else:
+                out = self.inner(events)
+        except Exception as e:
+            raise ProcessorFailed(f"{type(e).__name__}: {e}", traceback.format_exc()) from e
         meta = events.metadata
         n = len(events)
         if self.reporter is not None:
@@ -191,7 +226,9 @@ def run_analysis(
                 on_progress(min(done_chunks, len(chunks)), min(done_events, total_events))
         wall = time.perf_counter() - started
         if "error" in outcome:
-            raise _analysis_error(outcome["error"]) from None
+            error = _analysis_error(outcome["error"])
+            error.details = _restore_user_frames(error.details, processor)
+            raise error from None
 
     wrapped = outcome["out"]
     out = wrapped["out"]
@@ -247,22 +284,48 @@ def _analysis_error(error: BaseException) -> AnalysisError | DataError:
     while e is not None and e not in chain:
         chain.append(e)
         e = e.__cause__ or e.__context__
+    texts = [str(x) for x in chain]
     where = ""
-    for exc in chain:
-        m = _ITEM.search(str(exc))
+    for text in texts:
+        m = _ITEM.search(text)
         if m:
             where = f" in {m['file']} entries {m['start']}-{m['stop']}"
             break
+    for text in texts:
+        if _TB_START in text:
+            head, _, rest = text.partition(_TB_START)
+            summary = head.rpartition("The error was: ")[2]
+            details = rest.partition(_TB_END)[0]
+            return AnalysisError(f"the processor raised {summary}{where}", details=details)
     root = chain[-1]
-    remote = next((str(x) for x in chain if type(x).__name__ == "_RemoteTraceback"), None)
-    if remote:
-        root = chain[-2] if len(chain) > 1 else chain[-1]
-        details = remote.strip()
-    else:
-        details = "".join(traceback.format_exception(root)).rstrip()
-    opening = any("Failed to open file" in str(x) for x in chain)
-    if opening:
-        return DataError(f"could not open a file{where}: {root}", details=details)
-    return AnalysisError(
-        f"the processor raised {type(root).__name__}{where}: {root}", details=details
-    )
+    details = "".join(traceback.format_exception(root)).rstrip()
+    cause = str(root).rpartition("The error was: ")[2].rstrip(".") or repr(root)
+    if any("Failed to open file" in t for t in texts):
+        return DataError(f"could not open a file{where}: {cause}", details=details)
+    return AnalysisError(f"the run failed{where}: {cause}", details=details)
+
+
+_DYNAMIC_FRAME = re.compile(r'File "<dynamic-code>", line (\d+), in (\S+)')
+
+
+def _restore_user_frames(details: str | None, processor: Any) -> str | None:
+    """Put the user's file name and source lines back into a traceback from a worker.
+
+    cloudpickle ships code from a user's file by value and names its frames
+    ``<dynamic-code>``; the line numbers are still right, so the file can be named again.
+    """
+    module = sys.modules.get(type(processor).__module__)
+    path = getattr(module, "__file__", None)
+    if not details or not path:
+        return details
+    out = []
+    for line in details.splitlines():
+        m = _DYNAMIC_FRAME.search(line)
+        if m:
+            out.append(line.replace('"<dynamic-code>"', f'"{path}"'))
+            source = linecache.getline(path, int(m[1])).strip()
+            if source:
+                out.append(f"    {source}")
+        else:
+            out.append(line)
+    return "\n".join(out)

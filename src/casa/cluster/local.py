@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import queue as queue_module
 from collections.abc import Callable, Iterator
@@ -124,6 +125,9 @@ class LocalDaskBackend(ComputeBackend):
             processes=True,
             dashboard_address="127.0.0.1:0",
             host="127.0.0.1",
+            # A failing chunk is reported once by casa, with the user's traceback; the
+            # workers' own error logs would print it again, less readably.
+            silence_logs=logging.CRITICAL,
         ) as cluster, Client(cluster) as client:
             channel = DaskQueueChannel(client, f"casa-progress-{uuid.uuid4().hex}")
             executor = processor.DaskExecutor(client=client, status=False, retries=3)

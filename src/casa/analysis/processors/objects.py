@@ -93,9 +93,15 @@ def btag_field(jets: ak.Array) -> str:
 
 
 def missing_et(events: ak.Array) -> ak.Array:
-    """The event's missing transverse momentum: the first of ``MET_COLLECTIONS`` present."""
+    """The events' missing transverse momentum (pt, phi), from the first of ``MET_COLLECTIONS``."""
     for name in MET_COLLECTIONS:
         if name in events.fields:
-            return events[name]
+            met = events[name]
+            # Only MET gets coffea's MissingET behaviour from NanoAODSchema, not PFMET.
+            return ak.zip(
+                {"pt": met.pt, "phi": met.phi},
+                with_name="PolarTwoVector",
+                behavior=candidate.behavior,
+            )
     looked_for = ", ".join(f"{name}_pt" for name in MET_COLLECTIONS)
     raise DataError(f"no missing-ET branches in the input: looked for {looked_for}")
