@@ -49,7 +49,11 @@ def quiet_schema_warnings() -> None:
 
 
 def plan_chunks(dataset: str, files: Sequence[FileInfo], chunksize: int) -> list:
-    """Split each file into nearly equal chunks of at most about ``chunksize`` entries."""
+    """Split each file into nearly equal chunks of about ``chunksize`` entries.
+
+    The rule is coffea's own (``round(entries / chunksize)`` chunks per file), so a run
+    from the catalog is chunked exactly as coffea's preprocessing would chunk it.
+    """
     from coffea.processor.executor import WorkItem
 
     if chunksize < 1:
@@ -58,7 +62,7 @@ def plan_chunks(dataset: str, files: Sequence[FileInfo], chunksize: int) -> list
     for f in files:
         if f.events == 0:
             continue
-        n = max(1, math.ceil(f.events / chunksize))
+        n = max(1, round(f.events / chunksize))
         step = math.ceil(f.events / n)
         for start in range(0, f.events, step):
             items.append(
