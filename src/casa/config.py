@@ -1,16 +1,35 @@
-"""Where the facility keeps its state, and the settings every command shares.
+"""Facility configuration: one ``casa.toml``, one typed model, validated as a whole.
 
-The state directory is ``$CASA_HOME`` (default ``~/.local/share/casa``): the catalog
-database lives there, and later the facility's ``casa.toml``, keys, logs and storage.
+The state directory is ``$CASA_HOME`` (default ``~/.local/share/casa``, or
+``/var/lib/casa`` for root, whose home other service accounts cannot enter). It holds
+``casa.toml``, the SQLite database, generated service configurations, logs, PID files,
+keys (mode 0600), storage and the cache's disk.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-DEFAULT_HOME = Path("~/.local/share/casa")
+from casa.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+CONFIG_NAME = "casa.toml"
+
+
+def default_home() -> Path:
+    """``~/.local/share/casa``, or ``/var/lib/casa`` when running as root."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/casa")
+    return Path("~/.local/share/casa").expanduser()
 
 
 @dataclass(frozen=True)
@@ -21,16 +40,223 @@ class FacilityPaths:
 
     @property
     def database(self) -> Path:
-        """The SQLite database holding the catalog (and later accounts and runs)."""
+        """The SQLite database: catalog (and later accounts and runs)."""
         return self.home / "casa.sqlite"
 
+    @property
+    def config_file(self) -> Path:
+        """``casa.toml``."""
+        return self.home / CONFIG_NAME
+
+    @property
+    def services(self) -> Path:
+        """One folder per service: generated configuration, log, PID file."""
+        return self.home / "services"
+
+    @property
+    def keys(self) -> Path:
+        """Private keys (folder 0700, files 0600)."""
+        return self.home / "keys"
+
+    @property
+    def storage(self) -> Path:
+        """Facility storage, served by the origin as ``/store``."""
+        return self.home / "storage"
+
+    @property
+    def cache_disk(self) -> Path:
+        """The cache's disk space."""
+        return self.home / "cache"
+
     def ensure(self) -> FacilityPaths:
-        """Create the state directory (private to its owner) if it does not exist."""
-        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        """Create the state directory if it does not exist."""
+        self.home.mkdir(parents=True, exist_ok=True, mode=0o711)
         return self
 
 
 def facility_paths(home: str | os.PathLike | None = None) -> FacilityPaths:
     """Resolve the state directory: ``home`` if given, else ``$CASA_HOME``, else the default."""
-    chosen = home or os.environ.get("CASA_HOME") or DEFAULT_HOME
-    return FacilityPaths(Path(chosen).expanduser().resolve())
+    chosen = home or os.environ.get("CASA_HOME") or default_home()
+    return FacilityPaths(Path(chosen).expanduser().absolute())
+
+
+# -- the casa.toml model --------------------------------------------------------------
+
+
+def _port(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
+
+
+@dataclass(frozen=True)
+class FacilitySection:
+    """``[facility]``: the facility as a whole."""
+
+    name: str = field(default="casa", metadata={"help": "short name, used as token audience"})
+    host: str = field(
+        default="127.0.0.1", metadata={"help": "address clients use to reach the services"}
+    )
+
+
+@dataclass(frozen=True)
+class OriginSection:
+    """``[origin]``: the XRootD data server in front of facility storage."""
+
+    port: int = field(default=21094, metadata={"check": _port, "help": "a TCP port, 1-65535"})
+
+
+@dataclass(frozen=True)
+class CacheSection:
+    """``[cache]``: the XCache proxy clients read through."""
+
+    port: int = field(default=21095, metadata={"check": _port, "help": "a TCP port, 1-65535"})
+    ram: str = field(default="1g", metadata={"help": "memory for blocks in flight, at least 1g"})
+    blocksize: str = field(default="1m", metadata={"help": "block size, such as 512k or 1m"})
+    disk_low: float = field(default=0.90, metadata={"help": "a fraction between 0 and 1"})
+    disk_high: float = field(default=0.95, metadata={"help": "a fraction above disk_low, at most 1"})
+
+
+@dataclass(frozen=True)
+class IssuerSection:
+    """``[issuer]``: the token issuer."""
+
+    port: int = field(default=21096, metadata={"check": _port, "help": "a TCP port, 1-65535"})
+    token_lifetime: int = field(
+        default=12 * 3600, metadata={"help": "seconds a user token lives, at least 60"}
+    )
+
+
+@dataclass(frozen=True)
+class XRootDSection:
+    """``[xrootd]``: how to run the XRootD daemons."""
+
+    binary: str = field(default="xrootd", metadata={"help": "the xrootd program"})
+    user: str = field(
+        default="xrootd", metadata={"help": "account xrootd runs as when casa runs as root"}
+    )
+
+
+@dataclass(frozen=True)
+class FacilityConfig:
+    """The whole of ``casa.toml``."""
+
+    facility: FacilitySection = FacilitySection()
+    origin: OriginSection = OriginSection()
+    cache: CacheSection = CacheSection()
+    issuer: IssuerSection = IssuerSection()
+    xrootd: XRootDSection = XRootDSection()
+
+    @property
+    def issuer_url(self) -> str:
+        """The ``iss`` of every token this facility mints."""
+        return f"https://{self.facility.host}:{self.issuer.port}/{self.facility.name}"
+
+    def ports(self) -> dict[str, int]:
+        """Each service's port by service name."""
+        return {"issuer": self.issuer.port, "origin": self.origin.port, "cache": self.cache.port}
+
+
+_SIZE_SUFFIX = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``"512k"`` -> 524288; ValueError on anything else."""
+    text = str(text).strip().lower()
+    if text and text[-1] in _SIZE_SUFFIX:
+        return int(float(text[:-1]) * _SIZE_SUFFIX[text[-1]])
+    return int(text)
+
+
+def _check_section(name: str, cls: type, raw: Any, errors: list[str]) -> Any:
+    if not isinstance(raw, dict):
+        errors.append(f"[{name}] must be a table of settings, not {type(raw).__name__}")
+        return cls()
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            errors.append(
+                f"unknown key {name}.{key} (known keys in [{name}]: {', '.join(fields)})"
+            )
+    values = {}
+    for key, f in fields.items():
+        if key not in raw:
+            continue
+        value = raw[key]
+        expected = {"int": int, "float": (int, float), "str": str}[f.type]
+        ok = isinstance(value, expected) and not isinstance(value, bool)
+        check = f.metadata.get("check")
+        if ok and check is not None:
+            ok = check(value)
+        if not ok:
+            errors.append(f"{name}.{key} = {value!r} is not valid: expected {f.metadata['help']}")
+            continue
+        values[key] = float(value) if f.type == "float" else value
+    return cls(**values)
+
+
+def _validate(config: FacilityConfig, errors: list[str]) -> None:
+    cache = config.cache
+    try:
+        if parse_size(cache.ram) < (1 << 30):
+            errors.append(f"cache.ram = {cache.ram!r} is too small: XCache needs at least 1g")
+    except ValueError:
+        errors.append(f"cache.ram = {cache.ram!r} is not a size such as 1g or 2048m")
+    try:
+        parse_size(cache.blocksize)
+    except ValueError:
+        errors.append(f"cache.blocksize = {cache.blocksize!r} is not a size such as 512k or 1m")
+    if not 0 < cache.disk_low < cache.disk_high <= 1:
+        errors.append(
+            f"cache.disk_low = {cache.disk_low} and cache.disk_high = {cache.disk_high} must "
+            "satisfy 0 < disk_low < disk_high <= 1"
+        )
+    if config.issuer.token_lifetime < 60:
+        errors.append("issuer.token_lifetime must be at least 60 seconds")
+    seen: dict[int, str] = {}
+    for service, port in config.ports().items():
+        if port in seen:
+            errors.append(f"{service}.port and {seen[port]}.port are both {port}: give each its own")
+        seen[port] = service
+    name = config.facility.name
+    if not name or not all(c.isalnum() or c in "-_" for c in name):
+        errors.append(f"facility.name = {name!r} may hold only letters, digits, '-' and '_'")
+
+
+def parse_config(data: dict, source: str = CONFIG_NAME) -> FacilityConfig:
+    """Build a FacilityConfig from parsed TOML; ConfigError lists every problem at once."""
+    errors: list[str] = []
+    sections = {f.name: f.type for f in dataclasses.fields(FacilityConfig)}
+    classes = {
+        "facility": FacilitySection,
+        "origin": OriginSection,
+        "cache": CacheSection,
+        "issuer": IssuerSection,
+        "xrootd": XRootDSection,
+    }
+    assert set(classes) == set(sections)
+    for key in data:
+        if key not in classes:
+            errors.append(f"unknown section [{key}] (known sections: {', '.join(classes)})")
+    parts = {
+        name: _check_section(name, cls, data[name], errors)
+        for name, cls in classes.items()
+        if name in data
+    }
+    config = FacilityConfig(**parts)
+    _validate(config, errors)
+    if errors:
+        raise ConfigError(f"{source} is not valid:\n  - " + "\n  - ".join(errors))
+    return config
+
+
+def load_config(paths: FacilityPaths, config_file: str | os.PathLike | None = None) -> FacilityConfig:
+    """Read ``--config FILE`` or ``$CASA_HOME/casa.toml``; defaults when neither exists."""
+    path = Path(config_file) if config_file else paths.config_file
+    if not path.exists():
+        if config_file:
+            raise ConfigError(f"configuration file {path} does not exist")
+        return FacilityConfig()
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    return parse_config(data, str(path))

@@ -26,6 +26,7 @@ from coffea.processor import ProcessorABC
 
 from casa.cluster.base import ComputeBackend
 from casa.data.files import FileInfo
+from casa.data.sources import refused_path, require_token, scrub, uproot_options_for
 from casa.errors import AnalysisError, DataError
 
 DEFAULT_CHUNKSIZE = 200_000
@@ -179,11 +180,13 @@ def run_analysis(
     on_start: Callable[[int, int, str | None], None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     uproot_options: dict | None = None,
+    explain_refusal: Callable[[str], str] | None = None,
 ) -> RunResult:
     """Run ``processor`` over ``files`` on ``backend``; progress goes to ``on_progress``.
 
     ``on_start(chunks, events, dashboard)`` is called once the workers are ready and
     ``on_progress(chunks_done, events_done)`` whenever chunks finish.
+    ``explain_refusal(path)`` says in words why the storage refused to serve ``path``.
     """
     from coffea import processor as coffea_processor
     from coffea.nanoevents import NanoAODSchema
@@ -197,6 +200,10 @@ def run_analysis(
     if total_events == 0:
         raise DataError(f"dataset {dataset!r} holds no events: there is nothing to analyse")
 
+    if uproot_options is None:
+        uproot_options = uproot_options_for([f.url for f in files])
+        if uproot_options:
+            require_token([f.url for f in files])
     with backend.open(workers) as opened, _coffea_bars_hidden():
         tracked = TrackedProcessor(processor, opened.channel.reporter())
         runner = coffea_processor.Runner(
@@ -211,9 +218,7 @@ def run_analysis(
 
         def work() -> None:
             try:
-                outcome["out"] = runner.run(
-                    chunks, tracked, uproot_options=uproot_options or {}
-                )
+                outcome["out"] = runner.run(chunks, tracked, uproot_options=uproot_options)
             except BaseException as e:  # re-raised in the caller's thread
                 outcome["error"] = e
 
@@ -230,7 +235,7 @@ def run_analysis(
                 on_progress(min(done_chunks, len(chunks)), min(done_events, total_events))
         wall = time.perf_counter() - started
         if "error" in outcome:
-            error = _analysis_error(outcome["error"])
+            error = _analysis_error(outcome["error"], explain_refusal)
             error.details = _restore_user_frames(error.details, processor)
             raise error from None
 
@@ -281,14 +286,16 @@ _ITEM = re.compile(
 )
 
 
-def _analysis_error(error: BaseException) -> AnalysisError | DataError:
+def _analysis_error(
+    error: BaseException, explain_refusal: Callable[[str], str] | None = None
+) -> AnalysisError | DataError:
     """Turn coffea's wrapped failure into a casa error naming the file, entries and cause."""
     chain = []
     e: BaseException | None = error
     while e is not None and e not in chain:
         chain.append(e)
         e = e.__cause__ or e.__context__
-    texts = [str(x) for x in chain]
+    texts = [scrub(str(x)) for x in chain]
     where = ""
     for text in texts:
         m = _ITEM.search(text)
@@ -302,9 +309,16 @@ def _analysis_error(error: BaseException) -> AnalysisError | DataError:
             details = rest.partition(_TB_END)[0]
             return AnalysisError(f"the processor raised {summary}{where}", details=details)
     root = chain[-1]
-    details = "".join(traceback.format_exception(root)).rstrip()
-    cause = str(root).rpartition("The error was: ")[2].rstrip(".") or repr(root)
-    if any("Failed to open file" in t for t in texts):
+    details = scrub("".join(traceback.format_exception(root)).rstrip())
+    cause = scrub(str(root)).rpartition("The error was: ")[2].rstrip(".") or repr(root)
+    if any("[3010]" in t or "permission denied" in t.lower() for t in texts):
+        path = next((p for p in map(refused_path, texts) if p), None)
+        if path and explain_refusal is not None:
+            reason = explain_refusal(path)
+        else:
+            reason = next(t for t in texts if "[3010]" in t or "permission denied" in t.lower())
+        return DataError(f"reading{where} was refused: {reason}")
+    if any("Failed to open file" in t or "no bearer token found" in t for t in texts):
         return DataError(f"could not open a file{where}: {cause}", details=details)
     return AnalysisError(f"the run failed{where}: {cause}", details=details)
 

@@ -7,11 +7,11 @@ import sys
 import traceback
 
 from casa import __version__
-from casa.cli import datasets, demo, generate, run
+from casa.cli import datasets, demo, facility, generate, run, token
 from casa.cli.console import console, err_console
 from casa.errors import CasaError
 
-COMMANDS = (generate, datasets, run, demo)
+COMMANDS = (generate, datasets, run, facility, token, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--home",
         metavar="DIR",
         help="facility state directory (default: $CASA_HOME or ~/.local/share/casa)",
+    )
+    parser.add_argument(
+        "--config", metavar="FILE", help="facility configuration (default: $CASA_HOME/casa.toml)"
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

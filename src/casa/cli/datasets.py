@@ -24,6 +24,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     add.add_argument("name", help="dataset name")
     add.add_argument("paths", nargs="+", metavar="PATH", help="files, glob patterns or folders")
     add.add_argument("--tree", default=DEFAULT_TREE, help="tree to read (default: Events)")
+    add.add_argument(
+        "--store",
+        action="store_true",
+        help="copy the files into facility storage and register their root:// URLs (via the cache)",
+    )
+    area = add.add_mutually_exclusive_group()
+    area.add_argument(
+        "--public", action="store_true", help="with --store: under /store/data (the default)"
+    )
+    area.add_argument("--user", metavar="NAME", help="with --store: under /store/user/NAME")
     add.set_defaults(handler=handle_add)
 
     ls = ds.add_parser("list", help="list the datasets")
@@ -55,8 +65,14 @@ def open_catalog(args: argparse.Namespace) -> DatasetCatalog:
 
 
 def handle_add(args: argparse.Namespace) -> int:
-    """Register files as a dataset."""
-    dataset = open_catalog(args).add(args.name, args.paths, args.tree)
+    """Register files as a dataset (copying them into facility storage with --store)."""
+    catalog = open_catalog(args)
+    if (args.public or args.user) and not args.store:
+        raise UsageError("--public and --user choose a storage area: use them with --store")
+    if args.store:
+        dataset = _add_stored(args, catalog)
+    else:
+        dataset = catalog.add(args.name, args.paths, args.tree)
     console.print(
         f"added dataset [bold]{dataset.name}[/]: {len(dataset.files)} file(s), "
         f"{dataset.events:,} events, {dataset.bytes / 1e6:.1f} MB"
@@ -142,3 +158,32 @@ def _size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return str(n)
+
+
+def _add_stored(args: argparse.Namespace, catalog: DatasetCatalog):
+    """Check the files, copy them into storage, register their root:// URLs; undo on failure."""
+    from casa.data.catalog import _validate_name
+    from casa.data.files import expand_paths, inspect_root_file
+    from casa.data.storage import FacilityStorage
+    from casa.services.facility import facility_context
+
+    _validate_name(args.name)
+    if args.name in {d.name for d in catalog.list()}:
+        raise DataError(
+            f"a dataset named {args.name!r} exists already: choose another name, "
+            f"or remove it first with 'casa datasets remove {args.name}'"
+        )
+    ctx = facility_context(args.home, args.config)
+    files = [inspect_root_file(p, args.tree) for p in expand_paths(args.paths)]
+    account = ctx.daemon_account() if ctx.as_root else None
+    storage = FacilityStorage(
+        ctx.paths.storage,
+        cache_url=f"root://{ctx.config.facility.host}:{ctx.config.cache.port}/",
+        owner=(account.pw_uid, account.pw_gid) if account else None,
+    )
+    copied = storage.store(args.name, files, user=args.user)
+    try:
+        return catalog.add_files(args.name, copied, metadata={"area": storage.area(args.name, args.user)})
+    except BaseException:
+        storage.remove(args.name, args.user)
+        raise

@@ -64,6 +64,11 @@ def handle(args: argparse.Namespace) -> int:
     else:
         name = "files"
         files = [inspect_root_file(p, args.tree) for p in expand_paths(args.files)]
+    explain = None
+    if any(f.url.startswith(("root://", "roots://")) for f in files):
+        from casa.services.facility import facility_context, refusal_explainer
+
+        explain = refusal_explainer(facility_context(args.home, args.config))
     prepare_out_dir(args.out)
     with ChunkProgress(args.analysis, err_console) as progress:
         result = run_analysis(
@@ -75,6 +80,7 @@ def handle(args: argparse.Namespace) -> int:
             chunksize=args.chunksize or DEFAULT_CHUNKSIZE,
             on_start=progress.start,
             on_progress=progress.update,
+            explain_refusal=explain,
         )
     summary = write_outputs(args.out, result, args.analysis, name, plots=not args.no_plots)
     print_summary(args.out, summary, result.output)

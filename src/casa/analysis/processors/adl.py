@@ -67,7 +67,7 @@ class ADL4Processor(HistogramProcessor):
 
     def process(self, events: ak.Array) -> dict[str, hist.Hist]:
         """Fill ``met``, one entry per selected event."""
-        selected = ak.sum(events.Jet.pt > 40, axis=1) >= 1
+        selected = ak.sum(events.Jet.pt > 40, axis=1) >= 2
         met = missing_et(events).pt[selected]
         return {"met": fill(_gev_hist("met", _MET_LABEL), met)}
 

@@ -28,10 +28,6 @@ _KINEMATICS = ("pt", "eta", "phi", "mass")
 class HistogramProcessor(ProcessorABC):
     """A stateless processor whose output is a plain ``dict[str, hist.Hist]``."""
 
-    def process(self, events: ak.Array) -> dict[str, hist.Hist]:
-        """Fill this analysis's histograms from one chunk of NanoEvents."""
-        raise NotImplementedError
-
     def postprocess(self, accumulator: dict[str, hist.Hist]) -> dict[str, hist.Hist]:
         """Return the merged histograms unchanged."""
         return accumulator
@@ -89,7 +85,10 @@ def btag_field(jets: ak.Array) -> str:
         if field in jets.fields:
             return field
     looked_for = ", ".join(f"Jet_{field}" for field in BTAG_FIELDS)
-    raise DataError(f"no jet b-tag branch in the input: looked for {looked_for}")
+    raise DataError(
+        f"the input has no jet b-tag branch (looked for {looked_for}); "
+        "give the trijet query a file with one of them"
+    )
 
 
 def missing_et(events: ak.Array) -> ak.Array:
@@ -104,4 +103,7 @@ def missing_et(events: ak.Array) -> ak.Array:
                 behavior=candidate.behavior,
             )
     looked_for = ", ".join(f"{name}_pt" for name in MET_COLLECTIONS)
-    raise DataError(f"no missing-ET branches in the input: looked for {looked_for}")
+    raise DataError(
+        f"the input has no missing-ET branches (looked for {looked_for}); "
+        "the MET queries need one of them"
+    )

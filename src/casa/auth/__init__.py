@@ -1,0 +1,1 @@
+"""Tokens (issue, discover, verify), accounts, and the key material they rest on."""

@@ -1,0 +1,253 @@
+"""WLCG bearer tokens: minting (ES256), discovery, and explaining why a read was refused."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from casa.errors import ConfigError, DataError
+
+KEY_ID = "casa-1"
+WLCG_VERSION = "1.0"
+
+
+def default_scopes(user: str) -> list[str]:
+    """What a facility user may read: public data and their own area."""
+    return ["storage.read:/store/data", f"storage.read:/store/user/{user}"]
+
+
+# -- keys -----------------------------------------------------------------------------
+
+
+def ensure_signing_key(keys_dir: Path) -> Path:
+    """Create the facility's ES256 key pair once (private key mode 0600); return its path."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(keys_dir, 0o700)
+    private = keys_dir / "issuer.pem"
+    public = keys_dir / "issuer.pub.pem"
+    if not private.exists():
+        key = ec.generate_private_key(ec.SECP256R1())
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        fd = os.open(private.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+        os.replace(private.with_suffix(".tmp"), private)
+    if not public.exists():
+        public.write_bytes(public_key_pem(private))
+        os.chmod(public, 0o644)
+    return private
+
+
+def public_key_pem(private_key_file: Path) -> bytes:
+    """The public half of a private key file, as PEM."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(private_key_file.read_bytes(), password=None)
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def jwks_from_public_pem(pem: bytes) -> dict:
+    """A JSON Web Key Set holding one P-256 public key."""
+    from cryptography.hazmat.primitives import serialization
+
+    numbers = serialization.load_pem_public_key(pem).public_numbers()
+
+    def b64(n: int) -> str:
+        return base64.urlsafe_b64encode(n.to_bytes(32, "big")).rstrip(b"=").decode()
+
+    return {
+        "keys": [
+            {
+                "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": KEY_ID,
+                "x": b64(numbers.x), "y": b64(numbers.y),
+            }
+        ]
+    }  # fmt: skip
+
+
+class TokenIssuer:
+    """Mints WLCG-profile JWTs signed with the facility's private key."""
+
+    def __init__(self, private_key_file: Path, issuer: str, audience: str):
+        from cryptography.hazmat.primitives import serialization
+
+        self.issuer = issuer
+        self.audience = audience
+        try:
+            data = private_key_file.read_bytes()
+        except PermissionError:
+            raise ConfigError(
+                f"cannot read the issuer's key {private_key_file}: only the facility's own "
+                "account may mint tokens"
+            ) from None
+        self._key = serialization.load_pem_private_key(data, password=None)
+
+    def mint(self, user: str, scopes: list[str], lifetime: int) -> str:
+        """A token for ``user`` with ``scopes``, valid for ``lifetime`` seconds from now."""
+        import jwt
+
+        now = int(time.time())
+        claims = {
+            "wlcg.ver": WLCG_VERSION,
+            "iss": self.issuer,
+            "sub": user,
+            "aud": self.audience,
+            "iat": now,
+            "nbf": now,
+            "exp": now + int(lifetime),
+            "jti": str(uuid.uuid4()),
+            "scope": " ".join(scopes),
+        }
+        return jwt.encode(claims, self._key, algorithm="ES256", headers={"kid": KEY_ID, "typ": "JWT"})
+
+
+# -- discovery (WLCG Bearer Token Discovery) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class DiscoveredToken:
+    """A token and where it was found."""
+
+    token: str
+    source: str
+
+
+def discovery_locations(env: dict | None = None) -> list[str]:
+    """Where WLCG discovery looks, in order, as words for error messages."""
+    env = os.environ if env is None else env
+    uid = os.getuid()
+    places = ["$BEARER_TOKEN", "$BEARER_TOKEN_FILE"]
+    if env.get("XDG_RUNTIME_DIR"):
+        places.append(f"{env['XDG_RUNTIME_DIR']}/bt_u{uid}")
+    places.append(f"/tmp/bt_u{uid}")
+    return places
+
+
+def discover_token(env: dict | None = None) -> DiscoveredToken | None:
+    """The caller's token by WLCG discovery: BEARER_TOKEN, BEARER_TOKEN_FILE, then files."""
+    env = os.environ if env is None else env
+    if env.get("BEARER_TOKEN", "").strip():
+        return DiscoveredToken(env["BEARER_TOKEN"].strip(), "$BEARER_TOKEN")
+    if env.get("BEARER_TOKEN_FILE"):
+        path = Path(env["BEARER_TOKEN_FILE"])
+        text = _read_token_file(path)
+        return DiscoveredToken(text, str(path)) if text else None
+    uid = os.getuid()
+    candidates = []
+    if env.get("XDG_RUNTIME_DIR"):
+        candidates.append(Path(env["XDG_RUNTIME_DIR"]) / f"bt_u{uid}")
+    candidates.append(Path(f"/tmp/bt_u{uid}"))
+    for path in candidates:
+        text = _read_token_file(path)
+        if text:
+            return DiscoveredToken(text, str(path))
+    return None
+
+
+def token_store_path(env: dict | None = None) -> Path:
+    """Where ``casa token issue`` stores a token so that discovery finds it."""
+    env = os.environ if env is None else env
+    if env.get("BEARER_TOKEN_FILE"):
+        return Path(env["BEARER_TOKEN_FILE"])
+    if env.get("XDG_RUNTIME_DIR") and Path(env["XDG_RUNTIME_DIR"]).is_dir():
+        return Path(env["XDG_RUNTIME_DIR"]) / f"bt_u{os.getuid()}"
+    return Path(f"/tmp/bt_u{os.getuid()}")
+
+
+def store_token(token: str, path: Path) -> Path:
+    """Write ``token`` to ``path`` readable by its owner only (mode 0600)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _read_token_file(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except PermissionError:
+        raise DataError(f"token file {path} exists but cannot be read by you") from None
+
+
+# -- reading claims and explaining refusals ------------------------------------------------
+
+
+def unverified_claims(token: str) -> dict:
+    """The claims of a token, without checking its signature (for display and diagnosis)."""
+    try:
+        payload = token.split(".")[1]
+        payload += "=" * (-len(payload) % 4)
+        return json.loads(base64.urlsafe_b64decode(payload))
+    except (IndexError, ValueError):
+        raise DataError("the bearer token found is not a JWT (three base64 parts)") from None
+
+
+def scope_covers(scope: str, path: str, action: str = "storage.read") -> bool:
+    """Whether a WLCG ``scope`` string grants ``action`` on ``path``."""
+    path = "/" + path.strip("/")
+    for item in scope.split():
+        name, _, prefix = item.partition(":")
+        if name != action:
+            continue
+        prefix = "/" + prefix.strip("/") if prefix else "/"
+        if prefix == "/" or path == prefix or path.startswith(prefix + "/"):
+            return True
+    return False
+
+
+def explain_refusal(
+    found: DiscoveredToken | None,
+    path: str,
+    *,
+    issuer: str | None,
+    public_key_pem: bytes | None,
+    env: dict | None = None,
+) -> str:
+    """Why a read of ``path`` with this token is refused, in words."""
+    import jwt
+
+    if found is None:
+        return f"no bearer token found (looked in {', '.join(discovery_locations(env))}); " \
+            "get one with 'casa token issue'"
+    claims = unverified_claims(found.token)
+    exp = claims.get("exp")
+    if isinstance(exp, (int, float)) and exp < time.time():
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(exp))
+        return f"the token from {found.source} expired at {when}; get a new one with 'casa token issue'"
+    if public_key_pem is not None:
+        try:
+            jwt.decode(
+                found.token, public_key_pem, algorithms=["ES256"],
+                options={"verify_aud": False, "verify_exp": False},
+            )  # fmt: skip
+        except jwt.InvalidSignatureError:
+            return f"the token from {found.source} is not signed by this facility's issuer"
+        except jwt.PyJWTError as e:
+            return f"the token from {found.source} is not valid: {e}"
+    if issuer and claims.get("iss") != issuer:
+        return f"the token from {found.source} was issued by {claims.get('iss')!r}, not {issuer!r}"
+    if not scope_covers(str(claims.get("scope", "")), path):
+        return (
+            f"the token from {found.source} (for {claims.get('sub')!r}) has no scope to read {path}"
+            f" (its scopes: {claims.get('scope') or 'none'})"
+        )
+    return f"the storage refused {path} although the token from {found.source} looks valid"

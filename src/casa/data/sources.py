@@ -1,0 +1,77 @@
+"""Where bytes come from: local files, or ``root://`` URLs read with the caller's token.
+
+The token is looked up on the worker that opens the file, by WLCG bearer-token discovery,
+and attached to the request as XRootD's ``authz`` opaque data. It never appears in the
+catalog, in WorkItems or in summaries; error texts are scrubbed of it.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+
+import uproot.source.xrootd
+
+from casa.auth.tokens import discover_token, discovery_locations
+from casa.errors import DataError
+
+_AUTHZ = re.compile(r"authz=[^&\s'\"]+")
+
+
+def is_remote(url: str) -> bool:
+    """Whether a catalog URL is read over XRootD."""
+    return url.startswith(("root://", "roots://"))
+
+
+def with_token(url: str, token: str) -> str:
+    """``url`` with the bearer token as ``authz`` opaque data."""
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}authz=Bearer%20{urllib.parse.quote(token, safe='')}"
+
+
+def scrub(text: str) -> str:
+    """Remove tokens from a message before it is shown or logged."""
+    return _AUTHZ.sub("authz=<token>", text)
+
+
+class TokenXRootDSource(uproot.source.xrootd.XRootDSource):
+    """uproot's XRootD source, presenting the token WLCG discovery finds on this worker."""
+
+    def __init__(self, file_path: str, **options):
+        found = discover_token()
+        if found is None:
+            raise DataError(
+                f"no bearer token found to read {file_path} (looked in "
+                f"{', '.join(discovery_locations())}); get one with 'casa token issue'"
+            )
+        self._public_path = file_path
+        super().__init__(with_token(file_path, found.token), **options)
+
+    def __repr__(self) -> str:
+        return f"<TokenXRootDSource {self._public_path!r}>"
+
+
+def uproot_options_for(urls: list[str]) -> dict:
+    """The uproot options a run needs to read these URLs."""
+    if any(is_remote(u) for u in urls):
+        return {"handler": TokenXRootDSource}
+    return {}
+
+
+def require_token(urls: list[str]) -> None:
+    """DataError naming where discovery looked, if remote URLs are to be read without a token."""
+    remote = [u for u in urls if is_remote(u)]
+    if remote and discover_token() is None:
+        raise DataError(
+            f"reading {remote[0]} needs a bearer token, and none was found (looked in "
+            f"{', '.join(discovery_locations())}); get one with 'casa token issue'"
+        )
+
+
+_REFUSED_PATH = re.compile(r"Unable to open (/\S+?);? permission denied")
+
+
+def refused_path(text: str) -> str | None:
+    """The namespace path in an XRootD 'permission denied' message."""
+    m = _REFUSED_PATH.search(text)
+    return m[1] if m else None

@@ -1,0 +1,1 @@
+"""The facility services and the supervisor that runs them."""

@@ -1,0 +1,82 @@
+"""The contract every facility service fulfils, so that one supervisor can run them all."""
+
+from __future__ import annotations
+
+import abc
+import os
+import pwd
+from dataclasses import dataclass
+from pathlib import Path
+
+from casa.config import FacilityConfig, FacilityPaths
+
+
+@dataclass(frozen=True)
+class ServiceContext:
+    """What a service needs to know about the facility it belongs to."""
+
+    config: FacilityConfig
+    paths: FacilityPaths
+    config_file: Path | None = None
+
+    def service_dir(self, name: str) -> Path:
+        """``$CASA_HOME/services/NAME``: generated configuration, log and PID file."""
+        return self.paths.services / name
+
+    @property
+    def as_root(self) -> bool:
+        """Whether the facility runs as root (daemons then drop to their own accounts)."""
+        return os.geteuid() == 0
+
+    def daemon_account(self) -> pwd.struct_passwd | None:
+        """The account XRootD runs as under root, or None when casa is not root."""
+        if not self.as_root:
+            return None
+        return pwd.getpwnam(self.config.xrootd.user)
+
+
+@dataclass(frozen=True)
+class Health:
+    """The result of a protocol-level health check."""
+
+    ok: bool
+    detail: str
+
+
+class Service(abc.ABC):
+    """One long-running process of the facility.
+
+    The supervisor calls, in order: ``preflight`` (is everything installed?), ``prepare``
+    (write configuration, create folders), ``command`` and ``environment`` (how to start
+    it), then ``health`` until it answers. Services must run in the foreground: the
+    supervisor owns the process, its PID file and its log.
+    """
+
+    #: Short name used in commands, folders and messages.
+    name: str
+
+    @abc.abstractmethod
+    def port(self, ctx: ServiceContext) -> int:
+        """The TCP port the service listens on."""
+
+    def preflight(self, ctx: ServiceContext) -> None:
+        """Raise ServiceError, with what to install or change, if the service cannot start."""
+
+    def prepare(self, ctx: ServiceContext) -> None:
+        """Write generated configuration and create the folders the service needs."""
+
+    @abc.abstractmethod
+    def command(self, ctx: ServiceContext) -> list[str]:
+        """The program and arguments that run the service in the foreground."""
+
+    def environment(self, ctx: ServiceContext) -> dict[str, str]:
+        """Extra environment variables for the service process."""
+        return {}
+
+    def working_dir(self, ctx: ServiceContext) -> Path:
+        """The folder the service runs in."""
+        return ctx.service_dir(self.name)
+
+    @abc.abstractmethod
+    def health(self, ctx: ServiceContext) -> Health:
+        """Ask the service, in its own protocol, whether it is working."""

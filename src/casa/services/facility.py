@@ -1,0 +1,46 @@
+"""The facility as a whole: its services, in start order, under one supervisor."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from casa.config import facility_paths, load_config
+from casa.services.base import Service, ServiceContext
+from casa.services.issuer import IssuerService
+from casa.services.supervisor import Supervisor
+from casa.services.xrootd import CacheService, OriginService
+
+
+def facility_services() -> list[Service]:
+    """Every service, in the order they start (each depends only on those before it)."""
+    return [IssuerService(), OriginService(), CacheService()]
+
+
+def facility_context(
+    home: str | os.PathLike | None = None, config_file: str | os.PathLike | None = None
+) -> ServiceContext:
+    """The configuration and paths of the facility chosen by ``--home``/``$CASA_HOME``."""
+    paths = facility_paths(home).ensure()
+    config = load_config(paths, config_file)
+    return ServiceContext(config, paths, Path(config_file).absolute() if config_file else None)
+
+
+def facility_supervisor(ctx: ServiceContext) -> Supervisor:
+    """A supervisor for every service of the facility."""
+    return Supervisor(ctx, facility_services())
+
+
+def refusal_explainer(ctx: ServiceContext):
+    """A function saying why this facility's storage refused a path to the caller's token."""
+    from casa.auth.tokens import discover_token, explain_refusal
+
+    public = ctx.paths.keys / "issuer.pub.pem"
+    pem = public.read_bytes() if public.exists() else None
+
+    def explain(path: str) -> str:
+        return explain_refusal(
+            discover_token(), path, issuer=ctx.config.issuer_url, public_key_pem=pem
+        )
+
+    return explain

@@ -1,0 +1,224 @@
+"""The token issuer: holds the facility's signing key and mints per-user tokens.
+
+It runs as its own process (``python -m casa.services.issuer``) and offers:
+
+- over HTTP on ``issuer.port`` (loopback): ``/health``, the OpenID discovery document
+  ``/.well-known/openid-configuration`` and the public keys at ``/jwks``;
+- over a Unix socket, ``services/issuer/issuer.sock``: minting. The kernel tells the
+  issuer who is calling (``SO_PEERCRED``): an account may get tokens for itself only;
+  the facility's own account and root may ask for any user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pwd
+import socket
+import socketserver
+import struct
+import sys
+import threading
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from casa.auth.tokens import (
+    TokenIssuer,
+    default_scopes,
+    ensure_signing_key,
+    jwks_from_public_pem,
+    public_key_pem,
+)
+from casa.config import FacilityConfig, facility_paths, load_config
+from casa.errors import ServiceError
+from casa.services.base import Health, Service, ServiceContext
+
+SOCKET_NAME = "issuer.sock"
+MAX_LIFETIME = 7 * 24 * 3600
+
+
+def socket_path(ctx: ServiceContext) -> Path:
+    """Where the issuer listens for token requests."""
+    return ctx.service_dir("issuer") / SOCKET_NAME
+
+
+class IssuerService(Service):
+    """The facility token issuer, supervised like the other services."""
+
+    name = "issuer"
+
+    def port(self, ctx: ServiceContext) -> int:
+        """``issuer.port``."""
+        return ctx.config.issuer.port
+
+    def prepare(self, ctx: ServiceContext) -> None:
+        """Create the signing key on first start (private key mode 0600)."""
+        ctx.service_dir(self.name).mkdir(parents=True, exist_ok=True)
+        ensure_signing_key(ctx.paths.keys)
+
+    def command(self, ctx: ServiceContext) -> list[str]:
+        """This module, run by the same Python as casa."""
+        cmd = [sys.executable, "-m", "casa.services.issuer", "--home", str(ctx.paths.home)]
+        if ctx.config_file:
+            cmd += ["--config", str(ctx.config_file)]
+        return cmd
+
+    def health(self, ctx: ServiceContext) -> Health:
+        """GET /health and check that the issuer is this facility's."""
+        url = f"http://{ctx.config.facility.host}:{self.port(ctx)}/health"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                body = json.loads(r.read())
+        except OSError as e:
+            return Health(False, f"no answer from {url}: {e}")
+        except ValueError:
+            return Health(False, f"{url} did not answer JSON")
+        if body.get("issuer") != ctx.config.issuer_url:
+            return Health(False, f"{url} is another issuer ({body.get('issuer')})")
+        if not socket_path(ctx).exists():
+            return Health(False, "token socket not ready")
+        return Health(True, "answers /health")
+
+
+# -- asking the issuer ---------------------------------------------------------------------
+
+
+def request_token(
+    ctx: ServiceContext, user: str | None = None, scopes: list[str] | None = None,
+    lifetime: int | None = None,
+) -> str:  # fmt: skip
+    """Ask the running issuer for a token (for the caller, or ``user`` if allowed)."""
+    path = socket_path(ctx)
+    request = {"user": user, "scopes": scopes, "lifetime": lifetime}
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(str(path))
+            s.sendall(json.dumps(request).encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise ServiceError(
+            "the token issuer is not running: start the facility with 'casa up'"
+        ) from None
+    except OSError as e:
+        raise ServiceError(f"could not reach the token issuer at {path}: {e}") from None
+    answer = json.loads(data or b"{}")
+    if "error" in answer:
+        raise ServiceError(f"the issuer refused: {answer['error']}")
+    return answer["token"]
+
+
+# -- the issuer process --------------------------------------------------------------------
+
+
+def _peer_uid(conn: socket.socket) -> int:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid
+
+
+def _mint_for_peer(issuer: TokenIssuer, config: FacilityConfig, uid: int, request: dict) -> dict:
+    try:
+        caller = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return {"error": f"your account (uid {uid}) has no name on this machine"}
+    privileged = uid in (0, os.geteuid())
+    user = request.get("user") or caller
+    if user != caller and not privileged:
+        return {"error": f"{caller} may get tokens for {caller} only, not for {user}"}
+    if not all(c.isalnum() or c in "-_." for c in user):
+        return {"error": f"{user!r} is not a valid user name"}
+    scopes = request.get("scopes") or default_scopes(user)
+    if not privileged:
+        allowed = set(default_scopes(user))
+        extra = [s for s in scopes if s not in allowed]
+        if extra:
+            return {"error": f"{caller} may not ask for the scopes {' '.join(extra)}"}
+    lifetime = int(request.get("lifetime") or config.issuer.token_lifetime)
+    if not 1 <= lifetime <= MAX_LIFETIME:
+        return {"error": f"lifetime must be between 1 second and {MAX_LIFETIME} seconds"}
+    return {"token": issuer.mint(user, scopes, lifetime)}
+
+
+def serve(home: str, config_file: str | None) -> None:
+    """Run the issuer until SIGTERM."""
+    paths = facility_paths(home)
+    config = load_config(paths, config_file)
+    ctx = ServiceContext(config, paths, Path(config_file) if config_file else None)
+    private = ensure_signing_key(paths.keys)
+    issuer = TokenIssuer(private, config.issuer_url, config.facility.name)
+    jwks = jwks_from_public_pem(public_key_pem(private))
+    discovery = {
+        "issuer": config.issuer_url,
+        "jwks_uri": f"{config.issuer_url}/jwks",
+        "token_endpoint": f"unix:{socket_path(ctx)}",
+    }
+
+    class HTTPHandler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            routes = {
+                "/health": {"status": "ok", "issuer": config.issuer_url},
+                "/.well-known/openid-configuration": discovery,
+                "/jwks": jwks,
+            }
+            body = routes.get(self.path.split("?")[0])
+            code = 200 if body is not None else 404
+            data = json.dumps(body if body is not None else {"error": "not found"}).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, fmt, *args):
+            sys.stderr.write("issuer http: " + fmt % args + "\n")
+
+    class TokenHandler(socketserver.StreamRequestHandler):
+        def handle(self):
+            try:
+                request = json.loads(self.rfile.readline() or b"{}")
+                answer = _mint_for_peer(issuer, config, _peer_uid(self.request), request)
+            except Exception as e:  # never let one bad request stop the issuer
+                answer = {"error": f"bad request: {e}"}
+            sys.stderr.write(
+                f"issuer: uid {_peer_uid(self.request)} asked for {request.get('user')!r}: "
+                f"{'refused' if 'error' in answer else 'granted'}\n"
+            )
+            self.wfile.write(json.dumps(answer).encode() + b"\n")
+
+    http = ThreadingHTTPServer((config.facility.host, config.issuer.port), HTTPHandler)
+    sock = socket_path(ctx)
+    sock.unlink(missing_ok=True)
+    unix = socketserver.ThreadingUnixStreamServer(str(sock), TokenHandler)
+    os.chmod(sock, 0o666)  # anyone may ask; SO_PEERCRED decides what they get
+    threading.Thread(target=unix.serve_forever, daemon=True).start()
+    sys.stderr.write(f"issuer {config.issuer_url} ready on port {config.issuer.port}\n")
+    sys.stderr.flush()
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=http.shutdown).start())
+    try:
+        http.serve_forever()
+    finally:
+        unix.shutdown()
+        sock.unlink(missing_ok=True)
+
+
+def main() -> None:
+    """Entry point of the issuer process."""
+    parser = argparse.ArgumentParser(prog="casa-issuer")
+    parser.add_argument("--home", required=True)
+    parser.add_argument("--config")
+    args = parser.parse_args()
+    serve(args.home, args.config)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,297 @@
+"""``casa up``, ``casa down`` and ``casa status``: start, stop and watch the facility services.
+
+Each service runs as its own process group, started in the background with its output in
+``services/NAME/NAME.log`` and a PID file ``services/NAME/NAME.pid`` that records the
+process's start time, so a PID reused by another program after a crash is not mistaken
+for the service.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from casa.errors import ServiceError
+from casa.services.base import Service, ServiceContext
+
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+
+
+@dataclass
+class ServiceStatus:
+    """What ``casa status`` shows for one service."""
+
+    name: str
+    port: int
+    pid: int | None
+    running: bool
+    healthy: bool
+    uptime: float | None
+    detail: str
+    log: str
+
+    def to_dict(self) -> dict:
+        """JSON-ready."""
+        return asdict(self)
+
+
+def _proc_start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, or None if it is gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    fields = stat.rpartition(")")[2].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def _boot_time() -> float:
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("btime "):
+            return float(line.split()[1])
+    return 0.0
+
+
+class Supervisor:
+    """Runs a facility's services in order; stops them in reverse order."""
+
+    def __init__(self, ctx: ServiceContext, services: list[Service]):
+        self.ctx = ctx
+        self.services = services
+
+    # -- files ------------------------------------------------------------------------
+    def _pid_file(self, service: Service) -> Path:
+        return self.ctx.service_dir(service.name) / f"{service.name}.pid"
+
+    def log_file(self, service: Service) -> Path:
+        """Where the service's output goes."""
+        return self.ctx.service_dir(service.name) / f"{service.name}.log"
+
+    def _read_pid(self, service: Service) -> dict | None:
+        try:
+            return json.loads(self._pid_file(service).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def running_pid(self, service: Service) -> int | None:
+        """The PID of the service if its recorded process is still the one alive."""
+        record = self._read_pid(service)
+        if not record:
+            return None
+        ticks = _proc_start_ticks(record["pid"])
+        if ticks is None or ticks != record.get("start_ticks"):
+            return None
+        return record["pid"]
+
+    # -- status -----------------------------------------------------------------------
+    def status(self) -> list[ServiceStatus]:
+        """Each service with its port, PID, health and uptime."""
+        out = []
+        for service in self.services:
+            record = self._read_pid(service)
+            pid = self.running_pid(service)
+            uptime = None
+            if pid is not None:
+                health = service.health(self.ctx)
+                ticks = record["start_ticks"]
+                started = _boot_time() + ticks / os.sysconf("SC_CLK_TCK")
+                uptime = max(0.0, time.time() - started)
+            elif record:
+                health_detail = f"not running: process {record['pid']} has exited (see the log)"
+                health = _dead(health_detail)
+            else:
+                health = _dead("not started")
+            out.append(
+                ServiceStatus(
+                    name=service.name,
+                    port=service.port(self.ctx),
+                    pid=pid,
+                    running=pid is not None,
+                    healthy=health.ok,
+                    uptime=uptime,
+                    detail=health.detail,
+                    log=str(self.log_file(service)),
+                )
+            )
+        return out
+
+    # -- up ---------------------------------------------------------------------------
+    def up(self, timeout: float = START_TIMEOUT) -> dict[str, str]:
+        """Start every service that is not running and healthy; report what was done.
+
+        If a service fails to start, the services this call started are stopped again,
+        so a failed ``casa up`` leaves the facility as it was.
+        """
+        report: dict[str, str] = {}
+        started: list[Service] = []
+        try:
+            for service in self.services:
+                pid = self.running_pid(service)
+                if pid is not None and service.health(self.ctx).ok:
+                    report[service.name] = "already running"
+                    continue
+                restarted = pid is not None or self._read_pid(service) is not None
+                if pid is not None:  # alive but unhealthy: replace it
+                    self._stop(service, pid)
+                self._pid_file(service).unlink(missing_ok=True)
+                service.preflight(self.ctx)
+                self._check_port_free(service)
+                service.prepare(self.ctx)
+                self._start(service)
+                started.append(service)
+                self._wait_healthy(service, timeout)
+                report[service.name] = "restarted" if restarted else "started"
+        except BaseException:
+            for service in reversed(started):
+                pid = self.running_pid(service)
+                if pid is not None:
+                    self._stop(service, pid)
+                self._pid_file(service).unlink(missing_ok=True)
+            raise
+        return report
+
+    def _check_port_free(self, service: Service) -> None:
+        port = service.port(self.ctx)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            # As servers do: connections lingering in TIME_WAIT do not make a port busy.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    raise ServiceError(
+                        f"port {port} for service '{service.name}' is already in use by another "
+                        f"program: stop that program, or choose another port with "
+                        f"'{service.name}.port' in casa.toml"
+                    ) from None
+                raise ServiceError(f"cannot use port {port} for '{service.name}': {e}") from None
+
+    def _start(self, service: Service) -> None:
+        directory = self.ctx.service_dir(service.name)
+        directory.mkdir(parents=True, exist_ok=True)
+        log = self.log_file(service)
+        env = {**os.environ, **service.environment(self.ctx)}
+        with open(log, "ab") as out:
+            out.write(f"\n=== casa: starting {service.name} at {time.ctime()}\n".encode())
+            out.flush()
+            try:
+                process = subprocess.Popen(
+                    service.command(self.ctx),
+                    cwd=service.working_dir(self.ctx),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                )
+            except OSError as e:
+                raise ServiceError(f"could not start '{service.name}': {e}") from None
+        ticks = _proc_start_ticks(process.pid)
+        record = {
+            "pid": process.pid,
+            "start_ticks": ticks,
+            "port": service.port(self.ctx),
+            "command": service.command(self.ctx),
+        }
+        self._pid_file(service).write_text(json.dumps(record) + "\n")
+        # The supervisor does not wait for its children; keep Python from warning about it.
+        process.returncode = 0
+
+    def _wait_healthy(self, service: Service, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            if self.running_pid(service) is None:
+                raise ServiceError(
+                    f"service '{service.name}' exited while starting; its log "
+                    f"{self.log_file(service)} ends with:\n{self._log_tail(service)}"
+                )
+            health = service.health(self.ctx)
+            if health.ok:
+                return
+            last = health.detail
+            time.sleep(0.1)
+        raise ServiceError(
+            f"service '{service.name}' did not become healthy within {timeout:.0f} s ({last}); "
+            f"its log {self.log_file(service)} ends with:\n{self._log_tail(service)}"
+        )
+
+    def _log_tail(self, service: Service, lines: int = 15) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_file(service).read_text(errors="replace").splitlines()[-lines:])
+        return "(no log)"
+
+    # -- down -------------------------------------------------------------------------
+    def down(self) -> list[str]:
+        """Stop every service, in reverse order; return the names of those stopped."""
+        stopped = []
+        for service in reversed(self.services):
+            pid = self.running_pid(service)
+            if pid is not None:
+                self._stop(service, pid)
+                stopped.append(service.name)
+            self._pid_file(service).unlink(missing_ok=True)
+        return stopped
+
+    def _stop(self, service: Service, pid: int) -> None:
+        """SIGTERM the service's process group, then SIGKILL what is left after a grace time."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while time.monotonic() < deadline:
+            if _proc_start_ticks(pid) is None and not _group_alive(pid):
+                _reap(pid)
+                return
+            _reap(pid)
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        for _ in range(100):
+            _reap(pid)
+            if not _group_alive(pid):
+                return
+            time.sleep(0.05)
+        raise ServiceError(f"service '{service.name}' (process group {pid}) would not stop")
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # Only zombies left count as gone.
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status of a child we started (only matters inside one process)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _dead(detail: str):
+    from casa.services.base import Health
+
+    return Health(False, detail)
