@@ -112,7 +112,9 @@ class CacheSection:
     ram: str = field(default="1g", metadata={"help": "memory for blocks in flight, at least 1g"})
     blocksize: str = field(default="1m", metadata={"help": "block size, such as 512k or 1m"})
     disk_low: float = field(default=0.90, metadata={"help": "a fraction between 0 and 1"})
-    disk_high: float = field(default=0.95, metadata={"help": "a fraction above disk_low, at most 1"})
+    disk_high: float = field(
+        default=0.95, metadata={"help": "a fraction above disk_low, at most 1"}
+    )
 
 
 @dataclass(frozen=True)
@@ -173,9 +175,7 @@ def _check_section(name: str, cls: type, raw: Any, errors: list[str]) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
-            errors.append(
-                f"unknown key {name}.{key} (known keys in [{name}]: {', '.join(fields)})"
-            )
+            errors.append(f"unknown key {name}.{key} (known keys in [{name}]: {', '.join(fields)})")
     values = {}
     for key, f in fields.items():
         if key not in raw:
@@ -214,7 +214,9 @@ def _validate(config: FacilityConfig, errors: list[str]) -> None:
     seen: dict[int, str] = {}
     for service, port in config.ports().items():
         if port in seen:
-            errors.append(f"{service}.port and {seen[port]}.port are both {port}: give each its own")
+            errors.append(
+                f"{service}.port and {seen[port]}.port are both {port}: give each its own"
+            )
         seen[port] = service
     name = config.facility.name
     if not name or not all(c.isalnum() or c in "-_" for c in name):
@@ -248,7 +250,9 @@ def parse_config(data: dict, source: str = CONFIG_NAME) -> FacilityConfig:
     return config
 
 
-def load_config(paths: FacilityPaths, config_file: str | os.PathLike | None = None) -> FacilityConfig:
+def load_config(
+    paths: FacilityPaths, config_file: str | os.PathLike | None = None
+) -> FacilityConfig:
     """Read ``--config FILE`` or ``$CASA_HOME/casa.toml``; defaults when neither exists."""
     path = Path(config_file) if config_file else paths.config_file
     if not path.exists():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import textwrap
 
 import awkward as ak
 import hist
@@ -163,7 +162,9 @@ def test_missing_and_empty_inputs(casa, gen_dir, tmp_path):
 
 def test_generate_command(casa, tmp_path):
     out = tmp_path / "g"
-    r = casa("generate", "--out", out, "--events", "3000", "--files", "2", "--seed", "9", check=True)
+    r = casa(
+        "generate", "--out", out, "--events", "3000", "--files", "2", "--seed", "9", check=True
+    )
     assert "3,000 events in 2 file(s)" in r.out
     manifest = json.loads((out / "manifest.json").read_text())
     assert [f["events"] for f in manifest["files"]] == [1500, 1500]

@@ -33,7 +33,10 @@ def test_add_folder_glob_and_files(catalog, data_dir):
     assert all(f.tree == "Events" and f.bytes > 0 for f in d.files)
     assert d.bytes == sum((data_dir / f"events_{i:04d}.root").stat().st_size for i in range(3))
     g = catalog.add("glob", [str(data_dir / "events_000[01].root")])
-    assert [f.url for f in g.files] == [str(data_dir / "events_0000.root"), str(data_dir / "events_0001.root")]
+    assert [f.url for f in g.files] == [
+        str(data_dir / "events_0000.root"),
+        str(data_dir / "events_0001.root"),
+    ]
     one = catalog.add("one", [str(data_dir / "events_0002.root")])
     assert one.events == 3_000
     assert [x.name for x in catalog.list()] == ["folder", "glob", "one"]

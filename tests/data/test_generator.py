@@ -172,12 +172,17 @@ def test_manifest_describes_the_files(tmp_path):
         assert f["sha256"] == hashlib.sha256(data).hexdigest()
         assert uproot.open(tmp_path / f["name"])["Events"].num_entries == f["events"]
     # Each file is its own run, with unique event numbers.
-    runs = {int(uproot.open(tmp_path / f["name"])["Events"]["run"].array()[0]) for f in manifest["files"]}
+    runs = {
+        int(uproot.open(tmp_path / f["name"])["Events"]["run"].array()[0])
+        for f in manifest["files"]
+    }
     assert len(runs) == 2
     assert not list(tmp_path.glob(".casa-generate-*")), "scratch folders must be cleaned up"
 
 
-@pytest.mark.parametrize("codec, algorithm", [("lz4:4", "LZ4"), ("zstd:5", "ZSTD"), ("lzma:9", "LZMA")])
+@pytest.mark.parametrize(
+    "codec, algorithm", [("lz4:4", "LZ4"), ("zstd:5", "ZSTD"), ("lzma:9", "LZMA")]
+)
 def test_codecs(tmp_path, codec, algorithm):
     path = tmp_path / "c.root"
     generate_file(path, 5_000, seed=1, codec=codec)

@@ -66,9 +66,7 @@ def plan_chunks(dataset: str, files: Sequence[FileInfo], chunksize: int) -> list
         n = max(1, round(f.events / chunksize))
         step = math.ceil(f.events / n)
         for start in range(0, f.events, step):
-            items.append(
-                WorkItem(dataset, f.url, f.tree, start, min(start + step, f.events), b"")
-            )
+            items.append(WorkItem(dataset, f.url, f.tree, start, min(start + step, f.events), b""))
     return items
 
 

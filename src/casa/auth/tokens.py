@@ -112,7 +112,9 @@ class TokenIssuer:
             "jti": str(uuid.uuid4()),
             "scope": " ".join(scopes),
         }
-        return jwt.encode(claims, self._key, algorithm="ES256", headers={"kid": KEY_ID, "typ": "JWT"})
+        return jwt.encode(
+            claims, self._key, algorithm="ES256", headers={"kid": KEY_ID, "typ": "JWT"}
+        )
 
 
 # -- discovery (WLCG Bearer Token Discovery) ------------------------------------------
@@ -226,8 +228,10 @@ def explain_refusal(
     import jwt
 
     if found is None:
-        return f"no bearer token found (looked in {', '.join(discovery_locations(env))}); " \
+        return (
+            f"no bearer token found (looked in {', '.join(discovery_locations(env))}); "
             "get one with 'casa token issue'"
+        )
     claims = unverified_claims(found.token)
     exp = claims.get("exp")
     if isinstance(exp, (int, float)) and exp < time.time():

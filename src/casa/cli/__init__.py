@@ -6,6 +6,8 @@ import argparse
 import sys
 import traceback
 
+from rich.markup import escape
+
 from casa import __version__
 from casa.cli import datasets, demo, facility, generate, run, token
 from casa.cli.console import console, err_console
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = args.handler(args) or 0
     except CasaError as e:
-        err_console.print(f"[bold red]casa: error:[/] {e}", highlight=False)
+        err_console.print(f"[bold red]casa: error:[/] {escape(str(e))}", highlight=False)
         if e.details:
             err_console.print(e.details, highlight=False, markup=False)
         if args.debug:

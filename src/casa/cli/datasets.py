@@ -133,7 +133,9 @@ def handle_import(args: argparse.Namespace) -> int:
         raise DataError(f"{path} is not valid JSON: {e}") from None
     added = open_catalog(args).import_fileset(fileset)
     for d in added:
-        console.print(f"imported dataset [bold]{d.name}[/]: {len(d.files)} file(s), {d.events:,} events")
+        console.print(
+            f"imported dataset [bold]{d.name}[/]: {len(d.files)} file(s), {d.events:,} events"
+        )
     return 0
 
 
@@ -183,7 +185,9 @@ def _add_stored(args: argparse.Namespace, catalog: DatasetCatalog):
     )
     copied = storage.store(args.name, files, user=args.user)
     try:
-        return catalog.add_files(args.name, copied, metadata={"area": storage.area(args.name, args.user)})
+        return catalog.add_files(
+            args.name, copied, metadata={"area": storage.area(args.name, args.user)}
+        )
     except BaseException:
         storage.remove(args.name, args.user)
         raise

@@ -39,7 +39,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--workers", type=int, default=os.cpu_count() or 1, metavar="N", help="worker processes"
     )
     p.add_argument(
-        "--chunksize", type=int, default=None, metavar="N", help="entries per chunk (default 200000)"
+        "--chunksize",
+        type=int,
+        default=None,
+        metavar="N",
+        help="entries per chunk (default 200000)",
     )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.set_defaults(handler=handle)

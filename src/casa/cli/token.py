@@ -20,7 +20,9 @@ def parse_lifetime(text: str) -> int:
             return int(float(text[:-1]) * UNITS[text[-1]])
         return int(text)
     except ValueError:
-        raise UsageError(f"--lifetime {text!r} is not a duration such as 3600, 30m, 12h or 2d") from None
+        raise UsageError(
+            f"--lifetime {text!r} is not a duration such as 3600, 30m, 12h or 2d"
+        ) from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -75,11 +77,15 @@ def handle_show(args: argparse.Namespace) -> int:
     claims = unverified_claims(found.token)
     left = int(claims.get("exp", 0) - time.time())
     if args.json:
-        console.print_json(json.dumps({"source": found.source, "claims": claims, "seconds_left": left}))
+        console.print_json(
+            json.dumps({"source": found.source, "claims": claims, "seconds_left": left})
+        )
         return 0
     console.print(f"token from {found.source}")
     for key in ("iss", "sub", "aud", "scope", "jti"):
         console.print(f"  {key:<6} {claims.get(key)}")
     state = f"{left // 3600} h {left % 3600 // 60} min left" if left > 0 else "[red]expired[/]"
-    console.print(f"  exp    {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(claims['exp']))} ({state})")
+    console.print(
+        f"  exp    {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(claims['exp']))} ({state})"
+    )
     return 0

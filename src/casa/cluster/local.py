@@ -99,9 +99,12 @@ class FuturesBackend(ComputeBackend):
 
         from coffea import processor
 
-        with _manager_channel() as channel, ProcessPoolExecutor(
-            max_workers=workers, mp_context=multiprocessing.get_context("spawn")
-        ) as pool:
+        with (
+            _manager_channel() as channel,
+            ProcessPoolExecutor(
+                max_workers=workers, mp_context=multiprocessing.get_context("spawn")
+            ) as pool,
+        ):
             executor = processor.FuturesExecutor(pool=pool, workers=workers, status=False)
             yield OpenBackend(executor, channel, self.name, workers)
 
@@ -119,16 +122,19 @@ class LocalDaskBackend(ComputeBackend):
         from coffea import processor
         from distributed import Client, LocalCluster
 
-        with LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address="127.0.0.1:0",
-            host="127.0.0.1",
-            # A failing chunk is reported once by casa, with the user's traceback; the
-            # workers' own error logs would print it again, less readably.
-            silence_logs=logging.CRITICAL,
-        ) as cluster, Client(cluster) as client:
+        with (
+            LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address="127.0.0.1:0",
+                host="127.0.0.1",
+                # A failing chunk is reported once by casa, with the user's traceback; the
+                # workers' own error logs would print it again, less readably.
+                silence_logs=logging.CRITICAL,
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             channel = DaskQueueChannel(client, f"casa-progress-{uuid.uuid4().hex}")
             executor = processor.DaskExecutor(client=client, status=False, retries=3)
             yield OpenBackend(executor, channel, self.name, workers, cluster.dashboard_link)

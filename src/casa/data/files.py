@@ -66,7 +66,11 @@ def inspect_root_file(path: Path, tree: str) -> FileInfo:
             obj = f.get(tree)
             if obj is None or not hasattr(obj, "num_entries"):
                 trees = sorted(
-                    {k.split(";")[0] for k, c in f.classnames().items() if c in ("TTree", "TNtuple")}
+                    {
+                        k.split(";")[0]
+                        for k, c in f.classnames().items()
+                        if c in ("TTree", "TNtuple")
+                    }
                 )
                 hint = f"it holds the trees {', '.join(trees)}" if trees else "it holds no tree"
                 raise DataError(f"{path} has no tree {tree!r}: {hint}; choose one with --tree")

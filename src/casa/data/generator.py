@@ -115,9 +115,10 @@ def generate_file(
     # Written under its final name (ROOT records it) in a scratch folder, then moved in place.
     scratch = Path(tempfile.mkdtemp(prefix=".casa-generate-", dir=path.parent))
     tmp = scratch / path.name
-    with _frozen_write_clock(), uproot.recreate(
-        tmp, compression=compression, uuid_function=lambda: file_uuid
-    ) as f:
+    with (
+        _frozen_write_clock(),
+        uproot.recreate(tmp, compression=compression, uuid_function=lambda: file_uuid) as f,
+    ):
         tree = None
         done = 0
         while done < n_events or tree is None:

@@ -61,9 +61,11 @@ class Service(abc.ABC):
 
     def preflight(self, ctx: ServiceContext) -> None:
         """Raise ServiceError, with what to install or change, if the service cannot start."""
+        return None
 
     def prepare(self, ctx: ServiceContext) -> None:
         """Write generated configuration and create the folders the service needs."""
+        return None
 
     @abc.abstractmethod
     def command(self, ctx: ServiceContext) -> list[str]:

@@ -229,7 +229,9 @@ class Supervisor:
 
     def _log_tail(self, service: Service, lines: int = 15) -> str:
         with contextlib.suppress(OSError):
-            return "\n".join(self.log_file(service).read_text(errors="replace").splitlines()[-lines:])
+            return "\n".join(
+                self.log_file(service).read_text(errors="replace").splitlines()[-lines:]
+            )
         return "(no log)"
 
     # -- down -------------------------------------------------------------------------

@@ -63,7 +63,7 @@ class ADL3Processor(HistogramProcessor):
 
 
 class ADL4Processor(HistogramProcessor):
-    """Query 4: missing transverse momentum of events with at least two jets with pT > 40 GeV."""
+    """Query 4: MET of events with at least two jets with pT > 40 GeV."""
 
     def process(self, events: ak.Array) -> dict[str, hist.Hist]:
         """Fill ``met``, one entry per selected event."""
@@ -73,11 +73,10 @@ class ADL4Processor(HistogramProcessor):
 
 
 class ADL5Processor(HistogramProcessor):
-    """Query 5: missing transverse momentum of events with an opposite-charge muon pair of
-    invariant mass between 60 and 120 GeV (any pair of the event's muons)."""
+    """Query 5: MET of events with an opposite-charge muon pair of mass 60-120 GeV."""
 
     def process(self, events: ak.Array) -> dict[str, hist.Hist]:
-        """Fill ``met``, one entry per selected event."""
+        """Fill ``met`` once per event where any two muons pass."""
         muons = events.Muon
         muons = four_vectors(muons, charge=muons.charge)
         pairs = ak.combinations(muons, 2, fields=["first", "second"])
@@ -89,11 +88,10 @@ class ADL5Processor(HistogramProcessor):
 
 
 class ADL6Processor(HistogramProcessor):
-    """Query 6: in events with at least three jets, the trijet with invariant mass closest to
-    172.5 GeV: its pT and the largest b-tag discriminant among its three jets."""
+    """Query 6: pT and largest b-tag of the trijet with mass closest to 172.5 GeV."""
 
     def process(self, events: ak.Array) -> dict[str, hist.Hist]:
-        """Fill ``trijet_pt`` and ``trijet_btag``, one entry each per selected event."""
+        """Fill ``trijet_pt`` and ``trijet_btag`` once per event with at least three jets."""
         jets = events.Jet
         jets = four_vectors(jets, btag=jets[btag_field(jets)])
         jets = jets[ak.num(jets) >= 3]
@@ -114,11 +112,10 @@ class ADL6Processor(HistogramProcessor):
 
 
 class ADL7Processor(HistogramProcessor):
-    """Query 7: per event, the scalar sum of the pT of jets with pT > 30 GeV that are not within
-    dR < 0.4 of any light lepton (muon or electron) with pT > 10 GeV."""
+    """Query 7: per-event scalar pT sum of jets above 30 GeV away from leptons above 10 GeV."""
 
     def process(self, events: ak.Array) -> dict[str, hist.Hist]:
-        """Fill ``sum_pt``, one entry per event (0 for events without such jets)."""
+        """Fill ``sum_pt`` (jets with dR >= 0.4 to all leptons) once per event, 0 if none."""
         jets = four_vectors(events.Jet)
         jets = jets[jets.pt > 30]
         leptons = light_leptons(events)
@@ -129,12 +126,10 @@ class ADL7Processor(HistogramProcessor):
 
 
 class ADL8Processor(HistogramProcessor):
-    """Query 8: in events with at least three light leptons and a same-flavour opposite-charge
-    pair, the transverse mass of the missing momentum and the highest-pT light lepton outside
-    the pair whose invariant mass is closest to 91.2 GeV."""
+    """Query 8: mT of MET and the leading light lepton outside the best Z candidate pair."""
 
     def process(self, events: ak.Array) -> dict[str, hist.Hist]:
-        """Fill ``mt``, one entry per selected event."""
+        """Fill ``mt`` once per event with 3+ light leptons and an SFOS pair."""
         leptons = light_leptons(events)
         met = missing_et(events)
         enough = ak.num(leptons) >= 3

@@ -1,0 +1,107 @@
+"""Real facilities (issuer, XRootD origin and cache) on free ports, for the tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from casa.services.facility import facility_context, facility_supervisor
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports free right now."""
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+@dataclass
+class Facility:
+    home: Path
+    ports: dict[str, int]
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "CASA_HOME": str(self.home), "COLUMNS": "200", "NO_COLOR": "1"}
+
+    def ctx(self):
+        return facility_context(self.home)
+
+    def supervisor(self):
+        return facility_supervisor(self.ctx())
+
+    def casa(self, *args, env: dict | None = None, check: bool = False):
+        p = subprocess.run(
+            [sys.executable, "-m", "casa", *map(str, args)],
+            capture_output=True, text=True, env={**self.env, **(env or {})}, timeout=300,
+        )  # fmt: skip
+        if check:
+            assert p.returncode == 0, f"casa {args} failed:\n{p.stdout}\n{p.stderr}"
+        return p
+
+    def token(self, *args: str) -> str:
+        return self.casa("token", "issue", "--print", *args, check=True).stdout.strip()
+
+
+def new_facility_home(extra_toml: str = "") -> Facility:
+    """A state directory other accounts can traverse (XRootD runs as 'xrootd' under root)."""
+    home = Path(tempfile.mkdtemp(prefix="casa-test-", dir="/tmp"))
+    os.chmod(home, 0o711)
+    issuer, origin, cache = free_ports(3)
+    (home / "casa.toml").write_text(
+        f"[issuer]\nport = {issuer}\n[origin]\nport = {origin}\n[cache]\nport = {cache}\n"
+        + extra_toml
+    )
+    return Facility(home, {"issuer": issuer, "origin": origin, "cache": cache})
+
+
+@pytest.fixture
+def new_facility():
+    """A facility started for one test (which may stop or kill its services)."""
+    made = []
+
+    def make(extra_toml: str = "") -> Facility:
+        f = new_facility_home(extra_toml)
+        made.append(f)
+        return f
+
+    yield make
+    for f in made:
+        stop_everything(f.home)
+
+
+def stop_everything(home: Path) -> None:
+    """Kill every process group a test facility recorded, whatever its casa.toml says."""
+    for pid_file in home.glob("services/*/*.pid"):
+        try:
+            pid = json.loads(pid_file.read_text())["pid"]
+            os.killpg(pid, signal.SIGKILL)
+        except (ValueError, KeyError, ProcessLookupError, PermissionError):
+            pass
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def facility():
+    """One running facility shared by a test module."""
+    f = new_facility_home()
+    f.supervisor().up()
+    yield f
+    f.supervisor().down()
+    stop_everything(f.home)
