@@ -1,14 +1,20 @@
-"""``casa demo``: generate a dataset, register it, run two analyses, show where the plots are."""
+"""``casa demo``: bring the facility up, store a generated dataset, analyse it through the cache.
+
+Steps: ``casa up``; a token for the caller (stored where WLCG discovery finds it); the
+demo dataset generated once and copied into facility storage as ``demo``; ``dimuon`` and
+``adl5`` run on a local Dask cluster reading ``root://`` through XCache with the token.
+The facility stays up afterwards (``casa status``, ``casa down``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 from casa.cli.console import console, err_console
 from casa.cli.progress import ChunkProgress, event_progress
-from casa.config import facility_paths
 from casa.data.catalog import DatasetCatalog
 from casa.errors import DataError
 
@@ -17,13 +23,15 @@ DEMO_EVENTS = 3_000_000
 DEMO_FILES = 6
 DEMO_SEED = 2012
 DEMO_ANALYSES = ("dimuon", "adl5")
+#: A token with less time left than this is renewed before the demo runs.
+TOKEN_MARGIN = 600
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``demo`` command."""
     p = sub.add_parser(
         "demo",
-        help="generate the demo dataset, register it and run dimuon and adl5 on it",
+        help="start the facility, store the demo dataset, run dimuon and adl5 through the cache",
     )
     p.add_argument("--events", type=int, default=DEMO_EVENTS, metavar="N")
     p.add_argument("--files", type=int, default=DEMO_FILES, metavar="K")
@@ -39,27 +47,17 @@ def handle(args: argparse.Namespace) -> int:
     from casa.analysis.runner import run_analysis
     from casa.cli.run import print_summary
     from casa.cluster.local import LocalDaskBackend
-    from casa.data.generator import MANIFEST, generate_dataset
+    from casa.services.facility import (
+        facility_context,
+        facility_supervisor,
+        refusal_explainer,
+    )
 
-    paths = facility_paths(args.home).ensure()
-    data_dir = paths.home / "data" / DEMO_DATASET
-    catalog = DatasetCatalog(paths.database)
-    wanted = {"events": args.events, "files": args.files, "seed": DEMO_SEED}
-    if _manifest_matches(data_dir / MANIFEST, wanted):
-        console.print(f"demo data already generated in {data_dir}")
-    else:
-        with event_progress("Generating", args.events, err_console) as advance:
-            generate_dataset(
-                data_dir, args.events, args.files, DEMO_SEED, "zlib:1", progress=advance
-            )
-        if DEMO_DATASET in {d.name for d in catalog.list()}:
-            catalog.remove(DEMO_DATASET)
-    try:
-        dataset = catalog.get(DEMO_DATASET)
-    except DataError:
-        dataset = catalog.add(DEMO_DATASET, [str(data_dir)])
-        console.print(f"registered dataset {DEMO_DATASET}: {dataset.events:,} events")
-
+    ctx = facility_context(args.home, args.config)
+    report = facility_supervisor(ctx).up()
+    console.print("facility up: " + ", ".join(f"{name} {what}" for name, what in report.items()))
+    _ensure_token(ctx)
+    dataset = _ensure_dataset(ctx, args)
     for analysis in DEMO_ANALYSES:
         out = Path(args.out) / analysis
         with ChunkProgress(analysis, err_console) as progress:
@@ -71,10 +69,78 @@ def handle(args: argparse.Namespace) -> int:
                 workers=args.workers,
                 on_start=progress.start,
                 on_progress=progress.update,
+                explain_refusal=refusal_explainer(ctx),
             )
         summary = write_outputs(out, result, analysis, dataset.name)
         print_summary(str(out), summary, result.output)
+    console.print(
+        f"read through the cache: {dataset.files[0].url.rsplit('/', 1)[0]}/ ; the facility is "
+        "still up ('casa status' to see it, 'casa down' to stop it)"
+    )
     return 0
+
+
+def _ensure_token(ctx) -> None:
+    """A token of this facility with time left, found by WLCG discovery; mint one if not."""
+    from casa.auth.tokens import (
+        discover_token,
+        store_token,
+        token_store_path,
+        unverified_claims,
+    )
+    from casa.services.issuer import request_token
+
+    found = discover_token()
+    if found is not None:
+        claims = unverified_claims(found.token)
+        if (
+            claims.get("iss") == ctx.config.issuer_url
+            and claims.get("exp", 0) > time.time() + TOKEN_MARGIN
+        ):
+            console.print(f"using the token in {found.source}")
+            return
+    path = store_token(request_token(ctx), token_store_path())
+    console.print(f"new token stored in {path}")
+
+
+def _ensure_dataset(ctx, args: argparse.Namespace):
+    """The demo dataset in facility storage, generated and copied in on first use."""
+    from casa.data.files import expand_paths, inspect_root_file
+    from casa.data.generator import MANIFEST, generate_dataset
+    from casa.data.storage import FacilityStorage
+
+    catalog = DatasetCatalog(ctx.paths.database)
+    cache_url = f"root://{ctx.config.facility.host}:{ctx.config.cache.port}/"
+    source = ctx.paths.home / "data" / DEMO_DATASET
+    wanted = {"events": args.events, "files": args.files, "seed": DEMO_SEED}
+    fresh = _manifest_matches(source / MANIFEST, wanted)
+    try:
+        dataset = catalog.get(DEMO_DATASET)
+        if (
+            fresh
+            and all(f.url.startswith(cache_url) for f in dataset.files)
+            and (dataset.events == args.events)
+        ):
+            console.print(f"dataset {DEMO_DATASET} is in facility storage already")
+            return dataset
+        catalog.remove(DEMO_DATASET)
+    except DataError:
+        pass
+    if not fresh:
+        with event_progress("Generating", args.events, err_console) as advance:
+            generate_dataset(source, args.events, args.files, DEMO_SEED, progress=advance)
+    account = ctx.daemon_account() if ctx.as_root else None
+    storage = FacilityStorage(
+        ctx.paths.storage, cache_url, (account.pw_uid, account.pw_gid) if account else None
+    )
+    storage.remove(DEMO_DATASET)
+    files = [inspect_root_file(p, "Events") for p in expand_paths([str(source)])]
+    dataset = catalog.add_files(DEMO_DATASET, storage.store(DEMO_DATASET, files))
+    console.print(
+        f"stored dataset {DEMO_DATASET}: {dataset.events:,} events in {len(dataset.files)} files "
+        f"under /store/data/{DEMO_DATASET}"
+    )
+    return dataset
 
 
 def _manifest_matches(manifest: Path, wanted: dict) -> bool:
