@@ -128,6 +128,43 @@ class IssuerSection:
 
 
 @dataclass(frozen=True)
+class GatewaySection:
+    """``[gateway]``: Dask Gateway, per-user Dask clusters."""
+
+    port: int = field(
+        default=21080, metadata={"check": _port, "help": "a TCP port for the API and dashboards"}
+    )
+    scheduler_port: int = field(
+        default=21081, metadata={"check": _port, "help": "a TCP port for TLS connections to schedulers"}
+    )
+    api_port: int = field(
+        default=21082, metadata={"check": _port, "help": "a TCP port for the gateway's own API server"}
+    )
+    backend: str = field(
+        default="local", metadata={"check": lambda v: v in ("local", "local-accounts"),
+                                   "help": "'local' (processes of the facility account) or "
+                                           "'local-accounts' (each user's own Unix account)"},
+    )  # fmt: skip
+    max_clusters_per_user: int = field(
+        default=2, metadata={"check": lambda v: v >= 1, "help": "a whole number, at least 1"}
+    )
+    max_cores_per_user: int = field(
+        default=0, metadata={"check": lambda v: v >= 0, "help": "cores in all (0: no limit)"}
+    )
+    max_memory_per_user: str = field(
+        default="0", metadata={"help": "memory in all, such as 16g (0: no limit)"}
+    )
+    max_worker_cores: int = field(
+        default=4, metadata={"check": lambda v: v >= 1, "help": "a whole number, at least 1"}
+    )
+    max_worker_memory: str = field(default="8g", metadata={"help": "a size such as 8g"})
+    idle_timeout: int = field(
+        default=1800,
+        metadata={"check": lambda v: v >= 0, "help": "seconds before an idle cluster stops (0: never)"},
+    )
+
+
+@dataclass(frozen=True)
 class XRootDSection:
     """``[xrootd]``: how to run the XRootD daemons."""
 
@@ -146,6 +183,7 @@ class FacilityConfig:
     cache: CacheSection = CacheSection()
     issuer: IssuerSection = IssuerSection()
     xrootd: XRootDSection = XRootDSection()
+    gateway: GatewaySection = GatewaySection()
 
     @property
     def issuer_url(self) -> str:
@@ -154,7 +192,14 @@ class FacilityConfig:
 
     def ports(self) -> dict[str, int]:
         """Each service's port by service name."""
-        return {"issuer": self.issuer.port, "origin": self.origin.port, "cache": self.cache.port}
+        return {
+            "issuer": self.issuer.port,
+            "origin": self.origin.port,
+            "cache": self.cache.port,
+            "gateway": self.gateway.port,
+            "gateway scheduler": self.gateway.scheduler_port,
+            "gateway api": self.gateway.api_port,
+        }
 
 
 _SIZE_SUFFIX = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -209,6 +254,12 @@ def _validate(config: FacilityConfig, errors: list[str]) -> None:
             f"cache.disk_low = {cache.disk_low} and cache.disk_high = {cache.disk_high} must "
             "satisfy 0 < disk_low < disk_high <= 1"
         )
+    for key in ("max_memory_per_user", "max_worker_memory"):
+        value = getattr(config.gateway, key)
+        try:
+            parse_size(value)
+        except ValueError:
+            errors.append(f"gateway.{key} = {value!r} is not a size such as 8g")
     if config.issuer.token_lifetime < 60:
         errors.append("issuer.token_lifetime must be at least 60 seconds")
     seen: dict[int, str] = {}
@@ -233,6 +284,7 @@ def parse_config(data: dict, source: str = CONFIG_NAME) -> FacilityConfig:
         "cache": CacheSection,
         "issuer": IssuerSection,
         "xrootd": XRootDSection,
+        "gateway": GatewaySection,
     }
     assert set(classes) == set(sections)
     for key in data:

@@ -57,11 +57,15 @@ def write_outputs(
         "events": result.events,
         "chunks": result.chunks,
         "chunks_counted_twice": [list(c) for c in result.chunks_repeated],
+        "chunks_skipped": [
+            {"file": f, "entry_start": a, "entry_stop": b} for f, a, b in result.skipped
+        ],
         "wall_seconds": round(result.wall_seconds, 4),
         "events_per_second": round(result.events_per_second, 1),
         "bytes_read": result.bytes_read,
         "executor": result.executor,
         "workers": result.workers,
+        "dashboard": result.dashboard,
         "versions": {"casa": casa.__version__, "coffea": coffea.__version__},
         "histograms": [name for name, _ in histograms],
         "histograms_not_in_root_file": not_in_root,

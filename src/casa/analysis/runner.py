@@ -30,6 +30,19 @@ from casa.data.sources import refused_path, require_token, scrub, uproot_options
 from casa.errors import AnalysisError, DataError
 
 DEFAULT_CHUNKSIZE = 200_000
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean a chunk's data could not be read (what --skip-bad-files skips)."""
+    import lzma
+    import zlib
+
+    from uproot.deserialization import DeserializationError
+
+    return (OSError, EOFError, zlib.error, lzma.LZMAError, DeserializationError)
+
+
+READ_ERRORS = _read_errors()
 #: Warnings coffea's NanoAOD schema gives on files without NanoAOD's cross-reference indices
 #: (such as the ADL benchmark layout); they say nothing about the user's analysis.
 QUIET_WARNINGS = "ignore::RuntimeWarning:coffea.nanoevents.schemas.nanoaod"
@@ -139,6 +152,7 @@ class RunResult:
     events_per_file: dict[str, int]
     chunks: int
     chunks_repeated: list[tuple[str, int, int]]
+    skipped: list[tuple[str, int, int]]
     wall_seconds: float
     bytes_read: int
     executor: str
@@ -179,12 +193,15 @@ def run_analysis(
     on_progress: Callable[[int, int], None] | None = None,
     uproot_options: dict | None = None,
     explain_refusal: Callable[[str], str] | None = None,
+    skip_bad_files: bool = False,
 ) -> RunResult:
     """Run ``processor`` over ``files`` on ``backend``; progress goes to ``on_progress``.
 
     ``on_start(chunks, events, dashboard)`` is called once the workers are ready and
     ``on_progress(chunks_done, events_done)`` whenever chunks finish.
     ``explain_refusal(path)`` says in words why the storage refused to serve ``path``.
+    With ``skip_bad_files``, chunks whose data cannot be read are left out and listed in
+    ``RunResult.skipped`` instead of ending the run.
     """
     from coffea import processor as coffea_processor
     from coffea.nanoevents import NanoAODSchema
@@ -209,6 +226,7 @@ def run_analysis(
             schema=NanoAODSchema,
             chunksize=chunksize,
             savemetrics=True,
+            skipbadfiles=READ_ERRORS if skip_bad_files else False,
         )
         if on_start is not None:
             on_start(len(chunks), total_events, opened.dashboard)
@@ -247,6 +265,13 @@ def run_analysis(
         per_file[filename] = per_file.get(filename, 0) + n
         if n != stop - start:
             repeated.append((filename, start, stop))
+    skipped = [
+        (c.filename, c.entrystart, c.entrystop)
+        for c in chunks
+        if (c.filename, c.entrystart, c.entrystop) not in counted
+    ]
+    if skipped and not skip_bad_files:
+        raise AnalysisError(f"{len(skipped)} chunk(s) produced no output, the first {skipped[0]}")
     if on_progress is not None:
         on_progress(len(chunks), total_events)
     return RunResult(
@@ -254,6 +279,7 @@ def run_analysis(
         events_per_file=per_file,
         chunks=len(chunks),
         chunks_repeated=repeated,
+        skipped=skipped,
         wall_seconds=wall,
         bytes_read=int(metrics.get("bytesread", 0)),
         executor=opened.name,

@@ -16,9 +16,18 @@ KEY_ID = "casa-1"
 WLCG_VERSION = "1.0"
 
 
+#: The WLCG compute scopes of a gateway token: manage one's own Dask clusters.
+GATEWAY_SCOPES = ["compute.create", "compute.read", "compute.modify", "compute.cancel"]
+
+
 def default_scopes(user: str) -> list[str]:
     """What a facility user may read: public data and their own area."""
     return ["storage.read:/store/data", f"storage.read:/store/user/{user}"]
+
+
+def gateway_audience(facility_name: str) -> str:
+    """The audience of gateway tokens, so that a data token cannot drive clusters."""
+    return f"{facility_name}-gateway"
 
 
 # -- keys -----------------------------------------------------------------------------
@@ -96,7 +105,7 @@ class TokenIssuer:
             ) from None
         self._key = serialization.load_pem_private_key(data, password=None)
 
-    def mint(self, user: str, scopes: list[str], lifetime: int) -> str:
+    def mint(self, user: str, scopes: list[str], lifetime: int, audience: str | None = None) -> str:
         """A token for ``user`` with ``scopes``, valid for ``lifetime`` seconds from now."""
         import jwt
 
@@ -105,7 +114,7 @@ class TokenIssuer:
             "wlcg.ver": WLCG_VERSION,
             "iss": self.issuer,
             "sub": user,
-            "aud": self.audience,
+            "aud": audience or self.audience,
             "iat": now,
             "nbf": now,
             "exp": now + int(lifetime),

@@ -36,8 +36,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="where chunks run (default: futures, a local process pool)",
     )
     p.add_argument(
-        "--workers", type=int, default=os.cpu_count() or 1, metavar="N", help="worker processes"
+        "--cluster",
+        default="local",
+        choices=["local", "gateway"],
+        help="local: this machine with --executor; gateway: your Dask Gateway cluster",
     )
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="workers (default: the number of cores locally, 2 on the gateway)")  # fmt: skip
+    p.add_argument("--adapt", metavar="MIN:MAX", help="with --cluster gateway: adaptive workers")
+    p.add_argument("--worker-memory", type=float, default=2.0, metavar="GIB",
+                   help="with --cluster gateway: memory per worker of a new cluster")  # fmt: skip
+    p.add_argument("--skip-bad-files", action="store_true",
+                   help="leave out chunks whose data cannot be read, and list them in summary.json")  # fmt: skip
     p.add_argument(
         "--chunksize",
         type=int,
@@ -57,9 +67,23 @@ def handle(args: argparse.Namespace) -> int:
     from casa.cluster.local import local_backend
     from casa.data.files import expand_paths, inspect_root_file
 
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers must be at least 1 (got {args.workers})")
-    backend = local_backend(args.executor)
+    if args.adapt and args.cluster != "gateway":
+        raise UsageError("--adapt works with --cluster gateway")
+    if args.adapt and args.workers is not None:
+        raise UsageError("give either --workers or --adapt, not both")
+    if args.cluster == "gateway":
+        from casa.cluster.gateway import GatewayBackend, Scaling
+        from casa.services.facility import facility_context
+
+        scaling = Scaling.parse(args.workers or (None if args.adapt else 2), args.adapt)
+        backend = GatewayBackend(facility_context(args.home, args.config), scaling,
+                                 worker_memory=args.worker_memory)  # fmt: skip
+        workers = scaling.wait_for
+    else:
+        backend = local_backend(args.executor)
+        workers = args.workers or os.cpu_count() or 1
     processor = load_processor(args.analysis)
     if args.dataset:
         catalog = DatasetCatalog(facility_paths(args.home).ensure().database)
@@ -80,11 +104,12 @@ def handle(args: argparse.Namespace) -> int:
             name,
             files,
             backend,
-            workers=args.workers,
+            workers=workers,
             chunksize=args.chunksize or DEFAULT_CHUNKSIZE,
             on_start=progress.start,
             on_progress=progress.update,
             explain_refusal=explain,
+            skip_bad_files=args.skip_bad_files,
         )
     summary = write_outputs(args.out, result, args.analysis, name, plots=not args.no_plots)
     print_summary(args.out, summary, result.output)
@@ -116,6 +141,11 @@ def print_summary(out: str, summary: dict, output) -> None:
         f"({summary['events_per_second'] / 1e6:.2f} M events/s) on {summary['executor']} "
         f"with {summary['workers']} worker(s)"
     )
+    if summary.get("chunks_skipped"):
+        console.print(
+            f"[yellow]skipped {len(summary['chunks_skipped'])} chunk(s) that could not be read "
+            "(listed in summary.json)[/]"
+        )
     console.print(f"outputs in {out}: histograms.root, result.pkl, summary.json")
     for png in summary["plots"]:
         console.print(f"  plot: {os.path.join(out, png)}")

@@ -59,6 +59,10 @@ class Service(abc.ABC):
     def port(self, ctx: ServiceContext) -> int:
         """The TCP port the service listens on."""
 
+    def ports(self, ctx: ServiceContext) -> dict[str, int]:
+        """Every port the service listens on, by its casa.toml key."""
+        return {"port": self.port(ctx)}
+
     def preflight(self, ctx: ServiceContext) -> None:
         """Raise ServiceError, with what to install or change, if the service cannot start."""
         return None

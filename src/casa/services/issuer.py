@@ -25,8 +25,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from casa.auth.tokens import (
+    GATEWAY_SCOPES,
     TokenIssuer,
     default_scopes,
+    gateway_audience,
     ensure_signing_key,
     jwks_from_public_pem,
     public_key_pem,
@@ -87,11 +89,14 @@ class IssuerService(Service):
 
 def request_token(
     ctx: ServiceContext, user: str | None = None, scopes: list[str] | None = None,
-    lifetime: int | None = None,
+    lifetime: int | None = None, kind: str = "data",
 ) -> str:  # fmt: skip
-    """Ask the running issuer for a token (for the caller, or ``user`` if allowed)."""
+    """Ask the running issuer for a token (for the caller, or ``user`` if allowed).
+
+    ``kind`` is ``"data"`` (storage scopes) or ``"gateway"`` (Dask Gateway credentials).
+    """
     path = socket_path(ctx)
-    request = {"user": user, "scopes": scopes, "lifetime": lifetime}
+    request = {"user": user, "scopes": scopes, "lifetime": lifetime, "kind": kind}
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(10)
@@ -135,16 +140,21 @@ def _mint_for_peer(issuer: TokenIssuer, config: FacilityConfig, uid: int, reques
         return {"error": f"{caller} may get tokens for {caller} only, not for {user}"}
     if not all(c.isalnum() or c in "-_." for c in user):
         return {"error": f"{user!r} is not a valid user name"}
-    scopes = request.get("scopes") or default_scopes(user)
+    kind = request.get("kind") or "data"
+    if kind not in ("data", "gateway"):
+        return {"error": f"unknown token kind {kind!r}: ask for 'data' or 'gateway'"}
+    defaults = default_scopes(user) if kind == "data" else GATEWAY_SCOPES
+    scopes = request.get("scopes") or defaults
     if not privileged:
-        allowed = set(default_scopes(user))
+        allowed = set(defaults)
         extra = [s for s in scopes if s not in allowed]
         if extra:
             return {"error": f"{caller} may not ask for the scopes {' '.join(extra)}"}
     lifetime = int(request.get("lifetime") or config.issuer.token_lifetime)
     if not 1 <= lifetime <= MAX_LIFETIME:
         return {"error": f"lifetime must be between 1 second and {MAX_LIFETIME} seconds"}
-    return {"token": issuer.mint(user, scopes, lifetime)}
+    audience = gateway_audience(config.facility.name) if kind == "gateway" else None
+    return {"token": issuer.mint(user, scopes, lifetime, audience=audience)}
 
 
 def serve(home: str, config_file: str | None) -> None:

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from casa.errors import ServiceError
-from casa.services.base import Service, ServiceContext
+from casa.services.base import Health, Service, ServiceContext
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
@@ -162,20 +162,22 @@ class Supervisor:
         return report
 
     def _check_port_free(self, service: Service) -> None:
-        port = service.port(self.ctx)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            # As servers do: connections lingering in TIME_WAIT do not make a port busy.
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("0.0.0.0", port))
-            except OSError as e:
-                if e.errno == errno.EADDRINUSE:
+        for key, port in service.ports(self.ctx).items():
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                # As servers do: connections lingering in TIME_WAIT do not make a port busy.
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind(("0.0.0.0", port))
+                except OSError as e:
+                    if e.errno == errno.EADDRINUSE:
+                        raise ServiceError(
+                            f"port {port} for service '{service.name}' is already in use by "
+                            f"another program: stop that program, or choose another port with "
+                            f"'{service.name}.{key}' in casa.toml"
+                        ) from None
                     raise ServiceError(
-                        f"port {port} for service '{service.name}' is already in use by another "
-                        f"program: stop that program, or choose another port with "
-                        f"'{service.name}.port' in casa.toml"
+                        f"cannot use port {port} for '{service.name}': {e}"
                     ) from None
-                raise ServiceError(f"cannot use port {port} for '{service.name}': {e}") from None
 
     def _start(self, service: Service) -> None:
         directory = self.ctx.service_dir(service.name)
@@ -293,7 +295,5 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def _dead(detail: str):
-    from casa.services.base import Health
-
+def _dead(detail: str) -> Health:
     return Health(False, detail)

@@ -1,0 +1,191 @@
+"""Work on the caller's Dask Gateway cluster: create or reuse it, scale it, run coffea on it.
+
+The caller's gateway credential is a facility token of audience ``NAME-gateway`` that the
+issuer mints for the calling account on request, so no manual step is needed. The cluster's
+workers receive the owner's data token from the gateway (see
+:mod:`casa.cluster.gateway_server`), never the caller's local files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from casa.cluster.base import ComputeBackend, OpenBackend
+from casa.cluster.local import DaskQueueChannel
+from casa.errors import ServiceError, UsageError
+from casa.services.base import ServiceContext
+
+WORKER_WAIT_SECONDS = 120
+
+
+class CasaGatewayAuth:
+    """dask-gateway client authentication with a facility gateway token."""
+
+    def __init__(self, token: str):
+        self.token = token
+
+    def pre_request(self, resp):
+        """Send the token as a Bearer credential."""
+        return {"Authorization": f"Bearer {self.token}"}, None
+
+    def post_response(self, resp, context=None):
+        """Nothing to do after the response."""
+        return None
+
+
+def _idempotent_gateway_close() -> None:
+    """Make ``Gateway.close`` safe to call twice.
+
+    dask-gateway 2026.3 closes its client again from ``__del__``; with distributed 2025.3
+    the second close asks a stopped loop for its state and prints a RuntimeError on exit.
+    """
+    from dask_gateway import client
+
+    if getattr(client.Gateway.close, "_casa_idempotent", False):
+        return
+    original = client.Gateway.close
+
+    def close(self):
+        if getattr(self, "_casa_closed", False):
+            return None
+        self._casa_closed = True
+        return original(self)
+
+    close._casa_idempotent = True
+    client.Gateway.close = close
+
+
+def gateway_client(ctx: ServiceContext, token: str | None = None):
+    """A ``dask_gateway.Gateway`` for this facility, authenticated as the caller."""
+    from dask_gateway import Gateway
+    from dask_gateway.auth import GatewayAuth
+
+    from casa.services.issuer import request_token
+
+    _idempotent_gateway_close()
+    if token is None:
+        token = request_token(ctx, kind="gateway")
+    auth = type("CasaAuth", (CasaGatewayAuth, GatewayAuth), {})(token)
+    g = ctx.config.gateway
+    host = ctx.config.facility.host
+    return Gateway(
+        address=f"http://{host}:{g.port}",
+        proxy_address=f"gateway://{host}:{g.scheduler_port}",
+        auth=auth,
+        asynchronous=False,
+    )
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """How many workers: a fixed number, or adaptive between two bounds."""
+
+    workers: int | None = None
+    minimum: int | None = None
+    maximum: int | None = None
+
+    @classmethod
+    def parse(cls, workers: int | None, adapt: str | None) -> Scaling:
+        """From ``--workers N`` or ``--adapt MIN:MAX``."""
+        if adapt:
+            lo, sep, hi = adapt.partition(":")
+            try:
+                minimum, maximum = int(lo), int(hi)
+            except ValueError:
+                raise UsageError(f"--adapt {adapt!r} is not MIN:MAX, such as 1:4") from None
+            if not sep or minimum < 0 or maximum < max(minimum, 1):
+                raise UsageError(f"--adapt {adapt!r} needs 0 <= MIN <= MAX and MAX >= 1")
+            return cls(minimum=minimum, maximum=maximum)
+        return cls(workers=workers or 1)
+
+    @property
+    def wait_for(self) -> int:
+        """Workers to wait for before the run starts."""
+        return self.workers if self.workers is not None else max(self.minimum or 0, 1)
+
+
+def _raise_on_limit(caught: list[warnings.WarningMessage]) -> None:
+    for w in caught:
+        text = str(w.message)
+        if "exceed resource limit" in text:
+            raise UsageError(f"the gateway refused: {text}")
+
+
+def apply_scaling(cluster, scaling: Scaling) -> None:
+    """Scale or adapt a gateway cluster; a request over a limit is a UsageError naming it."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if scaling.workers is not None:
+            cluster.scale(scaling.workers)
+        else:
+            cluster.adapt(minimum=scaling.minimum, maximum=scaling.maximum)
+    _raise_on_limit(caught)
+
+
+def find_or_create_cluster(gateway, worker_cores: int = 1, worker_memory: float = 2.0):
+    """The caller's first running cluster, or a new one."""
+    from dask_gateway.client import GatewayClusterError
+
+    for report in gateway.list_clusters():
+        return gateway.connect(report.name)
+    try:
+        return gateway.new_cluster(
+            worker_cores=worker_cores, worker_memory=worker_memory, shutdown_on_close=False
+        )
+    except (GatewayClusterError, ValueError) as e:
+        raise UsageError(f"the gateway refused a new cluster: {e}") from None
+    except Exception as e:
+        if "Unprocessable" in str(e) or "422" in str(e):
+            raise UsageError(f"the gateway refused a new cluster: {e}") from None
+        raise
+
+
+class GatewayBackend(ComputeBackend):
+    """coffea's DaskExecutor on the caller's Dask Gateway cluster (reused between runs)."""
+
+    name = "gateway"
+
+    def __init__(self, ctx: ServiceContext, scaling: Scaling, worker_memory: float = 2.0):
+        self.ctx = ctx
+        self.scaling = scaling
+        self.worker_memory = worker_memory
+
+    @contextlib.contextmanager
+    def open(self, workers: int) -> Iterator[OpenBackend]:
+        """Connect to (or create) the cluster, scale it, yield a DaskExecutor on it."""
+        from coffea import processor
+
+        try:
+            gateway = gateway_client(self.ctx)
+        except ServiceError:
+            raise
+        with gateway:
+            try:
+                cluster = find_or_create_cluster(gateway, worker_memory=self.worker_memory)
+            except OSError as e:
+                raise ServiceError(
+                    f"cannot reach the gateway at {gateway.address}: {e}; is the facility up "
+                    "('casa status')?"
+                ) from None
+            apply_scaling(cluster, self.scaling)
+            client = cluster.get_client(set_as_default=False)
+            try:
+                try:
+                    client.wait_for_workers(self.scaling.wait_for, timeout=WORKER_WAIT_SECONDS)
+                except TimeoutError:
+                    raise ServiceError(
+                        f"cluster {cluster.name} did not get {self.scaling.wait_for} worker(s) "
+                        f"within {WORKER_WAIT_SECONDS} s; see 'casa cluster list'"
+                    ) from None
+                channel = DaskQueueChannel(client, f"casa-progress-{uuid.uuid4().hex}")
+                executor = processor.DaskExecutor(client=client, status=False, retries=3)
+                n = len(client.scheduler_info()["workers"])
+                yield OpenBackend(executor, channel, f"gateway:{cluster.name}", n,
+                                  cluster.dashboard_link)  # fmt: skip
+            finally:
+                client.close()
+                cluster.close(shutdown=False)

@@ -1,0 +1,179 @@
+"""casa's parts inside ``dask-gateway-server``: who the user is, and what they may start.
+
+Loaded by the gateway process through its generated configuration
+(``services/gateway/dask_gateway_config.py``):
+
+- :class:`CasaAuthenticator` accepts the facility's gateway tokens (ES256 JWTs from the
+  casa issuer, audience ``NAME-gateway``) and names the user after their ``sub`` claim;
+- :class:`CasaLocalBackend` runs each cluster's scheduler and workers as local processes,
+  enforces casa's per-user limits (clusters, cores, memory), and gives every cluster the
+  data token of the user who owns it, minted for that user by the issuer;
+- :class:`FixedLocalBackend` is dask-gateway's ``LocalBackend`` (processes under each
+  user's own account) with its ``setup_working_directory`` bug fixed: the shipped method
+  extends a list with a path string, so it later changes the owner of ``/``.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+
+from dask_gateway_server.auth import Authenticator, User, unauthorized
+from dask_gateway_server.backends.base import PublicException
+from dask_gateway_server.backends.local import LocalBackend, UnsafeLocalBackend
+from dask_gateway_server.options import Float, Integer, Options
+from dask_gateway_server.traitlets import MemoryLimit
+from dask_gateway_server.utils import format_bytes
+from traitlets import Unicode
+from traitlets import Integer as IntegerTrait
+
+GIB = 1 << 30
+
+
+class CasaAuthenticator(Authenticator):
+    """Authenticate API requests with a facility gateway token (``Authorization: Bearer``)."""
+
+    issuer = Unicode(help="The ``iss`` every accepted token must carry.", config=True)
+    audience = Unicode(help="The ``aud`` every accepted token must carry.", config=True)
+    public_key_file = Unicode(help="PEM file with the issuer's public key.", config=True)
+
+    async def authenticate(self, request):
+        """The user named by a valid token's ``sub``; 401 otherwise."""
+        import jwt
+
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise unauthorized("Bearer")
+        with open(self.public_key_file, "rb") as f:
+            key = f.read()
+        try:
+            claims = jwt.decode(
+                token.strip(), key, algorithms=["ES256"], audience=self.audience,
+                issuer=self.issuer, options={"require": ["exp", "sub", "iss", "aud"]},
+            )  # fmt: skip
+        except jwt.PyJWTError as e:
+            self.log.info("Refused a gateway token: %s", e)
+            raise unauthorized("Bearer") from None
+        return User(claims["sub"], groups=[], admin=False)
+
+
+def cluster_options(user_token: callable, max_worker_cores: float, max_worker_memory: int):
+    """The options users choose per cluster, with each user's data token added."""
+
+    def handler(options, user):
+        return {
+            "worker_cores": options.worker_cores,
+            "worker_threads": max(1, int(options.worker_cores)),
+            "worker_memory": int(options.worker_memory * GIB),
+            "environment": {"BEARER_TOKEN": user_token(user.name)},
+        }
+
+    return Options(
+        Integer("worker_cores", 1, min=1, max=max(1, int(max_worker_cores)), label="Worker cores"),
+        Float("worker_memory", 2, min=0.25, max=max_worker_memory / GIB, label="Worker memory (GiB)"),
+        handler=handler,
+    )  # fmt: skip
+
+
+class _UserLimits(LocalBackend):
+    """Per-user limits across all of a user's clusters (dask-gateway only limits one cluster)."""
+
+    max_clusters_per_user = IntegerTrait(2, help="Active clusters one user may have.", config=True)
+    max_cores_per_user = IntegerTrait(
+        0, help="Cores one user's clusters may use in all (0: no limit).", config=True
+    )
+    max_memory_per_user = MemoryLimit(
+        0, help="Memory one user's clusters may use in all (0: no limit).", config=True
+    )
+
+    def _usage(self, username: str, exclude: str | None = None) -> tuple[float, int, int]:
+        """Cores, bytes and clusters in use by ``username``'s active clusters."""
+        cores = memory = count = 0
+        for cluster in self.db.list_clusters(username=username):
+            if cluster.name == exclude:
+                continue
+            count += 1
+            cfg = cluster.config
+            get = cfg.get if isinstance(cfg, dict) else lambda k, d=0: getattr(cfg, k, d)
+            n = len(cluster.active_workers())
+            cores += get("scheduler_cores", 1) + n * get("worker_cores", 1)
+            memory += get("scheduler_memory", GIB) + n * get("worker_memory", 2 * GIB)
+        return cores, memory, count
+
+    async def start_cluster(self, user, cluster_options):
+        """Refuse a cluster over the user's limits, naming the limit."""
+        cores, memory, count = self._usage(user.name)
+        if count >= self.max_clusters_per_user:
+            raise PublicException(
+                f"user {user.name} has {count} active cluster(s), the limit "
+                f"(gateway.max_clusters_per_user) is {self.max_clusters_per_user}: stop one first "
+                "(casa cluster stop NAME)"
+            )
+        return await super().start_cluster(user, cluster_options)
+
+    async def process_cluster_options(self, user, cluster_options):
+        """Bound this cluster by what the user's limits leave after their other clusters."""
+        options, config = await super().process_cluster_options(user, cluster_options)
+        cores, memory, _ = self._usage(user.name)
+        need_cores = config.scheduler_cores + config.worker_cores
+        need_memory = config.scheduler_memory + config.worker_memory
+        if self.max_cores_per_user:
+            left = self.max_cores_per_user - cores
+            if left < need_cores:
+                raise PublicException(
+                    f"user {user.name} uses {cores:g} of {self.max_cores_per_user} cores "
+                    f"(gateway.max_cores_per_user); a cluster needs at least {need_cores:g}"
+                )
+            config.cluster_max_cores = float(left)
+        if self.max_memory_per_user:
+            left = self.max_memory_per_user - memory
+            if left < need_memory:
+                raise PublicException(
+                    f"user {user.name} uses {format_bytes(memory)} of "
+                    f"{format_bytes(self.max_memory_per_user)} memory "
+                    f"(gateway.max_memory_per_user); a cluster needs at least "
+                    f"{format_bytes(need_memory)}"
+                )
+            config.cluster_max_memory = int(left)
+        return options, config
+
+
+class CasaLocalBackend(_UserLimits, UnsafeLocalBackend):
+    """Clusters as local processes of the facility's account, within casa's per-user limits."""
+
+
+class FixedLocalBackend(_UserLimits):
+    """dask-gateway's LocalBackend (each user's own account) with its working-directory bug fixed."""
+
+    def setup_working_directory(self, cluster):  # pragma: no cover - needs other accounts
+        """Create the cluster's folders and TLS files, owned by the cluster's user only."""
+        if self.clusters_directory:
+            workdir = os.path.join(self.clusters_directory, cluster.name)
+        else:
+            import tempfile
+
+            workdir = tempfile.mkdtemp(prefix="dask", suffix=cluster.name)
+        certsdir = self.get_certs_directory(workdir)
+        logsdir = self.get_logs_directory(workdir)
+        paths = [workdir, certsdir, logsdir]
+        for path in paths:
+            os.makedirs(path, 0o700, exist_ok=True)
+        cert_path, key_path = self._get_tls_paths(workdir)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        for path, data in [(cert_path, cluster.tls_cert), (key_path, cluster.tls_key)]:
+            with os.fdopen(os.open(path, flags, 0o600), "wb") as f:
+                f.write(data)
+            paths.append(path)  # the shipped code does paths.extend(path): one entry per letter
+        self.set_file_permissions(paths, cluster.username)
+        return workdir
+
+    def set_file_permissions(self, paths, username):  # pragma: no cover - needs other accounts
+        """chown exactly the cluster's own files, refusing anything outside its folder."""
+        account = pwd.getpwnam(username)
+        root = os.path.realpath(paths[0])
+        for p in paths:
+            real = os.path.realpath(p)
+            if real != root and not real.startswith(root + os.sep):
+                raise RuntimeError(f"refusing to change the owner of {p}: outside {root}")
+            os.chown(p, account.pw_uid, account.pw_gid)
