@@ -135,10 +135,12 @@ class GatewaySection:
         default=21080, metadata={"check": _port, "help": "a TCP port for the API and dashboards"}
     )
     scheduler_port: int = field(
-        default=21081, metadata={"check": _port, "help": "a TCP port for TLS connections to schedulers"}
+        default=21081,
+        metadata={"check": _port, "help": "a TCP port for TLS connections to schedulers"},
     )
     api_port: int = field(
-        default=21082, metadata={"check": _port, "help": "a TCP port for the gateway's own API server"}
+        default=21082,
+        metadata={"check": _port, "help": "a TCP port for the gateway's own API server"},
     )
     backend: str = field(
         default="local", metadata={"check": lambda v: v in ("local", "local-accounts"),
@@ -160,7 +162,10 @@ class GatewaySection:
     max_worker_memory: str = field(default="8g", metadata={"help": "a size such as 8g"})
     idle_timeout: int = field(
         default=1800,
-        metadata={"check": lambda v: v >= 0, "help": "seconds before an idle cluster stops (0: never)"},
+        metadata={
+            "check": lambda v: v >= 0,
+            "help": "seconds before an idle cluster stops (0: never)",
+        },
     )
 
 

@@ -63,12 +63,22 @@ def new_facility_home(extra_toml: str = "") -> Facility:
     """A state directory other accounts can traverse (XRootD runs as 'xrootd' under root)."""
     home = Path(tempfile.mkdtemp(prefix="casa-test-", dir="/tmp"))
     os.chmod(home, 0o711)
-    issuer, origin, cache = free_ports(3)
+    issuer, origin, cache, gateway, scheduler, api = free_ports(6)
+    gateway_extra = ""
+    if "[gateway]" in extra_toml:
+        head, _, rest = extra_toml.partition("[gateway]\n")
+        extra_toml, gateway_extra = head, rest
     (home / "casa.toml").write_text(
         f"[issuer]\nport = {issuer}\n[origin]\nport = {origin}\n[cache]\nport = {cache}\n"
+        f"[gateway]\nport = {gateway}\nscheduler_port = {scheduler}\napi_port = {api}\n"
+        + gateway_extra
         + extra_toml
     )
-    return Facility(home, {"issuer": issuer, "origin": origin, "cache": cache})
+    return Facility(
+        home,
+        {"issuer": issuer, "origin": origin, "cache": cache, "gateway": gateway,
+         "gateway scheduler": scheduler, "gateway api": api},
+    )  # fmt: skip
 
 
 @pytest.fixture

@@ -41,19 +41,20 @@ def test_up_twice_status_and_down(new_facility):
     second = f.casa("up", check=True)
     assert "the facility is already up" in second.stdout
     status = _status(f)
-    assert [s for s in status] == ["issuer", "origin", "cache"]
+    assert [s for s in status] == ["issuer", "origin", "cache", "gateway"]
     for name, s in status.items():
         assert s["healthy"] and s["running"] and s["pid"] and s["uptime"] >= 0, name
         assert s["port"] == f.ports[name]
         assert Path(s["log"]).exists()
+    assert status["gateway"]["detail"] == "answers /api/health"
     pids = [s["pid"] for s in status.values()]
     assert (f.home / "services" / "origin" / "origin.cfg").exists()
     assert (f.home / "keys" / "issuer.pem").stat().st_mode & 0o777 == 0o600
     down = f.casa("down", check=True)
-    assert "stopped cache, origin, issuer" in down.stdout
+    assert "stopped gateway, cache, origin, issuer" in down.stdout
     time.sleep(0.2)
     assert not any(_alive(p) for p in pids), "casa down left a process behind"
-    assert not any(_status(f)[n]["running"] for n in f.ports)
+    assert not any(s["running"] for s in _status(f).values())
     assert f.casa("status").returncode == 1
     assert "nothing was running" in f.casa("down", check=True).stdout
 
@@ -121,21 +122,21 @@ def test_cached_file_survives_the_origin(new_facility, tmp_path):
 
 
 def test_config_errors_name_what_is_wrong(new_facility):
-    f = new_facility("[cache]\nrams = '2g'\n[origin]\nport = 'high'\n[gateway]\nx = 1\n")
+    f = new_facility("[cache]\nrams = '2g'\n[origin]\nport = 'high'\n[gateways]\nx = 1\n")
     # The fixture wrote [cache] and [origin] already; TOML refuses a table twice.
     p = f.casa("up")
     assert p.returncode == 3 and "is not valid TOML" in p.stderr
     (f.home / "casa.toml").write_text(
-        "[cache]\nrams = '2g'\ndisk_low = 0.99\n[origin]\nport = 'high'\n[gateway]\nx = 1\n"
+        "[cache]\nrams = '2g'\ndisk_low = 0.99\n[origin]\nport = 'high'\n[gateways]\nx = 1\n"
     )
     p = f.casa("up")
     err = " ".join(p.stderr.split())
     assert p.returncode == 3
     assert "unknown key cache.rams" in err
     assert "origin.port = 'high' is not valid: expected a TCP port" in err
-    assert "unknown section [gateway]" in err
+    assert "unknown section [gateways]" in err
     assert "cache.disk_low = 0.99 and cache.disk_high = 0.95" in err
-    assert not (f.home / "services").exists() or not any(_status(f)[n]["running"] for n in f.ports)
+    assert not (f.home / "services").exists()
     p = f.casa("--config", f.home / "missing.toml", "status")
     assert p.returncode == 3 and "missing.toml does not exist" in p.stderr
 

@@ -2,8 +2,9 @@
 
 Steps: ``casa up``; a token for the caller (stored where WLCG discovery finds it); the
 demo dataset generated once and copied into facility storage as ``demo``; ``dimuon`` and
-``adl5`` run on a local Dask cluster reading ``root://`` through XCache with the token.
-The facility stays up afterwards (``casa status``, ``casa down``).
+``adl5`` run on the caller's Dask Gateway cluster, whose workers read ``root://`` through
+XCache with the caller's token. The facility stays up afterwards (``casa status``,
+``casa down``; the idle cluster stops by itself after ``gateway.idle_timeout``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``demo`` command."""
     p = sub.add_parser(
         "demo",
-        help="start the facility, store the demo dataset, run dimuon and adl5 through the cache",
+        help="start the facility, store the demo dataset, run dimuon and adl5 on your gateway "
+        "cluster through the cache",
     )
     p.add_argument("--events", type=int, default=DEMO_EVENTS, metavar="N")
     p.add_argument("--files", type=int, default=DEMO_FILES, metavar="K")
@@ -46,7 +48,7 @@ def handle(args: argparse.Namespace) -> int:
     from casa.analysis.registry import load_processor
     from casa.analysis.runner import run_analysis
     from casa.cli.run import print_summary
-    from casa.cluster.local import LocalDaskBackend
+    from casa.cluster.gateway import GatewayBackend, Scaling
     from casa.services.facility import (
         facility_context,
         facility_supervisor,
@@ -65,7 +67,7 @@ def handle(args: argparse.Namespace) -> int:
                 load_processor(analysis),
                 dataset.name,
                 list(dataset.files),
-                LocalDaskBackend(),
+                GatewayBackend(ctx, Scaling(workers=args.workers)),
                 workers=args.workers,
                 on_start=progress.start,
                 on_progress=progress.update,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import pwd
+from functools import partial
 
 from dask_gateway_server.auth import Authenticator, User, unauthorized
 from dask_gateway_server.backends.base import PublicException
@@ -24,8 +25,8 @@ from dask_gateway_server.backends.local import LocalBackend, UnsafeLocalBackend
 from dask_gateway_server.options import Float, Integer, Options
 from dask_gateway_server.traitlets import MemoryLimit
 from dask_gateway_server.utils import format_bytes
-from traitlets import Unicode
 from traitlets import Integer as IntegerTrait
+from traitlets import Unicode
 
 GIB = 1 << 30
 
@@ -95,7 +96,7 @@ class _UserLimits(LocalBackend):
                 continue
             count += 1
             cfg = cluster.config
-            get = cfg.get if isinstance(cfg, dict) else lambda k, d=0: getattr(cfg, k, d)
+            get = cfg.get if isinstance(cfg, dict) else partial(getattr, cfg)
             n = len(cluster.active_workers())
             cores += get("scheduler_cores", 1) + n * get("worker_cores", 1)
             memory += get("scheduler_memory", GIB) + n * get("worker_memory", 2 * GIB)

@@ -41,7 +41,6 @@ c.LocalBackend.clusters_directory = {clusters!r}
 c.ClusterConfig.scheduler_cmd = {scheduler_cmd!r}
 c.ClusterConfig.worker_cmd = {worker_cmd!r}
 c.ClusterConfig.idle_timeout = {idle_timeout}
-c.ClusterConfig.cluster_max_workers = {max_workers}
 c.LocalBackend.max_clusters_per_user = {max_clusters}
 c.LocalBackend.max_cores_per_user = {max_cores}
 c.LocalBackend.max_memory_per_user = {max_memory}
@@ -118,7 +117,6 @@ class GatewayService(Service):
                 scheduler_cmd=str(bin_dir / "dask-scheduler"),
                 worker_cmd=str(bin_dir / "dask-worker"),
                 idle_timeout=float(g.idle_timeout),
-                max_workers=64,
                 max_clusters=g.max_clusters_per_user,
                 max_cores=int(cores),
                 max_memory=max_memory,
@@ -144,4 +142,3 @@ class GatewayService(Service):
         if body.get("status") != "pass":
             return Health(False, f"gateway reports {body}")
         return Health(True, "answers /api/health")
-

@@ -28,8 +28,8 @@ from casa.auth.tokens import (
     GATEWAY_SCOPES,
     TokenIssuer,
     default_scopes,
-    gateway_audience,
     ensure_signing_key,
+    gateway_audience,
     jwks_from_public_pem,
     public_key_pem,
 )

@@ -1,0 +1,1 @@
+"""casa bench: the facility measured against plain coffea, RDataFrame and the decompression limit."""

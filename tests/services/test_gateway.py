@@ -1,0 +1,239 @@
+"""Per-user Dask clusters through the real Dask Gateway, with TLS, limits and tokens."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from casa.analysis.registry import load_processor
+from casa.analysis.runner import run_analysis
+from casa.auth.tokens import unverified_claims
+from casa.cluster.gateway import GatewayBackend, Scaling, apply_scaling, gateway_client
+from casa.cluster.local import IterativeBackend
+from casa.data.files import inspect_root_file
+from casa.data.generator import generate_dataset
+from casa.errors import UsageError
+from casa.services.issuer import request_token
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("xrootd") is None and not os.environ.get("CI"),
+    reason="xrootd is not installed (make install puts it in place with apt)",
+)
+
+
+def _gateway_for(facility, user):
+    ctx = facility.ctx()
+    return gateway_client(ctx, token=request_token(ctx, user=user, kind="gateway"))
+
+
+@pytest.fixture(scope="module")
+def gw(facility):
+    return facility
+
+
+def test_clusters_start_scale_stop_and_users_are_isolated(gw):
+    with _gateway_for(gw, "alice") as alice, _gateway_for(gw, "bob") as bob:
+        a = alice.new_cluster(shutdown_on_close=False)
+        b = bob.new_cluster(shutdown_on_close=False)
+        try:
+            a.scale(2)
+            client = a.get_client(set_as_default=False)
+            client.wait_for_workers(2, timeout=60)
+            assert len(client.scheduler_info()["workers"]) == 2
+            # Workers carry the owner's data token, and only the owner's.
+            subs = client.run(lambda: __import__("os").environ.get("BEARER_TOKEN"))
+            assert {unverified_claims(t)["sub"] for t in subs.values()} == {"alice"}
+            # TLS throughout: the scheduler listens on tls:// only.
+            address = client.scheduler_info()["address"]
+            assert address.startswith("tls://")
+            from distributed import Client
+
+            host_port = address.removeprefix("tls://")
+            with pytest.raises((OSError, TimeoutError)):
+                Client(f"tcp://{host_port}", timeout=3)
+            with pytest.raises((OSError, TimeoutError)):
+                Client(f"tcp://127.0.0.1:{gw.ports['gateway scheduler']}", timeout=3)
+            client.close()
+            a.scale(1)
+            deadline = time.time() + 30
+            while time.time() < deadline and len(a.scheduler_info["workers"]) != 1:
+                time.sleep(0.5)
+            assert len(a.scheduler_info["workers"]) == 1
+
+            # alice sees only her cluster, and can neither connect to nor stop bob's.
+            assert [c.name for c in alice.list_clusters()] == [a.name]
+            assert [c.name for c in bob.list_clusters()] == [b.name]
+            with pytest.raises(Exception, match="(?i)not found|forbidden|lacks permissions"):
+                alice.connect(b.name)
+            with pytest.raises(Exception, match="(?i)not found|forbidden|lacks permissions"):
+                alice.stop_cluster(b.name)
+            assert [c.name for c in bob.list_clusters()] == [b.name]
+        finally:
+            a.shutdown()
+            b.shutdown()
+        assert alice.list_clusters() == [] and bob.list_clusters() == []
+
+
+def test_no_token_or_data_token_is_refused(gw):
+    ctx = gw.ctx()
+    data_token = request_token(ctx, user="alice")
+    with (
+        gateway_client(ctx, token=data_token) as g,
+        pytest.raises(Exception, match="401|Unauthorized"),
+    ):
+        g.list_clusters()
+    with (
+        gateway_client(ctx, token="not-a-token") as g,
+        pytest.raises(Exception, match="401|Unauthorized"),
+    ):
+        g.list_clusters()
+
+
+def test_cli_cluster_commands(gw, tmp_path):
+    r = gw.casa("cluster", "list", "--json", check=True)
+    assert json.loads(r.stdout) == []
+    stored = tmp_path / "d"
+    generate_dataset(stored, 6_000, 2, seed=8, workers=1)
+    gw.casa("datasets", "add", "gw-sim", stored, "--store", check=True)
+    token = tmp_path / "tok"
+    token.write_text(gw.token())
+    run = gw.casa("run", "dimuon", "--dataset", "gw-sim", "--cluster", "gateway", "--workers",
+                  "2", "--out", tmp_path / "o", env={"BEARER_TOKEN_FILE": str(token)}, check=True)  # fmt: skip
+    assert "Dask dashboard: http://127.0.0.1:" in " ".join(run.stderr.split())
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["executor"].startswith("gateway:") and summary["events"] == 6_000
+    clusters = json.loads(gw.casa("cluster", "list", "--json", check=True).stdout)
+    assert len(clusters) == 1 and clusters[0]["status"] == "running"
+    name = clusters[0]["name"]
+    # The next run reuses the running cluster.
+    gw.casa("run", "adl1", "--dataset", "gw-sim", "--cluster", "gateway", "--out", tmp_path / "o2",
+            env={"BEARER_TOKEN_FILE": str(token)}, check=True)  # fmt: skip
+    assert [c["name"] for c in json.loads(gw.casa("cluster", "list", "--json").stdout)] == [name]
+    assert "scaled to 1" in gw.casa("cluster", "scale", name, "1", check=True).stdout
+    bad = gw.casa("cluster", "stop", "nonexistent")
+    assert bad.returncode == 2 and "no cluster named 'nonexistent'" in bad.stderr
+    assert name in gw.casa("cluster", "stop", "--all", check=True).stdout
+    assert json.loads(gw.casa("cluster", "list", "--json").stdout) == []
+
+
+def test_limits_are_enforced_with_their_names(new_facility):
+    f = new_facility("[gateway]\nmax_clusters_per_user = 1\nmax_cores_per_user = 3\n")
+    f.supervisor().up()
+    with _gateway_for(f, "carol") as g:
+        cluster = g.new_cluster(shutdown_on_close=False)
+        try:
+            with pytest.raises(Exception, match="gateway.max_clusters_per_user"):
+                g.new_cluster(shutdown_on_close=False)
+            with pytest.raises(UsageError, match="exceed resource limit of 2 workers"):
+                apply_scaling(cluster, Scaling(workers=5))
+        finally:
+            cluster.shutdown()
+
+
+def test_idle_clusters_are_culled(new_facility):
+    f = new_facility("[gateway]\nidle_timeout = 2\n")
+    f.supervisor().up()
+    with _gateway_for(f, "dave") as g:
+        g.new_cluster(shutdown_on_close=False)
+        deadline = time.time() + 60
+        while time.time() < deadline and g.list_clusters():
+            time.sleep(1)
+        assert g.list_clusters() == [], "an idle cluster must be stopped after idle_timeout"
+
+
+def _worker_pids(client) -> list[int]:
+    return list(client.run(os.getpid).values())
+
+
+def test_killed_worker_keeps_exact_counts(gw, tmp_path):
+    data = tmp_path / "d"
+    generate_dataset(data, 120_000, 4, seed=12, workers=1)
+    files = [inspect_root_file(p, "Events") for p in sorted(data.glob("*.root"))]
+    reference = run_analysis(
+        load_processor("adl1"), "d", files, IterativeBackend(), chunksize=5_000
+    )
+
+    ctx = gw.ctx()
+    backend = GatewayBackend(ctx, Scaling(workers=2))
+    killed = []
+    lock = threading.Lock()
+
+    def kill_one_worker(chunks_done, events_done):
+        if chunks_done < 3 or not lock.acquire(blocking=False):
+            return
+        if not killed:
+            with gateway_client(ctx) as g:
+                cluster = g.connect(g.list_clusters()[0].name)
+                client = cluster.get_client(set_as_default=False)
+                pid = _worker_pids(client)[0]
+                client.close()
+                cluster.close(shutdown=False)
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    def slow_progress(chunks, events):
+        threading.Thread(target=kill_one_worker, args=(chunks, events)).start()
+
+    result = run_analysis(load_processor("adl1"), "d", files, backend, chunksize=5_000,
+                          on_progress=slow_progress)  # fmt: skip
+    assert killed, "the test did not manage to kill a worker"
+    assert result.events_per_file == {f.url: f.events for f in files}
+    assert result.chunks_repeated == [] and result.skipped == []
+    assert np.array_equal(result.output["met"].values(flow=True),
+                          reference.output["met"].values(flow=True))  # fmt: skip
+    with gateway_client(ctx) as g:
+        for c in g.list_clusters():
+            g.stop_cluster(c.name)
+
+
+def test_failing_chunk_names_file_and_range_or_is_skipped(gw, tmp_path):
+    data = tmp_path / "d"
+    generate_dataset(data, 100_000, 1, seed=13, workers=1)
+    path = data / "events_0000.root"
+    info = inspect_root_file(path, "Events")
+    # Corrupt MET_pt's second basket (entries 50,000-100,000: two chunks of 25,000).
+    import uproot
+
+    branch = uproot.open(path)["Events"]["MET_pt"]
+    seek = branch.member("fBasketSeek")[1]
+    raw = bytearray(path.read_bytes())
+    raw[seek + 100 : seek + 400] = b"\\x00" * 300
+    path.write_bytes(bytes(raw))
+    backend = GatewayBackend(gw.ctx(), Scaling(workers=1))
+    with pytest.raises(Exception) as failure:
+        run_analysis(load_processor("adl1"), "d", [info], backend, chunksize=25_000)
+    assert "events_0000.root entries 50000-75000" in str(failure.value)
+    result = run_analysis(load_processor("adl1"), "d", [info], backend, chunksize=25_000,
+                          skip_bad_files=True)  # fmt: skip
+    assert result.skipped == [(str(path), 50_000, 75_000), (str(path), 75_000, 100_000)]
+    assert result.events == 50_000
+    with gateway_client(gw.ctx()) as g:
+        for c in g.list_clusters():
+            g.stop_cluster(c.name)
+
+
+def test_down_stops_every_cluster_and_leaves_no_process(new_facility):
+    f = new_facility()
+    f.supervisor().up()
+    with _gateway_for(f, "erin") as g:
+        cluster = g.new_cluster(shutdown_on_close=False)
+        cluster.scale(1)
+        client = cluster.get_client(set_as_default=False)
+        client.wait_for_workers(1, timeout=60)
+        pids = _worker_pids(client) + [client.run_on_scheduler(os.getpid)]
+        client.close()
+        cluster.close(shutdown=False)
+    f.casa("down", check=True)
+    time.sleep(1)
+    for pid in pids:
+        assert (
+            not os.path.exists(f"/proc/{pid}")
+            or open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] in "ZX"
+        ), f"process {pid} outlived casa down"
