@@ -170,6 +170,50 @@ class GatewaySection:
 
 
 @dataclass(frozen=True)
+class HubSection:
+    """``[hub]``: JupyterHub, each user's JupyterLab."""
+
+    port: int = field(default=21000, metadata={"check": _port, "help": "a TCP port for the hub"})
+    api_port: int = field(
+        default=21001, metadata={"check": _port, "help": "a TCP port for the hub's internal API"}
+    )
+    proxy_api_port: int = field(
+        default=21002, metadata={"check": _port, "help": "a TCP port for the proxy's API"}
+    )
+    user_env: str = field(
+        default="",
+        metadata={"help": "the Python environment users' servers run from (default: "
+                          "/opt/casa-user-env under root, else casa's own)"},
+    )  # fmt: skip
+    auth: str = field(
+        default="casa",
+        metadata={"check": lambda v: v in ("casa", "oidc"),
+                  "help": "'casa' (facility accounts) or 'oidc' (OpenID Connect)"},
+    )  # fmt: skip
+    token_renewal: int = field(
+        default=0,
+        metadata={"check": lambda v: v >= 0,
+                  "help": "seconds between renewals of a running server's tokens "
+                          "(0: half of issuer.token_lifetime)"},
+    )  # fmt: skip
+    oidc_authorize_url: str = field(default="", metadata={"help": "the provider's authorize URL"})
+    oidc_token_url: str = field(default="", metadata={"help": "the provider's token URL"})
+    oidc_userdata_url: str = field(default="", metadata={"help": "the provider's userinfo URL"})
+    oidc_client_id: str = field(default="", metadata={"help": "this hub's client id"})
+    oidc_client_secret_file: str = field(
+        default="", metadata={"help": "a file holding this hub's client secret"}
+    )
+    oidc_scope: list = field(
+        default_factory=lambda: ["openid", "profile", "email"],
+        metadata={"help": "a list of scopes"},
+    )
+    oidc_username_claim: str = field(default="preferred_username", metadata={"help": "a claim"})
+    oidc_groups_claim: str = field(default="groups", metadata={"help": "a claim"})
+    oidc_allowed_groups: list = field(default_factory=list, metadata={"help": "a list of groups"})
+    oidc_admin_groups: list = field(default_factory=list, metadata={"help": "a list of groups"})
+
+
+@dataclass(frozen=True)
 class XRootDSection:
     """``[xrootd]``: how to run the XRootD daemons."""
 
@@ -189,6 +233,7 @@ class FacilityConfig:
     issuer: IssuerSection = IssuerSection()
     xrootd: XRootDSection = XRootDSection()
     gateway: GatewaySection = GatewaySection()
+    hub: HubSection = HubSection()
 
     @property
     def issuer_url(self) -> str:
@@ -204,6 +249,9 @@ class FacilityConfig:
             "gateway": self.gateway.port,
             "gateway scheduler": self.gateway.scheduler_port,
             "gateway api": self.gateway.api_port,
+            "hub": self.hub.port,
+            "hub api": self.hub.api_port,
+            "hub proxy api": self.hub.proxy_api_port,
         }
 
 
@@ -231,8 +279,10 @@ def _check_section(name: str, cls: type, raw: Any, errors: list[str]) -> Any:
         if key not in raw:
             continue
         value = raw[key]
-        expected = {"int": int, "float": (int, float), "str": str}[f.type]
+        expected = {"int": int, "float": (int, float), "str": str, "list": list}[f.type]
         ok = isinstance(value, expected) and not isinstance(value, bool)
+        if ok and f.type == "list":
+            ok = all(isinstance(v, str) for v in value)
         check = f.metadata.get("check")
         if ok and check is not None:
             ok = check(value)
@@ -274,6 +324,13 @@ def _validate(config: FacilityConfig, errors: list[str]) -> None:
                 f"{service}.port and {seen[port]}.port are both {port}: give each its own"
             )
         seen[port] = service
+    hub = config.hub
+    if hub.auth == "oidc":
+        needed = ("oidc_authorize_url", "oidc_token_url", "oidc_userdata_url", "oidc_client_id",
+                  "oidc_client_secret_file")  # fmt: skip
+        for key in needed:
+            if not getattr(hub, key):
+                errors.append(f"hub.{key} is needed when hub.auth = 'oidc'")
     name = config.facility.name
     if not name or not all(c.isalnum() or c in "-_" for c in name):
         errors.append(f"facility.name = {name!r} may hold only letters, digits, '-' and '_'")
@@ -290,6 +347,7 @@ def parse_config(data: dict, source: str = CONFIG_NAME) -> FacilityConfig:
         "issuer": IssuerSection,
         "xrootd": XRootDSection,
         "gateway": GatewaySection,
+        "hub": HubSection,
     }
     assert set(classes) == set(sections)
     for key in data:

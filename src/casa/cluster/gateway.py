@@ -9,10 +9,13 @@ workers receive the owner's data token from the gateway (see
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+from dask_gateway.auth import GatewayAuth
 
 from casa.cluster.base import ComputeBackend, OpenBackend
 from casa.cluster.local import DaskQueueChannel
@@ -22,7 +25,11 @@ from casa.services.base import ServiceContext
 WORKER_WAIT_SECONDS = 120
 
 
-class CasaGatewayAuth:
+#: Where a notebook server finds its gateway token (set by the hub at spawn).
+GATEWAY_TOKEN_FILE_ENV = "CASA_GATEWAY_TOKEN_FILE"
+
+
+class CasaGatewayAuth(GatewayAuth):
     """dask-gateway client authentication with a facility gateway token."""
 
     def __init__(self, token: str):
@@ -32,9 +39,23 @@ class CasaGatewayAuth:
         """Send the token as a Bearer credential."""
         return {"Authorization": f"Bearer {self.token}"}, None
 
-    def post_response(self, resp, context=None):
-        """Nothing to do after the response."""
-        return None
+
+class FileTokenAuth(GatewayAuth):
+    """A gateway token read from a file at each request, so renewed tokens are picked up.
+
+    The hub points ``gateway.auth.type`` at this class and ``$CASA_GATEWAY_TOKEN_FILE`` at
+    the token it keeps fresh, so plain ``dask_gateway.Gateway()`` works in a notebook.
+    """
+
+    def __init__(self, path: str | None = None):
+        self.path = path or os.environ.get(GATEWAY_TOKEN_FILE_ENV, "")
+        if not self.path:
+            raise ValueError(f"no gateway token file: set ${GATEWAY_TOKEN_FILE_ENV}")
+
+    def pre_request(self, resp):
+        """Send the file's current token as a Bearer credential."""
+        with open(self.path) as f:
+            return {"Authorization": f"Bearer {f.read().strip()}"}, None
 
 
 def _idempotent_gateway_close() -> None:
@@ -62,14 +83,13 @@ def _idempotent_gateway_close() -> None:
 def gateway_client(ctx: ServiceContext, token: str | None = None):
     """A ``dask_gateway.Gateway`` for this facility, authenticated as the caller."""
     from dask_gateway import Gateway
-    from dask_gateway.auth import GatewayAuth
 
     from casa.services.issuer import request_token
 
     _idempotent_gateway_close()
     if token is None:
         token = request_token(ctx, kind="gateway")
-    auth = type("CasaAuth", (CasaGatewayAuth, GatewayAuth), {})(token)
+    auth = CasaGatewayAuth(token)
     g = ctx.config.gateway
     host = ctx.config.facility.host
     return Gateway(

@@ -45,7 +45,11 @@ class TokenXRootDSource(uproot.source.xrootd.XRootDSource):
                 f"{', '.join(discovery_locations())}); get one with 'casa token issue'"
             )
         self._public_path = file_path
-        super().__init__(with_token(file_path, found.token), **options)
+        try:
+            super().__init__(with_token(file_path, found.token), **options)
+        except Exception as e:  # uproot quotes the full URL: keep the token out of the message
+            e.args = tuple(scrub(a) if isinstance(a, str) else a for a in e.args)
+            raise
 
     def __repr__(self) -> str:
         return f"<TokenXRootDSource {self._public_path!r}>"

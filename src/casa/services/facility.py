@@ -8,6 +8,7 @@ from pathlib import Path
 from casa.config import facility_paths, load_config
 from casa.services.base import Service, ServiceContext
 from casa.services.gateway import GatewayService
+from casa.services.hub import HubService
 from casa.services.issuer import IssuerService
 from casa.services.supervisor import Supervisor
 from casa.services.xrootd import CacheService, OriginService
@@ -15,7 +16,7 @@ from casa.services.xrootd import CacheService, OriginService
 
 def facility_services() -> list[Service]:
     """Every service, in the order they start (each depends only on those before it)."""
-    return [IssuerService(), OriginService(), CacheService(), GatewayService()]
+    return [IssuerService(), OriginService(), CacheService(), GatewayService(), HubService()]
 
 
 def facility_context(

@@ -94,7 +94,7 @@ class GatewayService(Service):
         directory = ctx.service_dir(self.name)
         clusters = directory / "clusters"
         clusters.mkdir(parents=True, exist_ok=True, mode=0o711)
-        bin_dir = Path(sys.executable).parent
+        bin_dir = cluster_env_prefix(ctx) / "bin"
         backend = (
             "casa.cluster.gateway_server.FixedLocalBackend"
             if g.backend == "local-accounts"
@@ -142,3 +142,17 @@ class GatewayService(Service):
         if body.get("status") != "pass":
             return Health(False, f"gateway reports {body}")
         return Health(True, "answers /api/health")
+
+
+def cluster_env_prefix(ctx: ServiceContext) -> Path:
+    """The environment clusters run from: the users' one when it exists, else casa's own.
+
+    Under root, notebooks run from the users' environment; their clusters' schedulers and
+    workers run from the same one, so client and cluster versions always match.
+    """
+    from casa.hub.config import user_env_prefix
+
+    prefix = user_env_prefix(ctx)
+    if (prefix / "bin" / "dask-worker").exists():
+        return prefix
+    return Path(sys.prefix)

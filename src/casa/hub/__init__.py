@@ -1,0 +1,1 @@
+"""JupyterHub for casa: login, each user's JupyterLab, credentials minted at spawn."""

@@ -1,0 +1,79 @@
+"""What a notebook on the facility uses: its Dask cluster, the datasets, and running analyses.
+
+In a JupyterLab spawned by casa's hub, everything is configured from the environment the
+hub set: the gateway (``DASK_GATEWAY__*``), the user's tokens (``BEARER_TOKEN_FILE``,
+``CASA_GATEWAY_TOKEN_FILE``) and the catalog (``CASA_CATALOG``)::
+
+    from casa import connect, fileset, run
+    client = connect(workers=2)
+    result = run("dimuon", "demo", client)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+
+def connect(workers: int | None = 2, adapt: tuple[int, int] | None = None):
+    """A ``distributed.Client`` on your Dask Gateway cluster (your running one, or a new one)."""
+    from dask_gateway import Gateway
+
+    from casa.cluster.gateway import _idempotent_gateway_close
+
+    _idempotent_gateway_close()
+    gateway = Gateway()
+    running = gateway.list_clusters()
+    cluster = gateway.connect(running[0].name) if running else gateway.new_cluster(
+        shutdown_on_close=False
+    )
+    if adapt is not None:
+        cluster.adapt(minimum=adapt[0], maximum=adapt[1])
+    elif workers is not None:
+        cluster.scale(workers)
+    client = cluster.get_client()
+    if workers:
+        client.wait_for_workers(workers if adapt is None else max(adapt[0], 1), timeout=120)
+    return client
+
+
+def datasets() -> dict:
+    """The facility's datasets as a coffea fileset (name -> files)."""
+    path = os.environ.get("CASA_CATALOG")
+    if not path:
+        raise RuntimeError("CASA_CATALOG is not set: this is not a notebook started by casa's hub")
+    with open(path) as f:
+        return json.load(f)
+
+
+def fileset(name: str) -> dict:
+    """One dataset as a coffea fileset ``{name: {"files": {url: tree}}}``."""
+    all_sets = datasets()
+    if name not in all_sets:
+        raise KeyError(f"no dataset {name!r}; there are: {', '.join(all_sets) or 'none'}")
+    files = {url: spec["object_path"] for url, spec in all_sets[name]["files"].items()}
+    return {name: {"files": files}}
+
+
+def uproot_options() -> dict:
+    """uproot options that read ``root://`` through the cache with your token."""
+    from casa.data.sources import TokenXRootDSource
+
+    return {"handler": TokenXRootDSource}
+
+
+def run(analysis: str | Any, dataset: str, client, chunksize: int = 200_000):
+    """Run a built-in analysis (or a processor instance) on a dataset with coffea, on ``client``."""
+    from coffea import processor
+    from coffea.nanoevents import NanoAODSchema
+
+    from casa.analysis.registry import load_processor
+
+    proc = load_processor(analysis) if isinstance(analysis, str) else analysis
+    runner = processor.Runner(
+        executor=processor.DaskExecutor(client=client, status=False),
+        schema=NanoAODSchema,
+        chunksize=chunksize,
+    )
+    return runner(fileset(dataset), proc, treename="Events", uproot_options=uproot_options())
