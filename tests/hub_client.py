@@ -41,6 +41,8 @@ class HubAdmin:
 
     def spawn(self, user: str, timeout: float = 120) -> dict:
         """Start ``user``'s server and wait until it is ready (or its spawn failed)."""
+        if self.api("GET", f"/users/{user}").status_code == 404:
+            self.api("POST", f"/users/{user}")  # the hub knows users once they logged in
         r = self.api("POST", f"/users/{user}/server")
         assert r.status_code in (201, 202, 400), r.text
         deadline = time.time() + timeout
@@ -64,7 +66,9 @@ class HubAdmin:
 
     def user_token(self, user: str) -> str:
         """A new API token acting as ``user`` (for their server's REST API)."""
-        r = self.api("POST", f"/users/{user}/tokens", json={"note": "casa test", "expires_in": 3600})
+        r = self.api(
+            "POST", f"/users/{user}/tokens", json={"note": "casa test", "expires_in": 3600}
+        )
         assert r.status_code in (200, 201), r.text
         return r.json()["token"]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import secrets
@@ -38,6 +40,7 @@ class _Callback(BaseHTTPRequestHandler):
     server: _CallbackServer
 
     def do_GET(self) -> None:
+        """Record the query and send it back as JSON."""
         query = {key: values[0] for key, values in parse_qs(urlsplit(self.path).query).items()}
         self.server.calls.append(query)
         body = json.dumps(query).encode()
@@ -82,7 +85,9 @@ def provider(callback: _CallbackServer) -> Iterator[OIDCProvider]:
         yield op
 
 
-def _authorize(provider: OIDCProvider, redirect_uri: str, state: str) -> str:
+def _authorize(
+    provider: OIDCProvider, redirect_uri: str, state: str, extra: dict[str, str] | None = None
+) -> str:
     """The authorization request a relying party sends the browser to."""
     query = {
         "client_id": CLIENT_ID,
@@ -90,6 +95,7 @@ def _authorize(provider: OIDCProvider, redirect_uri: str, state: str) -> str:
         "response_type": "code",
         "scope": "openid profile email groups",
         "state": state,
+        **(extra or {}),
     }
     return f"{provider.authorize_url}?{urlencode(query)}"
 
@@ -220,6 +226,38 @@ def test_code_is_single_use_and_needs_the_secret(
     again = _redeem(provider, code, callback.redirect_uri, "client_secret_post")
     assert again.status_code == 400
     assert again.json()["error"] == "invalid_grant"
+
+
+def test_pkce_is_honoured_when_the_client_sends_it(
+    provider: OIDCProvider, callback: _CallbackServer
+) -> None:
+    """With a code_challenge (as oauthenticator sends by default) only the right verifier works."""
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=")
+    pkce = {"code_challenge": challenge.decode(), "code_challenge_method": "S256"}
+    redirect_uri = callback.redirect_uri
+    with requests.Session() as session:
+        response = browserless_login(
+            _authorize(provider, redirect_uri, "pkce", pkce), "alice", "alice-pw", session
+        )
+    code = response.json()["code"]
+    data = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri}
+    auth = (CLIENT_ID, CLIENT_SECRET)
+    wrong = requests.post(
+        provider.token_url, data=data | {"code_verifier": "x" * 43}, auth=auth, timeout=10
+    )
+    assert wrong.status_code == 400
+    assert wrong.json()["error"] == "invalid_grant"
+
+    with requests.Session() as session:
+        response = browserless_login(
+            _authorize(provider, redirect_uri, "pkce", pkce), "alice", "alice-pw", session
+        )
+    data["code"] = response.json()["code"]
+    right = requests.post(
+        provider.token_url, data=data | {"code_verifier": verifier}, auth=auth, timeout=10
+    )
+    assert right.status_code == 200, right.text
 
 
 def test_unregistered_redirect_uri_is_refused(provider: OIDCProvider) -> None:

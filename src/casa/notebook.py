@@ -25,8 +25,10 @@ def connect(workers: int | None = 2, adapt: tuple[int, int] | None = None):
     _idempotent_gateway_close()
     gateway = Gateway()
     running = gateway.list_clusters()
-    cluster = gateway.connect(running[0].name) if running else gateway.new_cluster(
-        shutdown_on_close=False
+    cluster = (
+        gateway.connect(running[0].name)
+        if running
+        else gateway.new_cluster(shutdown_on_close=False)
     )
     if adapt is not None:
         cluster.adapt(minimum=adapt[0], maximum=adapt[1])

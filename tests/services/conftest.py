@@ -46,9 +46,9 @@ class Facility:
     def supervisor(self):
         return facility_supervisor(self.ctx())
 
-    def casa(self, *args, env: dict | None = None, check: bool = False):
+    def casa(self, *args, env: dict | None = None, check: bool = False, input_text=None):
         p = subprocess.run(
-            [sys.executable, "-m", "casa", *map(str, args)],
+            [sys.executable, "-m", "casa", *map(str, args)], input=input_text,
             capture_output=True, text=True, env={**self.env, **(env or {})}, timeout=300,
         )  # fmt: skip
         if check:
@@ -63,21 +63,28 @@ def new_facility_home(extra_toml: str = "") -> Facility:
     """A state directory other accounts can traverse (XRootD runs as 'xrootd' under root)."""
     home = Path(tempfile.mkdtemp(prefix="casa-test-", dir="/tmp"))
     os.chmod(home, 0o711)
-    issuer, origin, cache, gateway, scheduler, api = free_ports(6)
-    gateway_extra = ""
-    if "[gateway]" in extra_toml:
-        head, _, rest = extra_toml.partition("[gateway]\n")
-        extra_toml, gateway_extra = head, rest
+    issuer, origin, cache, gateway, scheduler, api, hub, hub_api, hub_proxy = free_ports(9)
+    sections = {
+        "issuer": f"port = {issuer}\n",
+        "origin": f"port = {origin}\n",
+        "cache": f"port = {cache}\n",
+        "gateway": f"port = {gateway}\nscheduler_port = {scheduler}\napi_port = {api}\n",
+        "hub": f"port = {hub}\napi_port = {hub_api}\nproxy_api_port = {hub_proxy}\n",
+    }
+    rest = []
+    for block in extra_toml.split("["):
+        name, _, body = block.partition("]\n")
+        if name in sections:
+            sections[name] += body
+        elif block:
+            rest.append("[" + block)
     (home / "casa.toml").write_text(
-        f"[issuer]\nport = {issuer}\n[origin]\nport = {origin}\n[cache]\nport = {cache}\n"
-        f"[gateway]\nport = {gateway}\nscheduler_port = {scheduler}\napi_port = {api}\n"
-        + gateway_extra
-        + extra_toml
+        "".join(f"[{name}]\n{body}" for name, body in sections.items()) + "".join(rest)
     )
     return Facility(
         home,
         {"issuer": issuer, "origin": origin, "cache": cache, "gateway": gateway,
-         "gateway scheduler": scheduler, "gateway api": api},
+         "gateway scheduler": scheduler, "gateway api": api, "hub": hub},
     )  # fmt: skip
 
 

@@ -380,12 +380,19 @@ def _import_root() -> Any:
 
 
 def rdf_available() -> bool:
-    """Whether ROOT (with RDataFrame) can be imported here."""
+    """Whether ROOT's Python package is installed (found without importing it).
+
+    Importing ROOT takes a second and installs ROOT's signal handlers, so this only looks
+    for the package; an installation that is present but broken fails in :func:`run_rdf`.
+    """
+    import importlib.util
+
+    if "ROOT" in sys.modules:
+        return sys.modules["ROOT"] is not None
     try:
-        _import_root()
-    except UsageError:
+        return importlib.util.find_spec("ROOT") is not None
+    except (ImportError, ValueError):
         return False
-    return True
 
 
 def rdf_url(url: str) -> str:
@@ -538,6 +545,9 @@ def run_rdf(query: str, files: list[str], threads: int, tree: str = "Events") ->
         raise UsageError(f"unknown query {query!r}: choose one of {', '.join(QUERIES)}")
     if not files:
         raise UsageError("give RDataFrame at least one file")
+    for f in files:
+        if "://" not in str(f) and not Path(f).is_file():
+            raise DataError(f"{f}: no such file")
     ROOT = _import_root()
     _set_threads(ROOT, threads)
     urls = [rdf_url(str(f)) for f in files]
@@ -582,34 +592,43 @@ def run_rdf_subprocess(
 
     The child runs with ``EXTRA_CLING_ARGS=-O2`` unless the environment sets it already.
     """
-    if query not in HISTOGRAMS:
-        raise UsageError(f"unknown query {query!r}: choose one of {', '.join(QUERIES)}")
+    return run_rdf_queries_subprocess([query], files, threads, tree, timeout=timeout)[0]
+
+
+def run_rdf_queries_subprocess(
+    queries: Sequence[str],
+    files: list[str],
+    threads: int,
+    tree: str = "Events",
+    *,
+    timeout: float | None = None,
+) -> list[RDFResult]:
+    """Run ``queries`` one after the other in one fresh child process (see run_rdf_subprocess).
+
+    The first query pays for compiling casa's helpers; later ones reuse them.
+    """
+    for query in queries:
+        if query not in HISTOGRAMS:
+            raise UsageError(f"unknown query {query!r}: choose one of {', '.join(QUERIES)}")
+    if not queries:
+        raise UsageError("give at least one query")
     if not files:
         raise UsageError("give RDataFrame at least one file")
+    what = f"RDataFrame {', '.join(queries)}"
     env = dict(os.environ)
     env.setdefault("EXTRA_CLING_ARGS", EXTRA_CLING_ARGS)
     with tempfile.TemporaryDirectory(prefix="casa-rdf-") as tmp:
         out = Path(tmp) / "result.json"
-        command = [
-            sys.executable,
-            "-m",
-            "casa.bench.rdf",
-            "--query",
-            query,
-            "--threads",
-            str(threads),
-            "--tree",
-            tree,
-            "--json",
-            str(out),
-            *[str(f) for f in files],
-        ]
+        command = [sys.executable, "-m", "casa.bench.rdf", "--threads", str(threads)]
+        for query in queries:
+            command += ["--query", query]
+        command += ["--tree", tree, "--json", str(out), *[str(f) for f in files]]
         try:
             proc = subprocess.run(
                 command, env=env, capture_output=True, text=True, timeout=timeout, check=False
             )
         except subprocess.TimeoutExpired as e:
-            raise AnalysisError(f"RDataFrame {query} did not finish within {timeout} s") from e
+            raise AnalysisError(f"{what} did not finish within {timeout} s") from e
         data = json.loads(out.read_text()) if out.is_file() else None
     if data is not None and "error" in data:
         kind = getattr(errors, data.get("kind", ""), None)
@@ -619,24 +638,29 @@ def run_rdf_subprocess(
     if proc.returncode != 0 or data is None:
         tail = "\n".join((proc.stderr or "").strip().splitlines()[-30:])
         raise AnalysisError(
-            f"RDataFrame {query} failed in its child process (exit code {proc.returncode})",
+            f"{what} failed in its child process (exit code {proc.returncode})",
             details=tail or None,
         )
-    return RDFResult.from_json(data)
+    return [RDFResult.from_json(r) for r in data["results"]]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m casa.bench.rdf``: run one query and write its RDFResult as JSON."""
+    """``python -m casa.bench.rdf``: run queries one after the other, write their results as JSON.
+
+    The output is ``{"results": [RDFResult, ...]}``, or ``{"error": ..., "kind": ...}`` with
+    exit code 1 when a casa error stops the run.
+    """
     parser = argparse.ArgumentParser(prog="python -m casa.bench.rdf", description=main.__doc__)
-    parser.add_argument("--query", required=True, choices=QUERIES)
+    parser.add_argument("--query", required=True, action="append", choices=QUERIES)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tree", default="Events")
     parser.add_argument("--json", dest="json_path", help="write the result here (default stdout)")
     parser.add_argument("files", nargs="+")
     args = parser.parse_args(argv)
+    payload: dict[str, Any]
     try:
-        result = run_rdf(args.query, args.files, args.threads, args.tree)
-        payload: dict[str, Any] = result.to_json()
+        results = [run_rdf(q, args.files, args.threads, args.tree) for q in args.query]
+        payload = {"results": [r.to_json() for r in results]}
         code = 0
     except errors.CasaError as e:
         payload = {"error": str(e), "kind": type(e).__name__, "details": e.details}

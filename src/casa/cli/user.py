@@ -81,7 +81,9 @@ def handle_list(args: argparse.Namespace) -> int:
     """List accounts."""
     accounts = _store(args).list()
     if args.json:
-        rows = [{"name": a.name, "admin": a.admin, "created": a.created.isoformat()} for a in accounts]
+        rows = [
+            {"name": a.name, "admin": a.admin, "created": a.created.isoformat()} for a in accounts
+        ]
         console.print_json(json.dumps(rows))
         return 0
     table = Table("name", "admin", "created")

@@ -100,7 +100,9 @@ def configure(c, home: str, config_file: str | None = None) -> None:
         c.GenericOAuthenticator.token_url = hub.oidc_token_url
         c.GenericOAuthenticator.userdata_url = hub.oidc_userdata_url
         c.GenericOAuthenticator.client_id = hub.oidc_client_id
-        c.GenericOAuthenticator.client_secret = Path(hub.oidc_client_secret_file).read_text().strip()
+        c.GenericOAuthenticator.client_secret = (
+            Path(hub.oidc_client_secret_file).read_text().strip()
+        )
         c.GenericOAuthenticator.oauth_callback_url = f"http://{host}:{hub.port}/hub/oauth_callback"
         c.GenericOAuthenticator.scope = list(hub.oidc_scope)
         c.GenericOAuthenticator.username_claim = hub.oidc_username_claim

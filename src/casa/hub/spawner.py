@@ -41,7 +41,9 @@ class CasaSpawner(LocalProcessSpawner):
 
     casa_home = Unicode(help="The facility state directory.", config=True)
     casa_config_file = Unicode("", help="casa.toml, if not in casa_home.", config=True)
-    failures_file = Unicode(help="Where spawn failures are recorded for 'casa status'.", config=True)
+    failures_file = Unicode(
+        help="Where spawn failures are recorded for 'casa status'.", config=True
+    )
     renew_every = Integer(
         0, help="Seconds between token renewals (0: half the token lifetime).", config=True
     )
@@ -158,4 +160,3 @@ class CasaSpawner(LocalProcessSpawner):
                 self.log.info("Renewed the tokens of %s", self.user.name)
             except Exception as e:  # keep the server; try again next period
                 self.log.warning("Could not renew the tokens of %s: %s", self.user.name, e)
-

@@ -1,0 +1,180 @@
+"""JupyterHub end to end: log in, spawn as the user's own account, run on the gateway through
+the cache with the user's token; isolation between users; errors users meet."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import pwd
+import shutil
+import subprocess
+import time
+
+import pytest
+import requests
+
+from casa.auth.accounts import AccountStore
+from casa.data.generator import generate_dataset
+from casa.hub.config import hub_api_token
+from hub_client import HubAdmin, HubClient, Kernel
+
+pytestmark = [
+    pytest.mark.skipif(
+        shutil.which("xrootd") is None and not os.environ.get("CI"),
+        reason="xrootd is not installed (make install puts it in place with apt)",
+    ),
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create the users' Unix accounts"),
+]
+
+USERS = {"tcalice": "alice-password", "tcbob": "bob-password"}
+
+
+def _remove_unix_account(name: str) -> None:
+    subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
+    subprocess.run(["userdel", "-r", name], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    """A whole facility with two users, the demo-like dataset stored, the hub up."""
+    from conftest import new_facility_home, stop_everything
+
+    f = new_facility_home("[hub]\ntoken_renewal = 3\n")
+    for name in USERS:
+        _remove_unix_account(name)
+    for name, password in USERS.items():
+        p = f.casa("user", "add", name, "--password-stdin", input_text=password)
+        assert p.returncode == 0, p.stderr
+    data = tmp_path_factory.mktemp("hub-data")
+    generate_dataset(data, 30_000, 2, seed=99, workers=1)
+    f.casa("datasets", "add", "sim", data, "--store", check=True)
+    f.casa("datasets", "add", "bobs", data / "events_0000.root", "--store", "--user", "tcbob",
+           check=True)  # fmt: skip
+    up = f.casa("up")
+    assert up.returncode == 0, up.stdout + up.stderr
+    f.base = f"http://127.0.0.1:{f.ports['hub']}"
+    f.admin = HubAdmin(f.base, hub_api_token(f.ctx()))
+    f.data = data
+    yield f
+    f.casa("down")
+    stop_everything(f.home)
+    for name in USERS:
+        _remove_unix_account(name)
+
+
+def test_up_prints_the_hub_url(hub):
+    status = {s["name"]: s for s in json.loads(hub.casa("status", "--json").stdout)}
+    assert status["hub"]["healthy"]
+    assert f"at {hub.base}" in status["hub"]["detail"]
+
+
+def test_login_spawn_and_analysis_in_the_users_kernel(hub, tmp_path):
+    browser = HubClient(hub.base)
+    r = browser.login("tcalice", USERS["tcalice"])
+    assert r.status_code == 200
+    assert "/user/tcalice/" in r.url or "/hub/spawn-pending/tcalice" in r.url
+    hub.admin.spawn("tcalice")
+    lab = browser.session.get(f"{hub.base}/user/tcalice/lab")
+    assert lab.status_code == 200 and "JupyterLab" in lab.text
+
+    kernel = Kernel(hub.base, "tcalice", hub.admin.user_token("tcalice"))
+    try:
+        who = kernel.execute(
+            "import getpass, os, stat\n"
+            "print(getpass.getuser())\n"
+            "p = os.environ['BEARER_TOKEN_FILE']\n"
+            "print(oct(stat.S_IMODE(os.stat(p).st_mode)), os.stat(p).st_uid == os.getuid())\n"
+            "print(sorted(os.listdir(os.path.expanduser('~/examples'))))"
+        )
+        assert who["error"] is None, who["error"]
+        lines = who["stdout"].split("\n")
+        assert lines[0] == "tcalice", "the server must run as the user's own account"
+        assert lines[1] == "0o600 True"
+        assert "dimuon.ipynb" in lines[2] and "adl_walkthrough.ipynb" in lines[2]
+
+        result = kernel.execute(
+            "import pickle, warnings\n"
+            "warnings.simplefilter('ignore')\n"
+            "from casa import connect, run\n"
+            "client = connect(workers=2)\n"
+            "out = run('adl5', 'sim', client)\n"
+            "print('COUNTS', list(map(int, out['met'].values(flow=True))))\n"
+            "print('WORKERS', len(client.scheduler_info()['workers']))",
+            timeout=300,
+        )
+        assert result["error"] is None, result["error"]
+        counts = next(line for line in result["stdout"].splitlines() if line.startswith("COUNTS"))
+        token = tmp_path / "tok"
+        token.write_text(hub.token())
+        hub.casa("run", "adl5", "--dataset", "sim", "--out", tmp_path / "o", "--executor",
+                 "iterative", env={"BEARER_TOKEN_FILE": str(token)}, check=True)  # fmt: skip
+        expected = pickle.loads((tmp_path / "o" / "result.pkl").read_bytes())["met"]
+        assert counts == "COUNTS " + str(list(map(int, expected.values(flow=True))))
+        assert sum(expected.values()) > 0
+        assert "WORKERS 2" in result["stdout"]
+
+        # alice's kernel cannot read bob's area.
+        refused = kernel.execute(
+            "import json, os, uproot\n"
+            "from casa import datasets, uproot_options\n"
+            "url = list(datasets()['bobs']['files'])[0]\n"
+            "try:\n"
+            "    uproot.open(url, **uproot_options())\n"
+            "    print('READ')\n"
+            "except Exception as e:\n"
+            "    print('REFUSED', e)"
+        )
+        assert "REFUSED" in refused["stdout"] and "[3010]" in refused["stdout"]
+        assert "Bearer%20" not in refused["stdout"], "tokens must not appear in error messages"
+    finally:
+        kernel.close()
+
+
+def test_users_cannot_reach_each_other(hub):
+    hub.admin.spawn("tcbob")
+    alice = HubClient(hub.base)
+    alice.login("tcalice", USERS["tcalice"])
+    hub.admin.spawn("tcalice")
+    mine = alice.session.get(f"{hub.base}/user/tcalice/api/status")
+    assert mine.status_code == 200 and "kernels" in mine.json()
+    r = alice.session.get(f"{hub.base}/user/tcbob/api/status", allow_redirects=True)
+    assert r.status_code == 403, (r.status_code, r.url)
+    assert "kernels" not in r.text
+    bob_home = pwd.getpwnam("tcbob").pw_dir
+    assert os.stat(bob_home).st_mode & 0o077 == 0, "homes are private"
+
+
+def test_tokens_are_renewed_while_the_server_runs(hub):
+    path = os.path.join(pwd.getpwnam("tcalice").pw_dir, ".casa", "bearer_token")
+    hub.admin.spawn("tcalice")
+    first = open(path).read()
+    deadline = time.time() + 20
+    while time.time() < deadline and open(path).read() == first:
+        time.sleep(0.5)
+    assert open(path).read() != first, "the hub must renew a running server's tokens"
+
+
+def test_bad_login_and_unknown_user(hub):
+    for user, password in (("tcalice", "wrong-password"), ("nobody-here", "whatever1")):
+        r = HubClient(hub.base).login(user, password)
+        assert "Invalid username or password" in r.text
+        assert "/hub/login" in r.url
+
+
+def test_failed_spawn_is_explained(hub):
+    AccountStore(hub.ctx().paths.database).add("tcghost", "ghost-password")
+    browser = HubClient(hub.base)
+    browser.login("tcghost", "ghost-password")
+    r = browser.session.get(f"{hub.base}/hub/spawn/tcghost", allow_redirects=True)
+    page = r.text
+    deadline = time.time() + 30
+    while "no Unix account" not in page and time.time() < deadline:
+        time.sleep(1)
+        page = browser.session.get(f"{hub.base}/hub/spawn-pending/tcghost").text
+        page += browser.session.get(f"{hub.base}/hub/api/users/tcghost/server/progress",
+                                    stream=False).text  # fmt: skip
+    assert "there is no Unix account 'tcghost'" in page
+    status = {s["name"]: s for s in json.loads(hub.casa("status", "--json").stdout)}
+    assert "failed spawns: tcghost: there is no Unix account 'tcghost'" in status["hub"]["detail"]
+    requests.delete(f"{hub.base}/hub/api/users/tcghost", headers=hub.admin.headers)
