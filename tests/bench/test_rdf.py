@@ -13,8 +13,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import awkward as ak
 import numpy as np
 import pytest
+import uproot
 
 from casa.analysis.processors import BUILTIN_PROCESSORS
 from casa.analysis.processors.objects import BTAG_FIELDS, MET_COLLECTIONS
@@ -124,6 +126,87 @@ def test_bin_edges_follow_hist(rdf_results, casa_outputs):
     np.testing.assert_array_equal(
         rdf_results["adl1"].histograms["met"], casa_outputs["adl1"]["met"].values(flow=True)
     )
+
+
+def collection(rows: list[list[dict]]) -> ak.Array:
+    """Per-event lists of objects as float32 kinematics (and int32 charge)."""
+    names = sorted({name for event in rows for obj in event for name in obj})
+    columns = {}
+    for name in names:
+        dtype = np.int32 if name == "charge" else np.float32
+        values = ak.Array([[obj[name] for obj in event] for event in rows])
+        columns[name] = ak.values_astype(values, dtype)
+    return ak.zip(columns)
+
+
+def lepton(pt: float, eta: float, phi: float, charge: int, mass: float = 0.1) -> dict:
+    """One muon or electron."""
+    return {"pt": pt, "eta": eta, "phi": phi, "mass": mass, "charge": charge}
+
+
+def jet(pt: float, eta: float, phi: float, btag: float, mass: float = 5.0) -> dict:
+    """One jet."""
+    return {"pt": pt, "eta": eta, "phi": phi, "mass": mass, "btag": btag}
+
+
+@pytest.fixture(scope="module")
+def ties_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Events made to hit exact ties and bin edges, where the first candidate must win.
+
+    1. Trijets (0, 1, 2) and (0, 1, 3) have exactly the same mass, closest to 172.5 GeV;
+       jets 2 and 3 differ only in b-tag (0.3 and 0.9): the first trijet gives 0.3.
+    2. A muon pair is the only SFOS pair; the two electrons left have the same pT, different
+       phi: the first one gives mT.
+    3. The same with a muon and an electron left over (the muon forms a pair farther from
+       the Z): the muon comes first.
+    4. MET and jet pTs exactly on bin edges (58, 114, 116 GeV), where hist and ROOT's
+       FindBin disagree; a lone 58 GeV jet gives sum_pt = 58.
+    """
+    z_muons = [lepton(50, 0.0, 0.0, 1), lepton(40, 0.3, 2.5, -1)]  # m = 86 GeV
+    muons = [[], z_muons, [*z_muons, lepton(30, 0.0, 1.0, 1)], [], []]
+    electrons = [[], [lepton(30, 0.0, 1.0, 1), lepton(30, 0.1, -2.0, 1)], [lepton(30, 0, -2, 1)]]
+    electrons += [[], []]
+    tied_trijets = [jet(50, 0.0, 0.0, 0.1), jet(60, 0.5, 2.0, 0.2), jet(50, -0.5, -2.0, 0.3)]
+    tied_trijets.append(jet(50, -0.5, -2.0, 0.9))
+    edges = [jet(116, 0.2, 0.0, 0.5), jet(114, 0.2, 2.0, 0.5), jet(58, 0.2, -2.0, 0.5)]
+    jets = [tied_trijets, [], [], edges, [jet(58, 0.0, 0.0, 0.5)]]
+    n = len(jets)
+    data = {
+        "run": np.ones(n, np.uint32),
+        "luminosityBlock": np.ones(n, np.uint32),
+        "event": np.arange(1, n + 1, dtype=np.uint64),
+        "MET_pt": np.array([20, 50, 50, 58, 116], np.float32),
+        "MET_phi": np.array([0, 0, 0, 1, 1], np.float32),
+        "Muon": collection(muons),
+        "Electron": collection(electrons),
+        "Jet": collection(jets),
+    }
+    types = {k: v.type.content if isinstance(v, ak.Array) else v.dtype for k, v in data.items()}
+    path = tmp_path_factory.mktemp("bench-ties") / "ties.root"
+    with uproot.recreate(path) as f:
+        f.mktree("Events", types).extend(data)
+    return str(path)
+
+
+def test_ties_and_bin_edges_as_casa(ties_file):
+    """On exact ties the first candidate wins, and edge values fill hist's bins, in both."""
+    require_root()
+    info = [inspect_root_file(Path(ties_file), "Events")]
+    results = run_rdf_queries_subprocess(QUERIES, [ties_file], threads=1)
+    for result in results:
+        output = run_analysis(load_processor(result.query), "t", info, IterativeBackend()).output
+        for name, histogram in output.items():
+            np.testing.assert_array_equal(
+                result.histograms[name], histogram.values(flow=True), err_msg=result.query
+            )
+    by_query = {r.query: r.histograms for r in results}
+    # The first of the tied trijets (b-tag 0.3, bin [0.30, 0.31)) was chosen, not 0.9.
+    assert by_query["adl6"]["trijet_btag"][1 + 30] == 1
+    assert by_query["adl6"]["trijet_btag"].sum() == 2
+    assert by_query["adl8"]["mt"].sum() == 2
+    # 58 GeV falls into hist's [56, 58) bin (flow index 29), where ROOT's FindBin would not.
+    assert by_query["adl7"]["sum_pt"][29] == 1
+    assert by_query["adl1"]["met"][29] == 1
 
 
 def test_run_rdf_subprocess_one_thread_is_cold_and_equal(files, rdf_results):

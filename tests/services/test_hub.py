@@ -10,6 +10,7 @@ import pwd
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -48,7 +49,7 @@ def hub(tmp_path_factory):
         assert p.returncode == 0, p.stderr
     data = tmp_path_factory.mktemp("hub-data")
     generate_dataset(data, 30_000, 2, seed=99, workers=1)
-    f.casa("datasets", "add", "sim", data, "--store", check=True)
+    f.casa("datasets", "add", "demo", data, "--store", check=True)
     f.casa("datasets", "add", "bobs", data / "events_0000.root", "--store", "--user", "tcbob",
            check=True)  # fmt: skip
     up = f.casa("up")
@@ -98,7 +99,7 @@ def test_login_spawn_and_analysis_in_the_users_kernel(hub, tmp_path):
             "warnings.simplefilter('ignore')\n"
             "from casa import connect, run\n"
             "client = connect(workers=2)\n"
-            "out = run('adl5', 'sim', client)\n"
+            "out = run('adl5', 'demo', client)\n"
             "print('COUNTS', list(map(int, out['met'].values(flow=True))))\n"
             "print('WORKERS', len(client.scheduler_info()['workers']))",
             timeout=300,
@@ -107,7 +108,7 @@ def test_login_spawn_and_analysis_in_the_users_kernel(hub, tmp_path):
         counts = next(line for line in result["stdout"].splitlines() if line.startswith("COUNTS"))
         token = tmp_path / "tok"
         token.write_text(hub.token())
-        hub.casa("run", "adl5", "--dataset", "sim", "--out", tmp_path / "o", "--executor",
+        hub.casa("run", "adl5", "--dataset", "demo", "--out", tmp_path / "o", "--executor",
                  "iterative", env={"BEARER_TOKEN_FILE": str(token)}, check=True)  # fmt: skip
         expected = pickle.loads((tmp_path / "o" / "result.pkl").read_bytes())["met"]
         assert counts == "COUNTS " + str(list(map(int, expected.values(flow=True))))
@@ -178,3 +179,38 @@ def test_failed_spawn_is_explained(hub):
     status = {s["name"]: s for s in json.loads(hub.casa("status", "--json").stdout)}
     assert "failed spawns: tcghost: there is no Unix account 'tcghost'" in status["hub"]["detail"]
     requests.delete(f"{hub.base}/hub/api/users/tcghost", headers=hub.admin.headers)
+
+
+def test_browser_runs_the_dimuon_example(hub, tmp_path):
+    """Debian's Chromium, driven by playwright-core: log in, open the example, run all, see the plot."""
+    node = shutil.which("node")
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    script = Path(__file__).parents[1] / "browser" / "notebook.mjs"
+    if (node is None or not Path(chromium).exists()) and not os.environ.get("CI"):
+        pytest.skip("needs node and Debian's chromium (make install puts them in place)")
+    artifacts = Path(os.environ.get("CASA_TEST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts"))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    shot = artifacts / "dimuon-notebook.png"
+    p = subprocess.run(
+        [node, str(script), hub.base, "tcbob", USERS["tcbob"], "examples/dimuon.ipynb", str(shot)],
+        capture_output=True, text=True, timeout=420, cwd=script.parent,
+        env={**os.environ, "CHROMIUM": chromium},
+    )  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "lab loaded" in p.stdout and "PLOT OK" in p.stdout
+    assert "the Z peak is at 9" in p.stdout
+    assert shot.stat().st_size > 10_000
+
+
+def test_dask_labextension_creates_a_gateway_cluster(hub):
+    hub.admin.spawn("tcalice")
+    token = hub.admin.user_token("tcalice")
+    url = f"{hub.base}/user/tcalice/dask/clusters"
+    headers = {"Authorization": f"token {token}"}
+    r = requests.put(url, headers=headers, timeout=120)
+    assert r.status_code == 200, r.text
+    model = r.json()
+    assert model["dashboard_link"].startswith(f"http://127.0.0.1:{hub.ports['gateway']}/clusters/")
+    listed = requests.get(url, headers=headers, timeout=30).json()
+    assert model["id"] in [c["id"] for c in listed]
+    requests.delete(f"{url}/{model['id']}", headers=headers, timeout=60)

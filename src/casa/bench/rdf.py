@@ -94,7 +94,7 @@ _HELPERS = r"""
 #include <vector>
 #include <ROOT/RVec.hxx>
 #include <ROOT/RLogger.hxx>
-#include <ROOT/RDFHelpers.hxx>
+#include <ROOT/RDF/Utils.hxx>
 
 namespace casa_bench {
 
@@ -336,9 +336,10 @@ class RDFResult:
     histograms: dict[str, np.ndarray]
     #: Events in the input files (every event is looked at once).
     events: int
-    #: Helper compilation, graph building, RDataFrame's JIT and the event loop.
+    #: Loading RDataFrame, compiling casa's helpers, building the graph, RDataFrame's JIT and
+    #: the event loop; not Python's start-up.
     wall_seconds: float
-    #: The part of ``wall_seconds`` before the event loop ran: compiling and JIT-ing.
+    #: ``wall_seconds`` less the event loop: loading, compiling and JIT-ing (0 if unknown).
     jit_seconds: float
     query: str = ""
     threads: int = 1
@@ -382,8 +383,9 @@ def _import_root() -> Any:
 def rdf_available() -> bool:
     """Whether ROOT's Python package is installed (found without importing it).
 
-    Importing ROOT takes a second and installs ROOT's signal handlers, so this only looks
-    for the package; an installation that is present but broken fails in :func:`run_rdf`.
+    Importing ROOT starts its C++ interpreter and installs ROOT's signal handlers in the
+    calling process, so this only looks for the package; an installation that is present
+    but broken fails in :func:`run_rdf` (in the child, for :func:`run_rdf_subprocess`).
     """
     import importlib.util
 
