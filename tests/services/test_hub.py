@@ -188,7 +188,9 @@ def test_browser_runs_the_dimuon_example(hub, tmp_path):
     script = Path(__file__).parents[1] / "browser" / "notebook.mjs"
     if (node is None or not Path(chromium).exists()) and not os.environ.get("CI"):
         pytest.skip("needs node and Debian's chromium (make install puts them in place)")
-    artifacts = Path(os.environ.get("CASA_TEST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts"))
+    artifacts = Path(
+        os.environ.get("CASA_TEST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts")
+    )
     artifacts.mkdir(parents=True, exist_ok=True)
     shot = artifacts / "dimuon-notebook.png"
     p = subprocess.run(
