@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from rich.table import Table
 
@@ -41,6 +42,15 @@ def handle_up(args: argparse.Namespace) -> int:
         f"data: root://{ctx.config.facility.host}:{ctx.config.cache.port}//store "
         f"(through the cache); get a token with 'casa token issue'"
     )
+    console.print(f"notebooks: http://{ctx.config.facility.host}:{ctx.config.hub.port}/ "
+                  "(log in with an account from 'casa user add')")  # fmt: skip
+    if os.geteuid() != 0:
+        from casa.auth.accounts import current_account
+
+        console.print(
+            f"casa runs without root: the hub serves one account, {current_account()!r} "
+            f"(add it once with 'casa user add {current_account()}')"
+        )
     return 0
 
 
