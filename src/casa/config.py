@@ -74,6 +74,20 @@ class FacilityPaths:
         return self
 
 
+def private_database(path: Path) -> str:
+    """The SQLAlchemy URL of the facility database, created readable by its owner only.
+
+    It holds password hashes beside the catalog; users see the catalog through the
+    world-readable export the hub writes (``services/hub/catalog.json``).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    elif path.stat().st_uid == os.geteuid():
+        os.chmod(path, 0o600)
+    return f"sqlite:///{path}"
+
+
 def facility_paths(home: str | os.PathLike | None = None) -> FacilityPaths:
     """Resolve the state directory: ``home`` if given, else ``$CASA_HOME``, else the default."""
     chosen = home or os.environ.get("CASA_HOME") or default_home()
@@ -143,9 +157,10 @@ class GatewaySection:
         metadata={"check": _port, "help": "a TCP port for the gateway's own API server"},
     )
     backend: str = field(
-        default="local", metadata={"check": lambda v: v in ("local", "local-accounts"),
-                                   "help": "'local' (processes of the facility account) or "
-                                           "'local-accounts' (each user's own Unix account)"},
+        default="auto", metadata={"check": lambda v: v in ("auto", "local", "local-accounts"),
+                                  "help": "'local-accounts' (each user's own Unix account), "
+                                          "'local' (processes of the facility account) or "
+                                          "'auto' (local-accounts under root, else local)"},
     )  # fmt: skip
     max_clusters_per_user: int = field(
         default=2, metadata={"check": lambda v: v >= 1, "help": "a whole number, at least 1"}

@@ -107,17 +107,19 @@ def stop_everything(home: Path) -> None:
     """Kill every process group a test facility recorded, whatever its casa.toml says."""
     for pid_file in home.glob("services/*/*.pid"):
         try:
-            pid = json.loads(pid_file.read_text())["pid"]
+            record = json.loads(pid_file.read_text())
+            pid = record["pid"] if isinstance(record, dict) else int(record)
             os.killpg(pid, signal.SIGKILL)
-        except (ValueError, KeyError, ProcessLookupError, PermissionError):
+        except (ValueError, KeyError, TypeError, ProcessLookupError, PermissionError):
             pass
     shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def facility():
-    """One running facility shared by a test module."""
-    f = new_facility_home()
+    """One running facility shared by a test module (clusters as the facility's account: the
+    test users here have no Unix accounts; test_hub.py covers each user's own account)."""
+    f = new_facility_home('[gateway]\nbackend = "local"\n')
     f.supervisor().up()
     yield f
     f.supervisor().down()

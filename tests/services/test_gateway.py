@@ -28,6 +28,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+#: These tests' users have no Unix accounts: run clusters as the facility's own account.
+LOCAL = 'backend = "local"\n'
+
+
 def _gateway_for(facility, user):
     ctx = facility.ctx()
     return gateway_client(ctx, token=request_token(ctx, user=user, kind="gateway"))
@@ -124,7 +128,7 @@ def test_cli_cluster_commands(gw, tmp_path):
 
 
 def test_limits_are_enforced_with_their_names(new_facility):
-    f = new_facility("[gateway]\nmax_clusters_per_user = 1\nmax_cores_per_user = 3\n")
+    f = new_facility(f"[gateway]\n{LOCAL}max_clusters_per_user = 1\nmax_cores_per_user = 3\n")
     f.supervisor().up()
     with _gateway_for(f, "carol") as g:
         cluster = g.new_cluster(shutdown_on_close=False)
@@ -138,7 +142,7 @@ def test_limits_are_enforced_with_their_names(new_facility):
 
 
 def test_idle_clusters_are_culled(new_facility):
-    f = new_facility("[gateway]\nidle_timeout = 2\n")
+    f = new_facility(f"[gateway]\n{LOCAL}idle_timeout = 2\n")
     f.supervisor().up()
     with _gateway_for(f, "dave") as g:
         g.new_cluster(shutdown_on_close=False)
@@ -220,7 +224,7 @@ def test_failing_chunk_names_file_and_range_or_is_skipped(gw, tmp_path):
 
 
 def test_down_stops_every_cluster_and_leaves_no_process(new_facility):
-    f = new_facility()
+    f = new_facility(f"[gateway]\n{LOCAL}")
     f.supervisor().up()
     with _gateway_for(f, "erin") as g:
         cluster = g.new_cluster(shutdown_on_close=False)

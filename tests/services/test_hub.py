@@ -101,7 +101,9 @@ def test_login_spawn_and_analysis_in_the_users_kernel(hub, tmp_path):
             "client = connect(workers=2)\n"
             "out = run('adl5', 'demo', client)\n"
             "print('COUNTS', list(map(int, out['met'].values(flow=True))))\n"
-            "print('WORKERS', len(client.scheduler_info()['workers']))",
+            "print('WORKERS', len(client.scheduler_info()['workers']))\n"
+            "import getpass\n"
+            "print('RUN AS', sorted(set(client.run(getpass.getuser).values())))",
             timeout=300,
         )
         assert result["error"] is None, result["error"]
@@ -114,6 +116,7 @@ def test_login_spawn_and_analysis_in_the_users_kernel(hub, tmp_path):
         assert counts == "COUNTS " + str(list(map(int, expected.values(flow=True))))
         assert sum(expected.values()) > 0
         assert "WORKERS 2" in result["stdout"]
+        assert "RUN AS ['tcalice']" in result["stdout"], "workers must run as the user's account"
 
         # alice's kernel cannot read bob's area.
         refused = kernel.execute(

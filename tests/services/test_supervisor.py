@@ -41,7 +41,7 @@ def test_up_twice_status_and_down(new_facility):
     second = f.casa("up", check=True)
     assert "the facility is already up" in second.stdout
     status = _status(f)
-    assert [s for s in status] == ["issuer", "origin", "cache", "gateway"]
+    assert [s for s in status] == ["issuer", "origin", "cache", "gateway", "hub"]
     for name, s in status.items():
         assert s["healthy"] and s["running"] and s["pid"] and s["uptime"] >= 0, name
         assert s["port"] == f.ports[name]
@@ -51,7 +51,7 @@ def test_up_twice_status_and_down(new_facility):
     assert (f.home / "services" / "origin" / "origin.cfg").exists()
     assert (f.home / "keys" / "issuer.pem").stat().st_mode & 0o777 == 0o600
     down = f.casa("down", check=True)
-    assert "stopped gateway, cache, origin, issuer" in down.stdout
+    assert "stopped hub, gateway, cache, origin, issuer" in down.stdout
     time.sleep(0.2)
     assert not any(_alive(p) for p in pids), "casa down left a process behind"
     assert not any(s["running"] for s in _status(f).values())

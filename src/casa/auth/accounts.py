@@ -21,6 +21,7 @@ from pathlib import Path
 from sqlalchemy import String, create_engine, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from casa.config import private_database
 from casa.errors import ServiceError, UsageError
 
 # scrypt parameters (RFC 7914): about 50 ms and 16 MiB per check on a laptop.
@@ -90,8 +91,7 @@ class AccountStore:
     """Facility accounts in the facility's SQLite database."""
 
     def __init__(self, database: Path):
-        database.parent.mkdir(parents=True, exist_ok=True)
-        self._engine = create_engine(f"sqlite:///{database}")
+        self._engine = create_engine(private_database(database))
         _Base.metadata.create_all(self._engine)
 
     def add(self, name: str, password: str, admin: bool = False) -> Account:

@@ -192,7 +192,11 @@ class GatewayBackend(ComputeBackend):
                     "('casa status')?"
                 ) from None
             apply_scaling(cluster, self.scaling)
-            client = cluster.get_client(set_as_default=False)
+            with warnings.catch_warnings():
+                # casa and the cluster come from one pyproject (same packages), but may run on
+                # different Python patch releases (casa's venv and the users' Debian one).
+                warnings.filterwarnings("ignore", message="Mismatched versions found")
+                client = cluster.get_client(set_as_default=False)
             try:
                 try:
                     client.wait_for_workers(self.scaling.wait_for, timeout=WORKER_WAIT_SECONDS)

@@ -16,6 +16,7 @@ from sqlalchemy import ForeignKey, String, create_engine, event, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
+from casa.config import private_database
 from casa.data.files import FileInfo, expand_paths, inspect_root_file
 from casa.errors import DataError, UsageError
 
@@ -106,8 +107,7 @@ class DatasetCatalog:
     """Named datasets in the facility's SQLite database."""
 
     def __init__(self, database: Path):
-        database.parent.mkdir(parents=True, exist_ok=True)
-        self._engine = create_engine(f"sqlite:///{database}")
+        self._engine = create_engine(private_database(database))
         event.listen(self._engine, "connect", _sqlite_pragmas)
         _Base.metadata.create_all(self._engine)
 

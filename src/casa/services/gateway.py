@@ -78,7 +78,7 @@ class GatewayService(Service):
                 "cannot start 'gateway': dask-gateway-server is not installed in casa's "
                 "environment; run 'make install' (or pip install dask-gateway-server[local])"
             ) from None
-        if ctx.config.gateway.backend == "local-accounts" and not ctx.as_root:
+        if gateway_backend(ctx) == "local-accounts" and not ctx.as_root:
             raise ServiceError(
                 "gateway.backend = 'local-accounts' runs clusters under each user's account and "
                 "needs casa to run as root; use 'local' on a single-user machine"
@@ -97,7 +97,7 @@ class GatewayService(Service):
         bin_dir = cluster_env_prefix(ctx) / "bin"
         backend = (
             "casa.cluster.gateway_server.FixedLocalBackend"
-            if g.backend == "local-accounts"
+            if gateway_backend(ctx) == "local-accounts"
             else "casa.cluster.gateway_server.CasaLocalBackend"
         )
         max_memory = parse_size(g.max_memory_per_user)
@@ -156,3 +156,15 @@ def cluster_env_prefix(ctx: ServiceContext) -> Path:
     if (prefix / "bin" / "dask-worker").exists():
         return prefix
     return Path(sys.prefix)
+
+
+def gateway_backend(ctx: ServiceContext) -> str:
+    """``local-accounts`` or ``local``: 'auto' picks each user's own account under root.
+
+    Under root, clusters of the shared backend would run users' code as root; each user's
+    clusters must run under that user's own account instead.
+    """
+    backend = ctx.config.gateway.backend
+    if backend == "auto":
+        return "local-accounts" if ctx.as_root else "local"
+    return backend
