@@ -11,13 +11,14 @@ import os
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
 import uproot
 
 from casa.data import physics
+from casa.data.files import sha256_of
 from casa.errors import UsageError
 
 #: Events per basket (one ``extend`` call writes one basket per branch).
@@ -73,14 +74,6 @@ def _frozen_write_clock() -> Iterator[None]:
     finally:
         for m, d in zip(modules, saved, strict=True):
             m.datetime = d
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _branch_types(first: dict) -> dict:
@@ -142,7 +135,7 @@ def generate_file(
         "name": path.name,
         "events": n_events,
         "bytes": path.stat().st_size,
-        "sha256": _sha256(path),
+        "sha256": sha256_of(path),
     }
 
 
@@ -203,20 +196,10 @@ def generate_dataset(
                 futures = {pool.submit(_file_job, job): i for i, job in enumerate(jobs)}
                 pending = set(futures)
                 while pending:
+                    done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
                     _drain(queue, progress)
-                    finished = [f for f in pending if f.done()]
-                    for f in finished:
-                        pending.discard(f)
+                    for f in done:
                         entries[futures[f]] = f.result()
-                    if pending:
-                        try:
-                            k = queue.get(timeout=0.2)
-                        except Exception:  # queue.Empty from the manager proxy
-                            continue
-                        if progress is not None:
-                            progress(k)
-                for f in as_completed(futures):
-                    f.result()
                 _drain(queue, progress)
     manifest = {
         "generator": "casa",

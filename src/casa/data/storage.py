@@ -7,22 +7,13 @@ file fails, every copy made by that command is removed again.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from casa.data.files import FileInfo
+from casa.data.files import FileInfo, sha256_of
 from casa.errors import DataError, UsageError
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -60,7 +51,7 @@ class FacilityStorage:
                 destination = target / name
                 tmp = target / f".{name}.part"
                 shutil.copyfile(f.url, tmp)
-                if _sha256(tmp) != _sha256(Path(f.url)):
+                if sha256_of(tmp) != sha256_of(Path(f.url)):
                     raise DataError(f"the copy of {f.url} in facility storage differs from it")
                 os.replace(tmp, destination)
                 os.chmod(destination, 0o644)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import abc
+import json
 import os
 import pwd
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +43,17 @@ class Health:
 
     ok: bool
     detail: str
+
+
+def get_json(url: str, timeout: float = 2.0) -> tuple[dict | None, Health | None]:
+    """GET ``url`` and parse JSON: ``(body, None)``, or ``(None, an unhealthy Health)``."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return json.loads(r.read()), None
+    except OSError as e:
+        return None, Health(False, f"no answer from {url}: {e}")
+    except ValueError:
+        return None, Health(False, f"{url} did not answer JSON")
 
 
 class Service(abc.ABC):

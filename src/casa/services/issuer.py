@@ -20,7 +20,6 @@ import socketserver
 import struct
 import sys
 import threading
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from casa.auth.tokens import (
 )
 from casa.config import FacilityConfig, facility_paths, load_config
 from casa.errors import ServiceError
-from casa.services.base import Health, Service, ServiceContext
+from casa.services.base import Health, Service, ServiceContext, get_json
 
 SOCKET_NAME = "issuer.sock"
 MAX_LIFETIME = 7 * 24 * 3600
@@ -70,13 +69,9 @@ class IssuerService(Service):
     def health(self, ctx: ServiceContext) -> Health:
         """GET /health and check that the issuer is this facility's."""
         url = f"http://{ctx.config.facility.host}:{self.port(ctx)}/health"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                body = json.loads(r.read())
-        except OSError as e:
-            return Health(False, f"no answer from {url}: {e}")
-        except ValueError:
-            return Health(False, f"{url} did not answer JSON")
+        body, failed = get_json(url)
+        if failed:
+            return failed
         if body.get("issuer") != ctx.config.issuer_url:
             return Health(False, f"{url} is another issuer ({body.get('issuer')})")
         if not socket_path(ctx).exists():
