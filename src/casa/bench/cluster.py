@@ -1,0 +1,149 @@
+"""The bench's own view of its gateway cluster: start-up and scaling times, worker memory.
+
+The probe creates the caller's cluster (the one ``GatewayBackend`` then finds and reuses),
+keeps a client of its own on it for measurements, and shuts the cluster down at the end.
+
+Peak memory per worker is each worker process's peak resident set (``VmHWM``), reset
+before a run by writing ``5`` to ``/proc/self/clear_refs`` on every worker (Linux 4.0 and
+later) and read after it; where that cannot be reset, the lifetime peak (``ru_maxrss``) is
+reported instead and the method says so.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import warnings
+from typing import Any
+
+from casa.cluster.gateway import gateway_client
+from casa.errors import ServiceError
+from casa.services.base import ServiceContext
+
+#: Seconds to wait for a cluster to reach a number of workers.
+WAIT_SECONDS = 180.0
+#: Worker memory (GiB) of the bench's cluster, as ``casa run --cluster gateway`` asks.
+WORKER_MEMORY = 2.0
+
+
+def _reset_peak() -> str:
+    """On a worker: reset the process's peak RSS; say which method measures the next peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return "VmHWM"
+    except OSError:
+        return "ru_maxrss"
+
+
+def _peak_kib(method: str) -> int:
+    """On a worker: the process's peak RSS in KiB, by ``method``."""
+    if method == "VmHWM":
+        with open("/proc/self/status") as f:
+            m = re.search(r"^VmHWM:\s+(\d+) kB", f.read(), re.MULTILINE)
+        if m:
+            return int(m[1])
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def _warm_imports() -> bool:
+    """On a worker: import what a chunk needs, so that the first run pays no import time."""
+    import coffea.nanoevents  # noqa: F401
+    import coffea.processor  # noqa: F401
+    import uproot  # noqa: F401
+
+    import casa.analysis.processors  # noqa: F401
+
+    try:
+        import XRootD.client  # noqa: F401
+    except ImportError:
+        pass
+    return True
+
+
+class ClusterProbe:
+    """Creates, scales, warms and measures the caller's gateway cluster."""
+
+    def __init__(self, ctx: ServiceContext):
+        import sys
+
+        import cloudpickle
+
+        # Workers may run another copy of casa (the users' environment) without this module:
+        # the functions they run travel by value.
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])
+        self.ctx = ctx
+        self.gateway: Any = None
+        self.cluster: Any = None
+        self.client: Any = None
+        self.method = "VmHWM"
+
+    def __enter__(self) -> ClusterProbe:
+        self.gateway = gateway_client(self.ctx)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self.client is not None:
+                self.client.close()
+            if self.cluster is not None:
+                self.cluster.shutdown()
+        finally:
+            self.gateway.close()
+
+    def _workers(self) -> int:
+        return len(self.client.scheduler_info(n_workers=-1)["workers"])
+
+    def _wait(self, n: int) -> None:
+        """Wait until the cluster has exactly ``n`` workers."""
+        deadline = time.monotonic() + WAIT_SECONDS
+        while time.monotonic() < deadline:
+            if self._workers() == n:
+                return
+            time.sleep(0.05)
+        raise ServiceError(
+            f"the bench's cluster {self.cluster.name} did not reach {n} worker(s) within "
+            f"{WAIT_SECONDS:.0f} s (it has {self._workers()}); see the gateway's log"
+        )
+
+    def new_cluster(self, workers: int) -> float:
+        """Create the cluster, scale it to ``workers``; seconds until they are all connected."""
+        started = time.perf_counter()
+        self.cluster = self.gateway.new_cluster(
+            worker_cores=1, worker_memory=WORKER_MEMORY, shutdown_on_close=False
+        )
+        self.cluster.scale(workers)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Mismatched versions found")
+            self.client = self.cluster.get_client(set_as_default=False)
+        self._wait(workers)
+        return time.perf_counter() - started
+
+    def scale_up(self, workers: int) -> float | None:
+        """Scale down to 1 worker, then time scaling to ``workers`` (None for 1 worker)."""
+        if workers <= 1:
+            return None
+        self.cluster.scale(1)
+        self._wait(1)
+        started = time.perf_counter()
+        self.cluster.scale(workers)
+        self._wait(workers)
+        return time.perf_counter() - started
+
+    def warm_up(self) -> float:
+        """Import coffea, uproot and casa's processors on every worker; seconds it took."""
+        started = time.perf_counter()
+        self.client.run(_warm_imports)
+        return time.perf_counter() - started
+
+    def reset_peak_memory(self) -> None:
+        """Start a new peak-memory window on every worker."""
+        methods = set(self.client.run(_reset_peak).values())
+        self.method = "VmHWM" if methods == {"VmHWM"} else "ru_maxrss"
+
+    def peak_memory_mb(self) -> dict[str, float]:
+        """Each worker's peak resident memory (MB) since :meth:`reset_peak_memory`."""
+        peaks = self.client.run(_peak_kib, self.method)
+        return {address: kib * 1024 / 1e6 for address, kib in peaks.items()}

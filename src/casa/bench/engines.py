@@ -1,0 +1,207 @@
+"""One measurement of one query on each engine the bench compares.
+
+- ``casa-cold``/``casa-warm``: casa's runner on the facility's gateway cluster, reading
+  ``root://`` through the cache (emptied before ``casa-cold``, filled by it for
+  ``casa-warm``);
+- ``coffea``: the same processor with plain coffea on the local files, as a user runs it;
+- ``rdf``: ROOT's RDataFrame (:mod:`casa.bench.rdf`) in a fresh process;
+- ``limit``: the decompression limit (:mod:`casa.bench.readlimit`).
+
+Every engine's time is wall-clock time from the call to the histograms (or, for the limit,
+to the last decompressed basket); events/s is the dataset's events over that time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from casa.errors import AnalysisError
+
+#: The engines, in the order they run for each query and repetition.
+ENGINES: tuple[str, ...] = ("casa-cold", "casa-warm", "coffea", "rdf", "limit")
+
+
+@dataclass
+class Measurement:
+    """One engine's run of one query in one repetition."""
+
+    engine: str
+    query: str
+    repetition: int
+    events: int
+    seconds: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def events_per_second(self) -> float:
+        """Events over the wall time."""
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {
+            "engine": self.engine,
+            "query": self.query,
+            "repetition": self.repetition,
+            "events": self.events,
+            "seconds": self.seconds,
+            "events_per_second": self.events_per_second,
+            **self.details,
+        }
+
+
+def flow_counts(output: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Each histogram of a processor's output as counts with under- and overflow."""
+    return {name: np.asarray(h.values(flow=True), dtype=float) for name, h in output.items()}
+
+
+def check_equal(
+    query: str, reference: Mapping[str, np.ndarray], other: Mapping[str, np.ndarray], engine: str
+) -> int:
+    """AnalysisError naming the query and histogram unless ``other`` equals ``reference``.
+
+    Returns the number of bins compared.
+    """
+    if set(reference) != set(other):
+        raise AnalysisError(
+            f"{query}: {engine} filled the histograms {sorted(other)}, casa on the facility "
+            f"{sorted(reference)}"
+        )
+    bins = 0
+    for name, want in reference.items():
+        got = np.asarray(other[name], dtype=float)
+        if got.shape != want.shape:
+            raise AnalysisError(
+                f"{query}: histogram {name!r} has {got.size} bins (flow included) in {engine} "
+                f"and {want.size} in casa on the facility"
+            )
+        differing = np.flatnonzero(got != want)
+        if differing.size:
+            i = int(differing[0])
+            raise AnalysisError(
+                f"{query}: histogram {name!r} differs between {engine} and casa on the facility "
+                f"in {differing.size} bin(s); the first, flow-indexed bin {i}, holds {got[i]:g} "
+                f"in {engine} and {want[i]:g} in casa"
+            )
+        bins += want.size
+    return bins
+
+
+def run_casa(
+    query: str,
+    files: Sequence[Any],
+    ctx: Any,
+    workers: int,
+    chunksize: int,
+    probe: Any,
+    engine: str,
+    repetition: int,
+) -> tuple[Measurement, dict[str, np.ndarray]]:
+    """casa's runner on the facility's gateway cluster, through the cache.
+
+    ``seconds`` runs from the call of ``run_analysis`` (connecting to the running cluster
+    included) to its merged output; ``details`` adds the runner's own wall time, the time
+    to the first finished chunk and each worker's peak memory.
+    """
+    from casa.analysis.registry import load_processor
+    from casa.analysis.runner import run_analysis
+    from casa.cluster.gateway import GatewayBackend, Scaling
+
+    marks: dict[str, float] = {}
+
+    def on_start(chunks: int, events: int, dashboard: str | None) -> None:
+        marks.setdefault("ready", time.perf_counter())
+
+    def on_progress(chunks: int, events: int) -> None:
+        if chunks:
+            marks.setdefault("first_chunk", time.perf_counter())
+
+    probe.reset_peak_memory()
+    started = time.perf_counter()
+    result = run_analysis(
+        load_processor(query),
+        "bench",
+        list(files),
+        GatewayBackend(ctx, Scaling(workers=workers)),
+        workers=workers,
+        chunksize=chunksize,
+        on_start=on_start,
+        on_progress=on_progress,
+    )
+    seconds = time.perf_counter() - started
+    peaks = probe.peak_memory_mb()
+    expected = sum(f.events for f in files)
+    if result.events != expected or result.chunks_repeated or result.skipped:
+        raise AnalysisError(
+            f"{query}: casa on the facility counted {result.events:,} events of {expected:,} "
+            f"({len(result.chunks_repeated)} chunk(s) counted twice, {len(result.skipped)} "
+            "skipped)"
+        )
+    details = {
+        "runner_seconds": result.wall_seconds,
+        "connect_seconds": marks.get("ready", started) - started,
+        "first_chunk_seconds": marks.get("first_chunk", started + seconds) - started,
+        "chunks": result.chunks,
+        "bytes_read": result.bytes_read,
+        "workers": result.workers,
+        "peak_worker_memory_mb": peaks,
+        "peak_memory_method": probe.method,
+    }
+    measurement = Measurement(engine, query, repetition, result.events, seconds, details)
+    return measurement, flow_counts(result.output)
+
+
+def run_coffea(
+    query: str, paths: Sequence[str], events: int, workers: int, chunksize: int, repetition: int
+) -> tuple[Measurement, dict[str, np.ndarray]]:
+    """Plain coffea, as a user runs it: ``Runner`` with ``FuturesExecutor`` on a fileset.
+
+    Includes coffea's own preprocessing (opening every file to count its entries) and the
+    process pools it starts.
+    """
+    from coffea import processor
+    from coffea.nanoevents import NanoAODSchema
+
+    from casa.analysis.registry import load_processor
+
+    runner = processor.Runner(
+        executor=processor.FuturesExecutor(workers=workers, status=False),
+        schema=NanoAODSchema,
+        chunksize=chunksize,
+    )
+    started = time.perf_counter()
+    output = runner({"bench": list(paths)}, load_processor(query), treename="Events")
+    seconds = time.perf_counter() - started
+    return Measurement("coffea", query, repetition, events, seconds), flow_counts(output)
+
+
+def run_rdf(
+    query: str, paths: Sequence[str], workers: int, repetition: int
+) -> tuple[Measurement, dict[str, np.ndarray]]:
+    """RDataFrame on ``workers`` threads in a fresh process (cold, JIT included)."""
+    from casa.bench.rdf import run_rdf_subprocess
+
+    result = run_rdf_subprocess(query, list(paths), threads=workers)
+    details = {"jit_seconds": result.jit_seconds, "loop_seconds": result.loop_seconds}
+    measurement = Measurement("rdf", query, repetition, result.events, result.wall_seconds, details)
+    return measurement, result.histograms
+
+
+def run_limit(query: str, paths: Sequence[str], workers: int, repetition: int) -> Measurement:
+    """The decompression limit of the query's baskets on ``workers`` processes."""
+    from casa.bench.readlimit import measure_read_limit
+
+    result = measure_read_limit(query, list(paths), workers)
+    details = {
+        "uncompressed_bytes": result.uncompressed_bytes,
+        "compressed_bytes": result.compressed_bytes,
+        "baskets": result.baskets,
+        "mb_per_second": result.mb_per_second,
+    }
+    return Measurement("limit", query, repetition, result.events, result.wall_seconds, details)
+

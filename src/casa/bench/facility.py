@@ -1,0 +1,176 @@
+"""A private facility for one bench: its own state directory, free ports, stopped at the end.
+
+The state directory is a fresh folder under ``/tmp`` of mode 0711, so that XRootD, which
+runs as the ``xrootd`` account when casa runs as root, can reach it; it is deleted with
+everything in it (storage copies and the cache's disk included) when the bench ends.
+Clusters run as the facility's own account (``[gateway] backend = "local"``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from casa.bench.dataset import BenchDataset
+from casa.bench.wan import WanCacheService, WanLink, WanOriginService
+from casa.data.catalog import DatasetCatalog
+from casa.data.files import FileInfo
+from casa.data.storage import FacilityStorage
+from casa.services.base import ServiceContext
+from casa.services.facility import facility_context, facility_services
+from casa.services.supervisor import Supervisor
+from casa.services.xrootd import CacheService, OriginService
+
+#: The catalog name of the bench's dataset in its private facility.
+DATASET = "bench"
+#: Ports the default facility uses: a bench never takes them.
+DEFAULT_PORTS = range(21000, 21097)
+#: Sections of casa.toml and the port keys the bench sets in each.
+PORT_KEYS = {
+    "issuer": ("port",),
+    "origin": ("port",),
+    "cache": ("port",),
+    "gateway": ("port", "scheduler_port", "api_port"),
+    "hub": ("port", "api_port", "proxy_api_port"),
+}
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports free right now, none of them the default facility's."""
+    socks: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < n:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+            port = s.getsockname()[1]
+            if port not in DEFAULT_PORTS:
+                ports.append(port)
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+def new_home() -> Path:
+    """A fresh state directory under /tmp that other accounts may traverse (mode 0711)."""
+    home = Path(tempfile.mkdtemp(prefix="casa-bench-", dir="/tmp"))
+    os.chmod(home, 0o711)
+    ports = iter(free_ports(sum(len(keys) for keys in PORT_KEYS.values())))
+    text = ""
+    for section, keys in PORT_KEYS.items():
+        text += f"[{section}]\n" + "".join(f"{key} = {next(ports)}\n" for key in keys)
+        if section == "gateway":
+            text += 'backend = "local"\n'
+    (home / "casa.toml").write_text(text)
+    return home
+
+
+class BenchFacility:
+    """The bench's facility: started, given the dataset and a token, cold-cached on demand."""
+
+    def __init__(self, home: Path, link: WanLink | None = None):
+        self.home = home
+        self.link = link
+        self.ctx: ServiceContext = facility_context(home)
+        services = facility_services()
+        if link is not None:
+            services = [
+                WanOriginService(link)
+                if isinstance(s, OriginService)
+                else WanCacheService(link)
+                if isinstance(s, CacheService)
+                else s
+                for s in services
+            ]
+        self.supervisor = Supervisor(self.ctx, services)
+        self.cache = next(s for s in services if s.name == "cache")
+
+    def up(self) -> tuple[float, dict[str, str]]:
+        """Start every service (as ``casa up`` does); seconds until all are healthy."""
+        started = time.perf_counter()
+        report = self.supervisor.up()
+        return time.perf_counter() - started, report
+
+    def store(self, dataset: BenchDataset) -> tuple[list[FileInfo], float]:
+        """Copy the files into facility storage and catalogue their ``root://`` URLs."""
+        started = time.perf_counter()
+        ctx = self.ctx
+        account = ctx.daemon_account() if ctx.as_root else None
+        storage = FacilityStorage(
+            ctx.paths.storage,
+            cache_url=f"root://{ctx.config.facility.host}:{ctx.config.cache.port}/",
+            owner=(account.pw_uid, account.pw_gid) if account else None,
+        )
+        catalog = DatasetCatalog(ctx.paths.database)
+        try:
+            copied = storage.store(DATASET, list(dataset.files))
+            stored = catalog.add_files(DATASET, copied, metadata={"area": storage.area(DATASET, None)})
+        finally:
+            catalog.close()
+        return list(stored.files), time.perf_counter() - started
+
+    def token(self) -> str:
+        """A data token for the calling account, from the facility's issuer."""
+        from casa.services.issuer import request_token
+
+        return request_token(self.ctx)
+
+    def cold_cache(self) -> float:
+        """Stop the cache, empty its disk, start it again; seconds until it is healthy.
+
+        Stopping the process empties XCache's memory too, so the next read of any block
+        must come from the origin.
+        """
+        started = time.perf_counter()
+        only_cache = Supervisor(self.ctx, [self.cache])
+        only_cache.down()
+        disk = self.ctx.paths.cache_disk
+        if disk.is_dir():
+            for entry in disk.iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+        only_cache.up()
+        return time.perf_counter() - started
+
+    def down(self) -> None:
+        """Stop every service."""
+        self.supervisor.down()
+
+
+@contextlib.contextmanager
+def bearer_token(token: str) -> Iterator[None]:
+    """``$BEARER_TOKEN`` set to ``token`` inside the block, restored afterwards."""
+    old = os.environ.get("BEARER_TOKEN")
+    os.environ["BEARER_TOKEN"] = token
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("BEARER_TOKEN", None)
+        else:
+            os.environ["BEARER_TOKEN"] = old
+
+
+@contextlib.contextmanager
+def bench_facility(link: WanLink | None = None, keep: bool = False) -> Iterator[BenchFacility]:
+    """A private facility in a fresh state directory; stopped (and deleted) on exit."""
+    home = new_home()
+    facility = BenchFacility(home, link)
+    try:
+        yield facility
+    finally:
+        try:
+            facility.down()
+        finally:
+            if not keep:
+                shutil.rmtree(home, ignore_errors=True)

@@ -1,0 +1,270 @@
+"""What a bench reports: medians and ratios per query, the machine, a table and a chart."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from casa.bench.engines import ENGINES, Measurement
+
+#: How each engine is named in tables and charts.
+LABELS = {
+    "casa-cold": "casa, cold cache",
+    "casa-warm": "casa, warm cache",
+    "coffea": "plain coffea",
+    "rdf": "RDataFrame",
+    "limit": "decompression limit",
+}
+#: Ratios reported per query: name -> (numerator engine, denominator engine), on events/s.
+RATIOS = {
+    "casa/coffea": ("casa-warm", "coffea"),
+    "casa/rdf": ("casa-warm", "rdf"),
+    "casa/limit": ("casa-warm", "limit"),
+    "cold/warm": ("casa-cold", "casa-warm"),
+}
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def root_version() -> str | None:
+    """ROOT's version from its headers (importing ROOT would start its interpreter here)."""
+    spec = importlib.util.find_spec("ROOT")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        text = _read(os.path.join(location, "include", "ROOT", "RVersion.hxx"))
+        parts = [re.search(rf"#define ROOT_VERSION_{k} (\d+)", text) for k in ("MAJOR", "MINOR", "PATCH")]
+        if all(parts):
+            major, minor, patch = (int(m[1]) for m in parts if m)
+            return f"{major}.{minor:02d}.{patch:02d}"
+    return _version("root")
+
+
+def xrootd_version() -> str | None:
+    """The XRootD server's version (``xrootd -v``)."""
+    binary = shutil.which("xrootd")
+    if binary is None:
+        return None
+    proc = subprocess.run([binary, "-v"], capture_output=True, text=True, check=False)
+    m = re.search(r"v?(\d+\.\d+[\w.\-]*)", proc.stdout + proc.stderr)
+    return m[1] if m else None
+
+
+def machine_info() -> dict[str, Any]:
+    """The CPU, cores, memory, kernel, load and software versions of this machine."""
+    cpuinfo = _read("/proc/cpuinfo")
+    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+    memory = re.search(r"^MemTotal:\s+(\d+) kB", _read("/proc/meminfo"), re.MULTILINE)
+    return {
+        "cpu_model": model[1].strip() if model else platform.processor() or None,
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "memory_gb": round(int(memory[1]) * 1024 / 1e9, 1) if memory else None,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "load_average_start": list(os.getloadavg()),
+        "versions": {
+            "casa": _version("casa"),
+            "coffea": _version("coffea"),
+            "uproot": _version("uproot"),
+            "awkward": _version("awkward"),
+            "dask": _version("dask"),
+            "distributed": _version("distributed"),
+            "dask-gateway": _version("dask-gateway"),
+            "ROOT": root_version(),
+            "xrootd": xrootd_version(),
+            "xrootd-python": _version("xrootd"),
+        },
+    }
+
+
+def summarize(runs: Sequence[Measurement], workers: int) -> dict[str, dict[str, Any]]:
+    """Per query: each engine's median time and rates, the ratios, first-histogram time, memory."""
+    queries: dict[str, dict[str, Any]] = {}
+    for query in dict.fromkeys(r.query for r in runs):
+        mine = [r for r in runs if r.query == query]
+        limit_bytes = [r.details["uncompressed_bytes"] for r in mine if r.engine == "limit"]
+        decompressed = statistics.median(limit_bytes) if limit_bytes else None
+        engines: dict[str, Any] = {}
+        for engine in ENGINES:
+            times = [r.seconds for r in mine if r.engine == engine]
+            if not times:
+                continue
+            events = next(r.events for r in mine if r.engine == engine)
+            median = statistics.median(times)
+            rate = events / median if median > 0 else 0.0
+            engines[engine] = {
+                "seconds": times,
+                "median_seconds": median,
+                "events_per_second": rate,
+                "events_per_second_per_core": rate / workers,
+                "decompressed_mb_per_second": decompressed / 1e6 / median
+                if decompressed and median > 0
+                else None,
+            }
+        ratios = {
+            name: engines[a]["events_per_second"] / engines[b]["events_per_second"]
+            for name, (a, b) in RATIOS.items()
+            if a in engines and b in engines and engines[b]["events_per_second"] > 0
+        }
+        warm = [r for r in mine if r.engine == "casa-warm"]
+        casa = [r for r in mine if r.engine.startswith("casa")]
+        peaks = [max(r.details["peak_worker_memory_mb"].values(), default=0.0) for r in casa]
+        queries[query] = {
+            "events": mine[0].events,
+            "decompressed_bytes": decompressed,
+            "engines": engines,
+            "ratios": ratios,
+            "time_to_first_histogram_seconds": statistics.median(r.seconds for r in warm)
+            if warm
+            else None,
+            "first_chunk_seconds": statistics.median(r.details["first_chunk_seconds"] for r in warm)
+            if warm
+            else None,
+            "peak_worker_memory_mb": max(peaks) if peaks else None,
+        }
+    return queries
+
+
+def write_json(path: Path, report: dict[str, Any]) -> None:
+    """``bench.json``, indented."""
+    path.write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, datetime.datetime):
+        return value.isoformat()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def _rate(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value >= 1e6:
+        return f"{value / 1e6:.2f} M"
+    return f"{value / 1e3:.0f} k"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def print_tables(console: Console, report: dict[str, Any]) -> None:
+    """Per query: events/s of every engine, per core, MB/s and ratios; then the facility."""
+    workers = report["options"]["workers"]
+    table = Table(title=f"events/s ({workers} worker(s); median of {report['options']['repeat']})")
+    table.add_column("query")
+    for engine in ENGINES:
+        table.add_column(LABELS[engine], justify="right")
+    table.add_column("casa warm /core", justify="right")
+    table.add_column("limit MB/s", justify="right")
+    for name in RATIOS:
+        table.add_column(name, justify="right")
+    for query, q in report["queries"].items():
+        engines = q["engines"]
+        warm = engines.get("casa-warm", {})
+        limit = engines.get("limit", {})
+        table.add_row(
+            query,
+            *[_rate(engines.get(e, {}).get("events_per_second")) for e in ENGINES],
+            _rate(warm.get("events_per_second_per_core")),
+            f"{limit['decompressed_mb_per_second']:.0f}"
+            if limit.get("decompressed_mb_per_second")
+            else "-",
+            *[_ratio(q["ratios"].get(name)) for name in RATIOS],
+        )
+    console.print(table)
+
+    facility = report["facility"]
+    figures = Table(title="the facility")
+    figures.add_column("figure")
+    figures.add_column("seconds", justify="right")
+    for label, key in (
+        ("casa up, until every service is healthy", "up_seconds"),
+        (f"a new cluster with {workers} worker(s) ready", "new_cluster_seconds"),
+        (f"scaling from 1 to {workers} worker(s)", "scale_seconds"),
+        ("importing coffea and casa on the workers (once)", "warm_up_seconds"),
+    ):
+        value = facility.get(key)
+        figures.add_row(label, "-" if value is None else f"{value:.2f}")
+    console.print(figures)
+
+    per_query = Table(title="per query on the facility (warm cluster)")
+    for col in ("query", "first histogram, warm cache (s)", "first chunk (s)", "peak MB/worker"):
+        per_query.add_column(col, justify="left" if col == "query" else "right")
+    for query, q in report["queries"].items():
+        per_query.add_row(
+            query,
+            _seconds(q["time_to_first_histogram_seconds"]),
+            _seconds(q["first_chunk_seconds"]),
+            "-" if q["peak_worker_memory_mb"] is None else f"{q['peak_worker_memory_mb']:.0f}",
+        )
+    console.print(per_query)
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def write_chart(path: Path, report: dict[str, Any]) -> None:
+    """A PNG of events/s per engine per query (bars, log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    queries = list(report["queries"])
+    engines = [e for e in ENGINES if any(e in q["engines"] for q in report["queries"].values())]
+    width = 0.8 / max(len(engines), 1)
+    x = np.arange(len(queries))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(queries) + 2), 4.5))
+    for i, engine in enumerate(engines):
+        rates = [
+            report["queries"][q]["engines"].get(engine, {}).get("events_per_second", 0.0)
+            for q in queries
+        ]
+        ax.bar(x + (i - (len(engines) - 1) / 2) * width, rates, width, label=LABELS[engine])
+    ax.set_xticks(x, queries)
+    ax.set_yscale("log")
+    ax.set_ylabel("events / s")
+    options = report["options"]
+    ax.set_title(
+        f"{options['events']:,} events, {options['files']} file(s), {options['codec']}, "
+        f"{options['workers']} worker(s)"
+    )
+    ax.legend(fontsize="small", ncols=min(len(engines), 3))
+    ax.grid(axis="y", which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
