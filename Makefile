@@ -45,10 +45,10 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 # configurable-http-proxy for JupyterHub, and playwright-core for the browser test.
-$(NODE_STAMP): tests/browser/package.json
+$(NODE_STAMP): tests/browser/package-lock.json
 	mkdir -p $(VENV)/node
 	cd $(VENV)/node && npm install --silent --no-audit --no-fund configurable-http-proxy@5.3.0
-	cd tests/browser && npm install --silent --no-audit --no-fund
+	cd tests/browser && npm ci --silent --no-audit --no-fund
 	@touch $@
 
 # The users' environment: a copy of casa (not editable: users cannot read this checkout
