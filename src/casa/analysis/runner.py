@@ -8,11 +8,8 @@ and hands them to ``coffea.processor.Runner``, which then skips its preprocessin
 from __future__ import annotations
 
 import contextlib
-import linecache
 import math
 import os
-import re
-import sys
 import threading
 import time
 import traceback
@@ -24,9 +21,10 @@ from typing import Any
 
 from coffea.processor import ProcessorABC
 
+from casa.analysis.failures import ProcessorFailed, analysis_error, restore_user_frames
 from casa.cluster.base import ComputeBackend
 from casa.data.files import FileInfo
-from casa.data.sources import refused_path, require_token, scrub, uproot_options_for
+from casa.data.sources import require_token, uproot_options_for
 from casa.errors import AnalysisError, DataError
 
 DEFAULT_CHUNKSIZE = 200_000
@@ -53,8 +51,8 @@ QUIET_RETRIES = "ignore:Performed attempt:UserWarning"
 def quiet_schema_warnings() -> None:
     """Silence the schema's cross-reference warnings here and in worker processes started later."""
     warnings.filterwarnings("ignore", category=RuntimeWarning, module="coffea.nanoevents")
-    # Workers are new processes: they take their warning filters from the environment.
     warnings.filterwarnings("ignore", message="Performed attempt", category=UserWarning)
+    # Workers are new processes: they take their warning filters from the environment.
     current = [x for x in os.environ.get("PYTHONWARNINGS", "").split(",") if x]
     for rule in (QUIET_WARNINGS, QUIET_RETRIES):
         if rule not in current:
@@ -81,28 +79,6 @@ def plan_chunks(dataset: str, files: Sequence[FileInfo], chunksize: int) -> list
         for start in range(0, f.events, step):
             items.append(WorkItem(dataset, f.url, f.tree, start, min(start + step, f.events), b""))
     return items
-
-
-_TB_START, _TB_END = "\n<<casa-traceback>>\n", "\n<</casa-traceback>>"
-
-
-class ProcessorFailed(Exception):
-    """The user's processor raised; carries the user's traceback as text.
-
-    coffea wraps a failure as ``Exception(f"... The error was: {e!r}.")`` and Dask sends
-    only that message back, so the traceback travels inside this exception's repr.
-    """
-
-    def __init__(self, summary: str, user_traceback: str):
-        super().__init__(summary, user_traceback)
-        self.summary = summary
-        self.user_traceback = user_traceback
-
-    def __str__(self) -> str:
-        return self.summary
-
-    def __repr__(self) -> str:
-        return f"{self.summary}{_TB_START}{self.user_traceback.rstrip()}{_TB_END}"
 
 
 class TrackedProcessor(ProcessorABC):
@@ -251,8 +227,8 @@ def run_analysis(
                 on_progress(min(done_chunks, len(chunks)), min(done_events, total_events))
         wall = time.perf_counter() - started
         if "error" in outcome:
-            error = _analysis_error(outcome["error"], explain_refusal)
-            error.details = _restore_user_frames(error.details, processor)
+            error = analysis_error(outcome["error"], explain_refusal)
+            error.details = restore_user_frames(error.details, processor)
             raise error from None
 
     wrapped = outcome["out"]
@@ -302,72 +278,3 @@ def _coffea_bars_hidden() -> Iterator[None]:
         yield
     finally:
         coffea_console.quiet = quiet
-
-
-_ITEM = re.compile(
-    r"WorkItem\(dataset='(?P<dataset>[^']*)', filename='(?P<file>[^']*)', "
-    r"treename='[^']*', entrystart=(?P<start>\d+), entrystop=(?P<stop>\d+)"
-)
-
-
-def _analysis_error(
-    error: BaseException, explain_refusal: Callable[[str], str] | None = None
-) -> AnalysisError | DataError:
-    """Turn coffea's wrapped failure into a casa error naming the file, entries and cause."""
-    chain = []
-    e: BaseException | None = error
-    while e is not None and e not in chain:
-        chain.append(e)
-        e = e.__cause__ or e.__context__
-    texts = [scrub(str(x)) for x in chain]
-    where = ""
-    for text in texts:
-        m = _ITEM.search(text)
-        if m:
-            where = f" in {m['file']} entries {m['start']}-{m['stop']}"
-            break
-    for text in texts:
-        if _TB_START in text:
-            head, _, rest = text.partition(_TB_START)
-            summary = head.rpartition("The error was: ")[2]
-            details = rest.partition(_TB_END)[0]
-            return AnalysisError(f"the processor raised {summary}{where}", details=details)
-    root = chain[-1]
-    details = scrub("".join(traceback.format_exception(root)).rstrip())
-    cause = scrub(str(root)).rpartition("The error was: ")[2].rstrip(".") or repr(root)
-    if any("[3010]" in t or "permission denied" in t.lower() for t in texts):
-        path = next((p for p in map(refused_path, texts) if p), None)
-        if path and explain_refusal is not None:
-            reason = explain_refusal(path)
-        else:
-            reason = next(t for t in texts if "[3010]" in t or "permission denied" in t.lower())
-        return DataError(f"reading{where} was refused: {reason}")
-    if any("Failed to open file" in t or "no bearer token found" in t for t in texts):
-        return DataError(f"could not open a file{where}: {cause}", details=details)
-    return AnalysisError(f"the run failed{where}: {cause}", details=details)
-
-
-_DYNAMIC_FRAME = re.compile(r'File "<dynamic-code>", line (\d+), in (\S+)')
-
-
-def _restore_user_frames(details: str | None, processor: Any) -> str | None:
-    """Put the user's file name and source lines back into a traceback from a worker.
-
-    cloudpickle ships code from a user's file by value and names its frames
-    ``<dynamic-code>``; the line numbers are still right, so the file can be named again.
-    """
-    module = sys.modules.get(type(processor).__module__)
-    path = getattr(module, "__file__", None)
-    if not details or not path:
-        return details
-    out = []
-    for line in details.splitlines():
-        m = _DYNAMIC_FRAME.search(line)
-        if m:
-            out.append(line.replace('"<dynamic-code>"', f'"{path}"'))
-            source = linecache.getline(path, int(m[1])).strip()
-            if source:
-                out.append(f"    {source}")
-        else:
-            out.append(line)
-    return "\n".join(out)
