@@ -12,10 +12,12 @@ USER_STAMP := $(USER_ENV)/.casa-installed
 IS_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo yes)
 
 # Debian packages: XRootD (origin, XCache) with SciTokens; Debian's Python with venv for the
-# users' environment; Chromium for the browser test; Node (when there is none) for
+# users' environment; Chromium for the browser test; Slurm and munge for the multi-host
+# site test (hosts made with network namespaces); Node (when there is none) for
 # configurable-http-proxy.
 APT_PACKAGES := xrootd-server xrootd-client xrootd-server-plugins xrootd-scitokens-plugins \
-                xrootd-client-plugins python3-venv python3-dev chromium passwd
+                xrootd-client-plugins python3-venv python3-dev chromium passwd \
+                slurm-wlm munge iproute2 util-linux
 
 .PHONY: install system-packages user-env demo test lint clean
 

@@ -228,6 +228,89 @@ class HubSection:
     oidc_admin_groups: list = field(default_factory=list, metadata={"help": "a list of groups"})
 
 
+def _port_or_zero(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 65535
+
+
+def _size(value: Any) -> bool:
+    try:
+        return parse_size(value) > 0
+    except (TypeError, ValueError):
+        return False
+
+
+def _directive(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(v, str) and "=" in v and v.partition("=")[0].strip() for v in value
+    )
+
+
+@dataclass(frozen=True)
+class HTCondorSection:
+    """``[htcondor]``: Dask workers as HTCondor jobs at a site."""
+
+    contact_host: str = field(
+        default="",
+        metadata={"help": "the scheduler's address as worker nodes reach it "
+                          "(default: facility.host)"},
+    )  # fmt: skip
+    listen_host: str = field(
+        default="", metadata={"help": "the address the scheduler listens on (default: all)"}
+    )
+    scheduler_port: int = field(
+        default=0, metadata={"check": _port_or_zero, "help": "a TCP port (0: any free port)"}
+    )
+    dashboard_port: int = field(
+        default=0, metadata={"check": _port_or_zero, "help": "a TCP port (0: any free port)"}
+    )
+    schedd: str = field(
+        default="", metadata={"help": "a remote schedd to submit to (default: the local one)"}
+    )
+    pool: str = field(
+        default="", metadata={"help": "the HTCondor pool's collector (default: the local one)"}
+    )
+    accounting_group: str = field(
+        default="",
+        metadata={"help": "the accounting group, such as group_cms.casa; jobs are charged "
+                          "to GROUP.USER (empty: none)"},
+    )  # fmt: skip
+    worker_cores: int = field(
+        default=4, metadata={"check": lambda v: v >= 1, "help": "a whole number, at least 1"}
+    )
+    worker_memory: str = field(
+        default="6g", metadata={"check": _size, "help": "memory per job, such as 6g"}
+    )
+    worker_disk: str = field(
+        default="5g", metadata={"check": _size, "help": "scratch disk per job, such as 5g"}
+    )
+    worker_image: str = field(
+        default="",
+        metadata={"help": "a container image the jobs run in (universe = container; "
+                          "empty: the worker nodes' own environment)"},
+    )  # fmt: skip
+    python: str = field(
+        default="python3", metadata={"help": "the Python that runs dask's worker on the nodes"}
+    )
+    cache_url: str = field(
+        default="",
+        metadata={"help": "the XCache workers read through, such as root://xcache.site:1094 "
+                          "(default: this facility's cache)"},
+    )  # fmt: skip
+    tls_ca_file: str = field(
+        default="", metadata={"help": "the CA file (empty: a per-cluster certificate)"}
+    )
+    tls_cert_file: str = field(default="", metadata={"help": "the certificate file"})
+    tls_key_file: str = field(
+        default="", metadata={"help": "the key file (empty: in the certificate file)"}
+    )
+    extra_directives: list = field(
+        default_factory=list,
+        metadata={"check": _directive,
+                  "help": "a list of submit commands, such as 'requirements = (OpSysMajorVer "
+                          "== 9)'"},
+    )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class XRootDSection:
     """``[xrootd]``: how to run the XRootD daemons."""
@@ -249,6 +332,7 @@ class FacilityConfig:
     xrootd: XRootDSection = XRootDSection()
     gateway: GatewaySection = GatewaySection()
     hub: HubSection = HubSection()
+    htcondor: HTCondorSection = HTCondorSection()
 
     @property
     def issuer_url(self) -> str:
@@ -363,6 +447,7 @@ def parse_config(data: dict, source: str = CONFIG_NAME) -> FacilityConfig:
         "xrootd": XRootDSection,
         "gateway": GatewaySection,
         "hub": HubSection,
+        "htcondor": HTCondorSection,
     }
     assert set(classes) == set(sections)
     for key in data:

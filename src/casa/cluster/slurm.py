@@ -1,0 +1,162 @@
+"""Dask workers as Slurm jobs: dask-jobqueue's ``SLURMCluster`` with TLS and the user's token.
+
+The scheduler runs where the user is (``casa run``, a notebook) on a host that can submit
+to Slurm (``sbatch`` and ``scancel`` work there); each worker is one batch job:
+
+- TLS only: the scheduler, the workers and the client share one per-cluster CA,
+  certificate and key that casa writes (key mode 0600) into a folder the worker nodes also
+  see (a shared filesystem, as at any Slurm site; jobs run as the submitting user);
+- the user's data token reaches the workers as ``BEARER_TOKEN`` in the environment that
+  ``sbatch`` exports to the job: it is given to ``sbatch`` alone, never written into the job
+  script, its arguments or the scheduler's own environment;
+- ``CASA_CACHE_URL`` names the site's XCache the workers read ``root://`` through;
+- ``interface`` names the workers' network interface and ``scheduler_interface`` the one the
+  scheduler listens on, so hosts without a default route still find each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from dask_jobqueue import SLURMCluster
+from dask_jobqueue.slurm import SLURMJob
+
+from casa.cluster.base import ComputeBackend, OpenBackend
+from casa.cluster.htcondor import CACHE_URL_ENV, write_cluster_certificate
+from casa.cluster.local import DaskQueueChannel
+from casa.errors import ServiceError
+
+WORKER_WAIT_SECONDS = 120
+
+
+class CasaSLURMJob(SLURMJob):
+    """A Slurm job whose ``sbatch`` runs with extra environment variables for the worker."""
+
+    def __init__(self, *args: Any, submit_env: dict[str, str] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.submit_env = submit_env or {}
+
+    async def _submit_job(self, script_filename: str) -> str:
+        """Run ``sbatch`` with the worker's variables added to the exported environment."""
+        env = {k: v for k, v in os.environ.items() if k != "BEARER_TOKEN_FILE"}
+        env.update(self.submit_env)
+        return await self._call([*shlex.split(self.submit_command), script_filename], env=env)
+
+
+class CasaSLURMCluster(SLURMCluster):
+    """dask-jobqueue's SLURMCluster submitting :class:`CasaSLURMJob` jobs."""
+
+    job_cls = CasaSLURMJob
+
+
+class SlurmBackend(ComputeBackend):
+    """coffea's DaskExecutor on workers that are Slurm jobs, over TLS."""
+
+    name = "slurm"
+
+    def __init__(
+        self,
+        *,
+        token: str | None = None,
+        cache_url: str = "",
+        queue: str | None = None,
+        cores: int = 1,
+        memory: str = "1GB",
+        walltime: str = "01:00:00",
+        interface: str | None = None,
+        scheduler_interface: str | None = None,
+        python: str = sys.executable,
+        workdir: str | os.PathLike | None = None,
+        job_extra_directives: list[str] | None = None,
+        wait_seconds: float = WORKER_WAIT_SECONDS,
+    ):
+        self.token = token
+        self.cache_url = cache_url
+        self.queue = queue
+        self.cores = cores
+        self.memory = memory
+        self.walltime = walltime
+        self.interface = interface
+        self.scheduler_interface = scheduler_interface
+        self.python = python
+        self.workdir = Path(workdir) if workdir else None
+        self.job_extra_directives = list(job_extra_directives or [])
+        self.wait_seconds = wait_seconds
+
+    def worker_environment(self) -> dict[str, str]:
+        """The variables each worker job gets: the data token and the cache's URL."""
+        from casa.auth.tokens import discover_token
+
+        env: dict[str, str] = {}
+        token = self.token
+        if token is None:
+            found = discover_token()
+            token = found.token if found else None
+        if token:
+            env["BEARER_TOKEN"] = token
+        if self.cache_url:
+            env[CACHE_URL_ENV] = self.cache_url
+        return env
+
+    def cluster(self, folder: Path) -> CasaSLURMCluster:
+        """A cluster (its TLS scheduler started, no workers yet) keeping its files in ``folder``."""
+        tls = write_cluster_certificate(folder / "tls")
+        logs = folder / "logs"
+        logs.mkdir(exist_ok=True)
+        scheduler_options: dict[str, Any] = {"dashboard_address": ":0"}
+        if self.scheduler_interface:
+            scheduler_options["interface"] = self.scheduler_interface
+        return CasaSLURMCluster(
+            queue=self.queue,
+            cores=self.cores,
+            processes=1,
+            memory=self.memory,
+            walltime=self.walltime,
+            python=self.python,
+            interface=self.interface,
+            protocol="tls://",
+            security=tls.security(),
+            scheduler_options=scheduler_options,
+            local_directory=str(folder),
+            log_directory=str(logs),
+            job_extra_directives=self.job_extra_directives,
+            job_name="casa-worker",
+            submit_env=self.worker_environment(),
+            silence_logs=logging.CRITICAL,
+        )
+
+    @contextlib.contextmanager
+    def open(self, workers: int) -> Iterator[OpenBackend]:
+        """Submit ``workers`` jobs, wait for them, yield a DaskExecutor; cancel them after."""
+        from coffea import processor
+        from distributed import Client
+
+        folder = self.workdir or Path(tempfile.mkdtemp(prefix="casa-slurm-"))
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            with self.cluster(folder) as cluster, Client(cluster) as client:
+                cluster.scale(workers)
+                try:
+                    client.wait_for_workers(workers, timeout=self.wait_seconds)
+                except TimeoutError:
+                    raise ServiceError(
+                        f"Slurm did not start {workers} worker(s) within {self.wait_seconds} s; "
+                        f"see 'squeue' and the job logs in {folder / 'logs'}"
+                    ) from None
+                channel = DaskQueueChannel(client, f"casa-progress-{uuid.uuid4().hex}")
+                executor = processor.DaskExecutor(client=client, status=False, retries=3)
+                n = len(client.scheduler_info()["workers"])
+                yield OpenBackend(executor, channel, self.name, n, cluster.dashboard_link)
+        finally:
+            if self.workdir is None:
+                shutil.rmtree(folder, ignore_errors=True)
