@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 import tempfile
@@ -22,6 +23,7 @@ from casa.bench.wan import WanCacheService, WanLink, WanOriginService
 from casa.data.catalog import DatasetCatalog
 from casa.data.files import FileInfo
 from casa.data.storage import FacilityStorage
+from casa.errors import ServiceError
 from casa.services.base import ServiceContext
 from casa.services.facility import facility_context, facility_services
 from casa.services.supervisor import Supervisor
@@ -41,22 +43,36 @@ PORT_KEYS = {
 }
 
 
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct TCP ports free right now, none of them the default facility's."""
-    socks: list[socket.socket] = []
-    ports: list[int] = []
+def _ephemeral_range() -> range:
+    """The ports the kernel hands out for outgoing connections."""
     try:
-        while len(ports) < n:
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-            port = s.getsockname()[1]
-            if port not in DEFAULT_PORTS:
-                ports.append(port)
-    finally:
-        for s in socks:
-            s.close()
-    return ports
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports free right now, outside the ephemeral range and the defaults.
+
+    The cache is restarted during a bench: a port from the ephemeral range could meanwhile
+    become the local end of some outgoing connection, and the restart would find it taken.
+    """
+    ephemeral = _ephemeral_range()
+    candidates = [p for p in range(10000, 65536) if p not in ephemeral and p not in DEFAULT_PORTS]
+    random.shuffle(candidates)
+    ports: list[int] = []
+    for port in candidates:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == n:
+            return ports
+    raise ServiceError(f"found only {len(ports)} free TCP ports of {n} for the bench's facility")
 
 
 def new_home() -> Path:
@@ -112,7 +128,9 @@ class BenchFacility:
         catalog = DatasetCatalog(ctx.paths.database)
         try:
             copied = storage.store(DATASET, list(dataset.files))
-            stored = catalog.add_files(DATASET, copied, metadata={"area": storage.area(DATASET, None)})
+            stored = catalog.add_files(
+                DATASET, copied, metadata={"area": storage.area(DATASET, None)}
+            )
         finally:
             catalog.close()
         return list(stored.files), time.perf_counter() - started
@@ -141,6 +159,16 @@ class BenchFacility:
                     entry.unlink()
         only_cache.up()
         return time.perf_counter() - started
+
+    def cache_bytes(self) -> int:
+        """Bytes the cache holds on its disk (allocated blocks, so sparse files count right)."""
+        disk = self.ctx.paths.cache_disk
+        total = 0
+        for root, _dirs, names in os.walk(disk):
+            for name in names:
+                with contextlib.suppress(OSError):
+                    total += os.lstat(os.path.join(root, name)).st_blocks * 512
+        return total
 
     def down(self) -> None:
         """Stop every service."""

@@ -29,6 +29,14 @@ LABELS = {
     "rdf": "RDataFrame",
     "limit": "decompression limit",
 }
+#: Column headings of the tables.
+SHORT = {
+    "casa-cold": "casa cold",
+    "casa-warm": "casa warm",
+    "coffea": "coffea",
+    "rdf": "RDF",
+    "limit": "limit",
+}
 #: Ratios reported per query: name -> (numerator engine, denominator engine), on events/s.
 RATIOS = {
     "casa/coffea": ("casa-warm", "coffea"),
@@ -59,7 +67,9 @@ def root_version() -> str | None:
         return None
     for location in spec.submodule_search_locations:
         text = _read(os.path.join(location, "include", "ROOT", "RVersion.hxx"))
-        parts = [re.search(rf"#define ROOT_VERSION_{k} (\d+)", text) for k in ("MAJOR", "MINOR", "PATCH")]
+        parts = [
+            re.search(rf"#define ROOT_VERSION_{k} (\d+)", text) for k in ("MAJOR", "MINOR", "PATCH")
+        ]
         if all(parts):
             major, minor, patch = (int(m[1]) for m in parts if m)
             return f"{major}.{minor:02d}.{patch:02d}"
@@ -175,6 +185,10 @@ def _rate(value: float | None) -> str:
     return f"{value / 1e3:.0f} k"
 
 
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
 def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -182,28 +196,34 @@ def _ratio(value: float | None) -> str:
 def print_tables(console: Console, report: dict[str, Any]) -> None:
     """Per query: events/s of every engine, per core, MB/s and ratios; then the facility."""
     workers = report["options"]["workers"]
-    table = Table(title=f"events/s ({workers} worker(s); median of {report['options']['repeat']})")
-    table.add_column("query")
+    rates = Table(title=f"events/s, median of {report['options']['repeat']} ({workers} worker(s))")
+    rates.add_column("query")
     for engine in ENGINES:
-        table.add_column(LABELS[engine], justify="right")
-    table.add_column("casa warm /core", justify="right")
-    table.add_column("limit MB/s", justify="right")
-    for name in RATIOS:
-        table.add_column(name, justify="right")
+        rates.add_column(SHORT[engine], justify="right")
     for query, q in report["queries"].items():
-        engines = q["engines"]
-        warm = engines.get("casa-warm", {})
-        limit = engines.get("limit", {})
-        table.add_row(
+        rates.add_row(
+            query, *[_rate(q["engines"].get(e, {}).get("events_per_second")) for e in ENGINES]
+        )
+    console.print(rates)
+
+    derived = Table(title="per core, decompressed MB/s and ratios of events/s")
+    derived.add_column("query")
+    derived.add_column("casa warm /core", justify="right")
+    derived.add_column("MB/s casa warm", justify="right")
+    derived.add_column("MB/s limit", justify="right")
+    for name in RATIOS:
+        derived.add_column(name, justify="right")
+    for query, q in report["queries"].items():
+        warm = q["engines"].get("casa-warm", {})
+        limit = q["engines"].get("limit", {})
+        derived.add_row(
             query,
-            *[_rate(engines.get(e, {}).get("events_per_second")) for e in ENGINES],
             _rate(warm.get("events_per_second_per_core")),
-            f"{limit['decompressed_mb_per_second']:.0f}"
-            if limit.get("decompressed_mb_per_second")
-            else "-",
+            _mb(warm.get("decompressed_mb_per_second")),
+            _mb(limit.get("decompressed_mb_per_second")),
             *[_ratio(q["ratios"].get(name)) for name in RATIOS],
         )
-    console.print(table)
+    console.print(derived)
 
     facility = report["facility"]
     figures = Table(title="the facility")
@@ -213,7 +233,7 @@ def print_tables(console: Console, report: dict[str, Any]) -> None:
         ("casa up, until every service is healthy", "up_seconds"),
         (f"a new cluster with {workers} worker(s) ready", "new_cluster_seconds"),
         (f"scaling from 1 to {workers} worker(s)", "scale_seconds"),
-        ("importing coffea and casa on the workers (once)", "warm_up_seconds"),
+        ("first run on the new cluster (warm-up, untimed below)", "warm_up_seconds"),
     ):
         value = facility.get(key)
         figures.add_row(label, "-" if value is None else f"{value:.2f}")
@@ -248,7 +268,7 @@ def write_chart(path: Path, report: dict[str, Any]) -> None:
     engines = [e for e in ENGINES if any(e in q["engines"] for q in report["queries"].values())]
     width = 0.8 / max(len(engines), 1)
     x = np.arange(len(queries))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(queries) + 2), 4.5))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(queries) + 2), 5.0))
     for i, engine in enumerate(engines):
         rates = [
             report["queries"][q]["engines"].get(engine, {}).get("events_per_second", 0.0)
@@ -263,7 +283,8 @@ def write_chart(path: Path, report: dict[str, Any]) -> None:
         f"{options['events']:,} events, {options['files']} file(s), {options['codec']}, "
         f"{options['workers']} worker(s)"
     )
-    ax.legend(fontsize="small", ncols=min(len(engines), 3))
+    ax.legend(fontsize="small", ncols=min(len(engines), 3), loc="upper center",
+              bbox_to_anchor=(0.5, -0.1))  # fmt: skip
     ax.grid(axis="y", which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

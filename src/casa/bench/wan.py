@@ -162,8 +162,9 @@ def wan_link(spec: WanSpec) -> Iterator[WanLink]:
             if "unknown" in str(e).lower():
                 raise UsageError(
                     f"this kernel has no '{qdisc[0]}' queueing discipline, which --wan needs "
-                    f"to emulate the link (load it with 'modprobe sch_{qdisc[0]}', or run the "
-                    "bench without --wan)"
+                    f"to emulate the link: load it with 'modprobe sch_{qdisc[0]}', or run the "
+                    "bench without --wan (a link without delay, such as --wan 0,100, needs "
+                    "only 'tbf')"
                 ) from None
             raise
         yield WanLink(spec, namespace, host_if, ns_if, host_address, ns_address, " ".join(qdisc))

@@ -9,11 +9,11 @@ import traceback
 from rich.markup import escape
 
 from casa import __version__
-from casa.cli import cluster, datasets, demo, facility, generate, run, token, user
+from casa.cli import bench, cluster, datasets, demo, facility, generate, run, token, user
 from casa.cli.console import console, err_console
 from casa.errors import CasaError
 
-COMMANDS = (generate, datasets, run, cluster, facility, token, user, demo)
+COMMANDS = (generate, datasets, run, cluster, facility, token, user, demo, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
