@@ -7,6 +7,7 @@ catalog, in WorkItems or in summaries; error texts are scrubbed of it.
 
 from __future__ import annotations
 
+import os
 import re
 import urllib.parse
 
@@ -21,6 +22,22 @@ _AUTHZ = re.compile(r"authz=[^&\s'\"]+")
 def is_remote(url: str) -> bool:
     """Whether a catalog URL is read over XRootD."""
     return url.startswith(("root://", "roots://"))
+
+
+#: Set on batch workers (HTCondor, Slurm): the cache of the worker's own site.
+SITE_CACHE_ENV = "CASA_CACHE_URL"
+
+
+def via_site_cache(url: str, cache_url: str | None) -> str:
+    """``url`` read through the site's cache: ``root://A//store/x`` -> ``CACHE//store/x``.
+
+    The catalog names the facility's cache; a worker at another site reads the same
+    ``/store`` path through the cache beside it.
+    """
+    if not cache_url or not is_remote(url):
+        return url
+    path = url.split("//", 2)[2] if url.count("//") >= 2 else ""
+    return f"{cache_url.rstrip('/')}//{path.lstrip('/')}"
 
 
 def with_token(url: str, token: str) -> str:
@@ -44,6 +61,7 @@ class TokenXRootDSource(uproot.source.xrootd.XRootDSource):
                 f"no bearer token found to read {file_path} (looked in "
                 f"{', '.join(discovery_locations())}); get one with 'casa token issue'"
             )
+        file_path = via_site_cache(file_path, os.environ.get(SITE_CACHE_ENV))
         self._public_path = file_path
         try:
             super().__init__(with_token(file_path, found.token), **options)
