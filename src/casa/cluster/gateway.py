@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from dask_gateway.auth import GatewayAuth
 
 from casa.cluster.base import ComputeBackend, OpenBackend
-from casa.cluster.local import DaskQueueChannel
+from casa.cluster.local import on_dask_client
 from casa.errors import ServiceError, UsageError
 from casa.services.base import ServiceContext
 
@@ -177,7 +176,6 @@ class GatewayBackend(ComputeBackend):
     @contextlib.contextmanager
     def open(self, workers: int) -> Iterator[OpenBackend]:
         """Connect to (or create) the cluster, scale it, yield a DaskExecutor on it."""
-        from coffea import processor
 
         try:
             gateway = gateway_client(self.ctx)
@@ -205,11 +203,7 @@ class GatewayBackend(ComputeBackend):
                         f"cluster {cluster.name} did not get {self.scaling.wait_for} worker(s) "
                         f"within {WORKER_WAIT_SECONDS} s; see 'casa cluster list'"
                     ) from None
-                channel = DaskQueueChannel(client, f"casa-progress-{uuid.uuid4().hex}")
-                executor = processor.DaskExecutor(client=client, status=False, retries=3)
-                n = len(client.scheduler_info()["workers"])
-                yield OpenBackend(executor, channel, f"gateway:{cluster.name}", n,
-                                  cluster.dashboard_link)  # fmt: skip
+                yield on_dask_client(client, f"gateway:{cluster.name}", cluster.dashboard_link)
             finally:
                 client.close()
                 cluster.close(shutdown=False)

@@ -73,6 +73,25 @@ class DaskQueueChannel(ProgressChannel):
         return list(self._queue.get(batch=n)) if n else []
 
 
+def on_dask_client(
+    client, name: str, dashboard: str | None, workers: int | None = None
+) -> OpenBackend:
+    """coffea's DaskExecutor and a progress channel on a connected ``distributed.Client``.
+
+    Shared by every Dask-based backend (local cluster, Dask Gateway, batch systems);
+    ``workers`` defaults to the workers connected now.
+    """
+    import uuid
+
+    from coffea import processor
+
+    channel = DaskQueueChannel(client, f"casa-progress-{uuid.uuid4().hex}")
+    executor = processor.DaskExecutor(client=client, status=False, retries=3)
+    if workers is None:
+        workers = len(client.scheduler_info()["workers"])
+    return OpenBackend(executor, channel, name, workers, dashboard)
+
+
 class IterativeBackend(ComputeBackend):
     """One chunk after another in this process."""
 
@@ -117,9 +136,6 @@ class LocalDaskBackend(ComputeBackend):
     @contextlib.contextmanager
     def open(self, workers: int) -> Iterator[OpenBackend]:
         """Yield coffea's DaskExecutor on a fresh ``distributed.LocalCluster``."""
-        import uuid
-
-        from coffea import processor
         from distributed import Client, LocalCluster
 
         with (
@@ -135,9 +151,7 @@ class LocalDaskBackend(ComputeBackend):
             ) as cluster,
             Client(cluster) as client,
         ):
-            channel = DaskQueueChannel(client, f"casa-progress-{uuid.uuid4().hex}")
-            executor = processor.DaskExecutor(client=client, status=False, retries=3)
-            yield OpenBackend(executor, channel, self.name, workers, cluster.dashboard_link)
+            yield on_dask_client(client, self.name, cluster.dashboard_link, workers)
 
 
 @contextlib.contextmanager

@@ -23,7 +23,6 @@ import shlex
 import shutil
 import sys
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from dask_jobqueue.slurm import SLURMJob
 
 from casa.cluster.base import ComputeBackend, OpenBackend
 from casa.cluster.htcondor import CACHE_URL_ENV, write_cluster_certificate
-from casa.cluster.local import DaskQueueChannel
+from casa.cluster.local import on_dask_client
 from casa.errors import ServiceError
 
 WORKER_WAIT_SECONDS = 120
@@ -138,7 +137,6 @@ class SlurmBackend(ComputeBackend):
     @contextlib.contextmanager
     def open(self, workers: int) -> Iterator[OpenBackend]:
         """Submit ``workers`` jobs, wait for them, yield a DaskExecutor; cancel them after."""
-        from coffea import processor
         from distributed import Client
 
         folder = self.workdir or Path(tempfile.mkdtemp(prefix="casa-slurm-"))
@@ -153,10 +151,7 @@ class SlurmBackend(ComputeBackend):
                         f"Slurm did not start {workers} worker(s) within {self.wait_seconds} s; "
                         f"see 'squeue' and the job logs in {folder / 'logs'}"
                     ) from None
-                channel = DaskQueueChannel(client, f"casa-progress-{uuid.uuid4().hex}")
-                executor = processor.DaskExecutor(client=client, status=False, retries=3)
-                n = len(client.scheduler_info()["workers"])
-                yield OpenBackend(executor, channel, self.name, n, cluster.dashboard_link)
+                yield on_dask_client(client, self.name, cluster.dashboard_link)
         finally:
             if self.workdir is None:
                 shutil.rmtree(folder, ignore_errors=True)
