@@ -8,11 +8,13 @@ and hands them to ``coffea.processor.Runner``, which then skips its preprocessin
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import threading
 import time
 import traceback
+import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -65,6 +67,9 @@ def plan_chunks(dataset: str, files: Sequence[FileInfo], chunksize: int) -> list
 
     The rule is coffea's own (``round(entries / chunksize)`` chunks per file), so a run
     from the catalog is chunked exactly as coffea's preprocessing would chunk it.
+    Each chunk carries a name-based UUID of its file's URL (the catalog does not hold the
+    files' own ROOT UUIDs): coffea's worker affinity hashes it with the entry range, and
+    without it equal ranges of different files would all go to one worker.
     """
     from coffea.processor.executor import WorkItem
 
@@ -76,8 +81,10 @@ def plan_chunks(dataset: str, files: Sequence[FileInfo], chunksize: int) -> list
             continue
         n = max(1, round(f.events / chunksize))
         step = math.ceil(f.events / n)
+        file_id = uuid.uuid5(uuid.NAMESPACE_URL, f.url).bytes
         for start in range(0, f.events, step):
-            items.append(WorkItem(dataset, f.url, f.tree, start, min(start + step, f.events), b""))
+            stop = min(start + step, f.events)
+            items.append(WorkItem(dataset, f.url, f.tree, start, stop, file_id))
     return items
 
 
@@ -170,6 +177,7 @@ def run_analysis(
     uproot_options: dict | None = None,
     explain_refusal: Callable[[str], str] | None = None,
     skip_bad_files: bool = False,
+    column_cache: bool = True,
 ) -> RunResult:
     """Run ``processor`` over ``files`` on ``backend``; progress goes to ``on_progress``.
 
@@ -178,6 +186,9 @@ def run_analysis(
     ``explain_refusal(path)`` says in words why the storage refused to serve ``path``.
     With ``skip_bad_files``, chunks whose data cannot be read are left out and listed in
     ``RunResult.skipped`` instead of ending the run.
+    With ``column_cache`` (and a backend whose workers hold casa's column cache: the Dask
+    ones), each chunk goes to the same worker every time and the columns it reads stay
+    there for later runs (:mod:`casa.cluster.column_cache`).
     """
     from coffea import processor as coffea_processor
     from coffea.nanoevents import NanoAODSchema
@@ -197,9 +208,14 @@ def run_analysis(
             require_token([f.url for f in files])
     with backend.open(workers) as opened, _coffea_bars_hidden():
         tracked = TrackedProcessor(processor, opened.channel.reporter())
+        executor, cachestrategy = opened.executor, None
+        if column_cache and opened.column_cache:
+            executor = dataclasses.replace(executor, worker_affinity=True)
+            cachestrategy = "dask-worker"
         runner = coffea_processor.Runner(
-            executor=opened.executor,
+            executor=executor,
             schema=NanoAODSchema,
+            cachestrategy=cachestrategy,
             chunksize=chunksize,
             savemetrics=True,
             skipbadfiles=READ_ERRORS if skip_bad_files else False,
@@ -261,6 +277,7 @@ def run_analysis(
         executor=opened.name,
         workers=opened.workers,
         dashboard=opened.dashboard,
+        extra={"column_cache": cachestrategy is not None},
     )
 
 

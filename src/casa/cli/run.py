@@ -38,14 +38,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--cluster",
         default="local",
-        choices=["local", "gateway"],
-        help="local: this machine with --executor; gateway: your Dask Gateway cluster",
+        choices=["local", "gateway", "slurm", "htcondor"],
+        help="local: this machine with --executor; gateway: your Dask Gateway cluster "
+        "(its workers come from where [site] workers says); slurm or htcondor: workers "
+        "submitted from here as batch jobs ([slurm] or [htcondor] in casa.toml)",
     )
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="workers (default: the number of cores locally, 2 on the gateway)")  # fmt: skip
     p.add_argument("--adapt", metavar="MIN:MAX", help="with --cluster gateway: adaptive workers")
     p.add_argument("--worker-memory", type=float, default=2.0, metavar="GIB",
-                   help="with --cluster gateway: memory per worker of a new cluster")  # fmt: skip
+                   help="with --cluster gateway or slurm: memory per worker")  # fmt: skip
     p.add_argument("--skip-bad-files", action="store_true",
                    help="leave out chunks whose data cannot be read, and list them in summary.json")  # fmt: skip
     p.add_argument(
@@ -55,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="entries per chunk (default 200000)",
     )
+    p.add_argument("--no-column-cache", action="store_true",
+                   help="on Dask workers, neither use nor fill the column cache "
+                   "(kept between runs on the same cluster)")  # fmt: skip
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.set_defaults(handler=handle)
 
@@ -81,6 +86,12 @@ def handle(args: argparse.Namespace) -> int:
         backend = GatewayBackend(facility_context(args.home, args.config), scaling,
                                  worker_memory=args.worker_memory)  # fmt: skip
         workers = scaling.wait_for
+    elif args.cluster in ("slurm", "htcondor"):
+        from casa.services.facility import facility_context
+
+        backend = batch_backend(args.cluster, facility_context(args.home, args.config),
+                                args.worker_memory)  # fmt: skip
+        workers = args.workers or 2
     else:
         backend = local_backend(args.executor)
         workers = args.workers or os.cpu_count() or 1
@@ -110,10 +121,41 @@ def handle(args: argparse.Namespace) -> int:
             on_progress=progress.update,
             explain_refusal=explain,
             skip_bad_files=args.skip_bad_files,
+            column_cache=not args.no_column_cache,
         )
     summary = write_outputs(args.out, result, args.analysis, name, plots=not args.no_plots)
     print_summary(args.out, summary, result.output)
     return 0
+
+
+def batch_backend(kind: str, ctx, worker_memory: float):
+    """Workers as Slurm or HTCondor jobs submitted from here, set up from casa.toml."""
+    import shutil
+
+    submit = {"slurm": "sbatch", "htcondor": "condor_submit"}[kind]
+    if shutil.which(submit) is None:
+        raise UsageError(
+            f"--cluster {kind} submits jobs with {submit}, which is not installed here: run "
+            f"casa on a host of the batch system (or use --cluster gateway)"
+        )
+    if kind == "htcondor":
+        from casa.cluster.htcondor import HTCondorBackend
+
+        return HTCondorBackend(ctx)
+    from casa.cluster.slurm import SlurmBackend
+
+    s = ctx.config.slurm
+    if s.conf:
+        os.environ["SLURM_CONF"] = s.conf
+    return SlurmBackend(
+        cache_url=ctx.config.worker_cache_url,
+        queue=s.partition or None,
+        memory=f"{int(worker_memory * 1024)}MiB",
+        interface=s.interface or None,
+        job_extra_directives=[f"--account={s.account}"] * bool(s.account)
+        + [f"--qos={s.qos}"] * bool(s.qos),
+        setup=[s.setup] if s.setup else [],
+    )
 
 
 def print_summary(out: str, summary: dict, output) -> None:

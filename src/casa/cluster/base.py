@@ -35,6 +35,8 @@ class OpenBackend:
     name: str
     workers: int
     dashboard: str | None = None
+    #: The workers hold casa's column cache plugin (:mod:`casa.cluster.column_cache`).
+    column_cache: bool = False
 
 
 class ComputeBackend(abc.ABC):

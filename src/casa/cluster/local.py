@@ -79,17 +79,22 @@ def on_dask_client(
     """coffea's DaskExecutor and a progress channel on a connected ``distributed.Client``.
 
     Shared by every Dask-based backend (local cluster, Dask Gateway, batch systems);
-    ``workers`` defaults to the workers connected now.
+    ``workers`` defaults to the workers connected now. The workers get casa's column
+    cache plugin (kept across runs on a long-lived cluster); whether a run uses it is
+    the runner's choice.
     """
     import uuid
 
     from coffea import processor
 
+    from casa.cluster.column_cache import register_column_cache
+
     channel = DaskQueueChannel(client, f"casa-progress-{uuid.uuid4().hex}")
     executor = processor.DaskExecutor(client=client, status=False, retries=3)
+    column_cache = register_column_cache(client)
     if workers is None:
         workers = len(client.scheduler_info()["workers"])
-    return OpenBackend(executor, channel, name, workers, dashboard)
+    return OpenBackend(executor, channel, name, workers, dashboard, column_cache=column_cache)
 
 
 class IterativeBackend(ComputeBackend):

@@ -102,7 +102,10 @@ def generate_file(
     path = Path(path)
     compression = parse_codec(codec)
     rng = np.random.default_rng(np.random.SeedSequence([seed, file_index]))
-    file_uuid = uuid.UUID(bytes=hashlib.sha256(f"casa:{seed}:{file_index}".encode()).digest()[:16])
+    # The UUID names the content (column caches key on it): files that differ in any input
+    # that shapes their bytes get different UUIDs.
+    name = f"casa:{seed}:{file_index}:{n_events}:{codec}"
+    file_uuid = uuid.UUID(bytes=hashlib.sha256(name.encode()).digest()[:16])
     first_event = 1
     run = FIRST_RUN + file_index
     # Written under its final name (ROOT records it) in a scratch folder, then moved in place.

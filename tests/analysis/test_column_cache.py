@@ -1,0 +1,144 @@
+"""The column cache on Dask workers: repeated queries read columns from it, results stay exact."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import numpy as np
+import pytest
+
+from casa.analysis.registry import load_processor
+from casa.analysis.runner import run_analysis
+from casa.cluster.base import ComputeBackend
+from casa.cluster.column_cache import clear_column_cache, column_cache_stats
+from casa.cluster.local import IterativeBackend, on_dask_client
+from casa.data.files import inspect_root_file
+from casa.data.generator import generate_dataset, generate_file
+
+CHUNKSIZE = 5_000
+
+
+class _ClientBackend(ComputeBackend):
+    """A backend on one long-lived cluster, as a gateway cluster is between runs."""
+
+    name = "test-dask"
+
+    def __init__(self, client):
+        self.client = client
+
+    @contextlib.contextmanager
+    def open(self, workers: int):
+        yield on_dask_client(self.client, self.name, None)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("column-cache")
+    generate_dataset(d, 40_000, 2, seed=41, workers=1)
+    return [inspect_root_file(p, "Events") for p in sorted(d.glob("*.root"))]
+
+
+@pytest.fixture(scope="module")
+def backend():
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            silence_logs=logging.CRITICAL,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield _ClientBackend(client)
+
+
+def _run(query, files, backend, **kwargs):
+    result = run_analysis(
+        load_processor(query), "cc", files, backend, workers=2, chunksize=CHUNKSIZE, **kwargs
+    )
+    assert result.chunks_repeated == [] and result.skipped == []
+    assert result.events == sum(f.events for f in files)
+    return result
+
+
+def _values(output):
+    return {name: h.values(flow=True) for name, h in output.items()}
+
+
+def _assert_same(got, want):
+    assert got.keys() == want.keys() and want
+    assert sum(v.sum() for v in want.values()) > 0
+    for name in want:
+        assert np.array_equal(got[name], want[name]), name
+
+
+def _totals(client):
+    stats = column_cache_stats(client)
+    assert all(s is not None for s in stats.values()), stats
+    return {k: sum(s[k] for s in stats.values()) for k in ("hits", "misses", "columns", "bytes")}
+
+
+def test_repeated_query_reads_columns_from_the_cache(files, backend):
+    client = backend.client
+    clear_column_cache(client)
+    reference = _values(_run("dimuon", files, IterativeBackend()).output)
+
+    first = _run("dimuon", files, backend)
+    after_first = _totals(client)
+    assert first.extra["column_cache"] is True
+    assert after_first["misses"] > 0 and after_first["columns"] > 0 and after_first["bytes"] > 0
+    _assert_same(_values(first.output), reference)
+
+    second = _run("dimuon", files, backend)
+    after_second = _totals(client)
+    # Every chunk went back to the worker that holds its columns: nothing read again.
+    assert after_second["misses"] == after_first["misses"]
+    # The same reads as the first run, each one now a hit.
+    assert after_second["hits"] - after_first["hits"] == after_first["hits"] + after_first["misses"]
+    assert after_second["columns"] == after_first["columns"]
+    _assert_same(_values(second.output), reference)
+
+
+def test_queries_sharing_columns_stay_exact(files, backend):
+    client = backend.client
+    clear_column_cache(client)
+    _run("dimuon", files, backend)  # fills the muon columns
+    before = _totals(client)
+    # adl5 reads the muons dimuon read, plus MET: some columns come from the cache, some not.
+    adl5 = _run("adl5", files, backend)
+    after = _totals(client)
+    assert after["hits"] > before["hits"]
+    assert after["misses"] > before["misses"]
+    _assert_same(_values(adl5.output), _values(_run("adl5", files, IterativeBackend()).output))
+    # adl2 (jets) shares nothing with the muon queries and must not see their columns.
+    adl2 = _run("adl2", files, backend)
+    _assert_same(_values(adl2.output), _values(_run("adl2", files, IterativeBackend()).output))
+
+
+def test_switched_off(files, backend):
+    client = backend.client
+    clear_column_cache(client)
+    result = _run("adl1", files, backend, column_cache=False)
+    assert result.extra["column_cache"] is False
+    assert _totals(client) == {"hits": 0, "misses": 0, "columns": 0, "bytes": 0}
+    _assert_same(_values(result.output), _values(_run("adl1", files, IterativeBackend()).output))
+
+
+def test_generated_files_name_their_content(tmp_path):
+    """The cache keys on the file's UUID: different content must mean a different UUID."""
+    import uproot
+
+    uuids = set()
+    for name, events in (("a.root", 1000), ("b.root", 1200)):
+        generate_file(tmp_path / name, n_events=events, seed=5)
+        with uproot.open(tmp_path / name) as f:
+            uuids.add(f.file.uuid)
+    generate_file(tmp_path / "c.root", n_events=1000, seed=5)
+    with uproot.open(tmp_path / "c.root") as f:
+        assert f.file.uuid in uuids  # same inputs, same bytes
+    assert len(uuids) == 2
