@@ -62,10 +62,23 @@ def test_smoke_measures_every_engine_on_every_query(smoke):
         for engine, figures in summary["engines"].items():
             assert figures["events_per_second"] > 0, (query, engine)
             assert figures["median_seconds"] > 0, (query, engine)
-        assert summary["histograms_equal"] == {"casa-warm": True, "coffea": True, "rdf": True}
+        assert summary["histograms_equal"] == {
+            "casa-warm": True,
+            "casa-columns": True,
+            "coffea": True,
+            "rdf": True,
+        }
         assert summary["decompressed_bytes"] > 0
         assert summary["engines"]["limit"]["decompressed_mb_per_second"] > 0
-        assert set(summary["ratios"]) == {"casa/coffea", "casa/rdf", "casa/limit", "cold/warm"}
+        assert set(summary["ratios"]) == {
+            "casa/coffea",
+            "casa/rdf",
+            "casa/limit",
+            "cold/warm",
+            "cols/coffea",
+            "cols/rdf",
+            "cols/limit",
+        }
         assert summary["time_to_first_histogram_seconds"] > 0
         assert summary["peak_worker_memory_mb"] > 0
     assert report["checks"]["histograms_equal"] is True
@@ -82,6 +95,22 @@ def test_smoke_cold_runs_start_from_an_empty_cache(smoke):
     for run in cold:
         assert run["cache_bytes_before"] == 0
         assert run["cache_bytes_after"] > 0
+
+
+def test_smoke_column_cache_only_where_said(smoke):
+    """casa-warm neither reads nor fills the column cache; casa-columns reads what casa-cold left."""
+    _, report, _ = smoke
+    by_engine = {}
+    for run in report["runs"]:
+        by_engine.setdefault(run["engine"], []).append(run)
+    for run in by_engine["casa-cold"]:
+        assert run["column_cache"] is True and run["column_cache_misses"] > 0
+    for run in by_engine["casa-warm"]:
+        assert run["column_cache"] is False
+        assert run["column_cache_hits"] == run["column_cache_misses"] == 0
+    for run in by_engine["casa-columns"]:
+        assert run["column_cache"] is True
+        assert run["column_cache_hits"] > 0 and run["column_cache_misses"] == 0
 
 
 def test_smoke_records_the_facility_machine_and_chart(smoke):

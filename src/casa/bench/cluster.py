@@ -143,6 +143,19 @@ class ClusterProbe:
         methods = set(self.client.run(_reset_peak).values())
         self.method = "VmHWM" if methods == {"VmHWM"} else "ru_maxrss"
 
+    def clear_column_cache(self) -> None:
+        """Empty the column cache on every worker."""
+        from casa.cluster.column_cache import clear_column_cache
+
+        clear_column_cache(self.client)
+
+    def column_cache_totals(self) -> dict[str, int]:
+        """Hits, misses, columns and bytes of the column cache, summed over the workers."""
+        from casa.cluster.column_cache import column_cache_stats
+
+        stats = [s for s in column_cache_stats(self.client).values() if s is not None]
+        return {k: sum(s[k] for s in stats) for k in ("hits", "misses", "columns", "bytes")}
+
     def peak_memory_mb(self) -> dict[str, float]:
         """Each worker's peak resident memory (MB) since :meth:`reset_peak_memory`."""
         peaks = self.client.run(_peak_kib, self.method)

@@ -2,7 +2,9 @@
 
 - ``casa-cold``/``casa-warm``: casa's runner on the facility's gateway cluster, reading
   ``root://`` through the cache (emptied before ``casa-cold``, filled by it for
-  ``casa-warm``);
+  ``casa-warm``); ``casa-warm`` leaves the workers' column cache alone, so it decompresses
+  every basket as plain coffea does;
+- ``casa-columns``: the same again with the column cache that ``casa-cold`` filled;
 - ``coffea``: the same processor with plain coffea on the local files, as a user runs it;
 - ``rdf``: ROOT's RDataFrame (:mod:`casa.bench.rdf`) in a fresh process;
 - ``limit``: the decompression limit (:mod:`casa.bench.readlimit`).
@@ -23,7 +25,7 @@ import numpy as np
 from casa.errors import AnalysisError
 
 #: The engines, in the order they run for each query and repetition.
-ENGINES: tuple[str, ...] = ("casa-cold", "casa-warm", "coffea", "rdf", "limit")
+ENGINES: tuple[str, ...] = ("casa-cold", "casa-warm", "casa-columns", "coffea", "rdf", "limit")
 
 
 @dataclass
@@ -101,12 +103,14 @@ def run_casa(
     probe: Any,
     engine: str,
     repetition: int,
+    column_cache: bool = True,
 ) -> tuple[Measurement, dict[str, np.ndarray]]:
     """casa's runner on the facility's gateway cluster, through the cache.
 
     ``seconds`` runs from the call of ``run_analysis`` (connecting to the running cluster
     included) to its merged output; ``details`` adds the runner's own wall time, the time
-    to the first finished chunk and each worker's peak memory.
+    to the first finished chunk, each worker's peak memory and the column cache's hits and
+    misses during the run.
     """
     from casa.analysis.registry import load_processor
     from casa.analysis.runner import run_analysis
@@ -122,6 +126,7 @@ def run_casa(
             marks.setdefault("first_chunk", time.perf_counter())
 
     probe.reset_peak_memory()
+    cache_before = probe.column_cache_totals()
     started = time.perf_counter()
     result = run_analysis(
         load_processor(query),
@@ -132,9 +137,11 @@ def run_casa(
         chunksize=chunksize,
         on_start=on_start,
         on_progress=on_progress,
+        column_cache=column_cache,
     )
     seconds = time.perf_counter() - started
     peaks = probe.peak_memory_mb()
+    cache_after = probe.column_cache_totals()
     expected = sum(f.events for f in files)
     if result.events != expected or result.chunks_repeated or result.skipped:
         raise AnalysisError(
@@ -151,6 +158,10 @@ def run_casa(
         "workers": result.workers,
         "peak_worker_memory_mb": peaks,
         "peak_memory_method": probe.method,
+        "column_cache": result.extra.get("column_cache", False),
+        "column_cache_hits": cache_after["hits"] - cache_before["hits"],
+        "column_cache_misses": cache_after["misses"] - cache_before["misses"],
+        "column_cache_bytes": cache_after["bytes"],
     }
     measurement = Measurement(engine, query, repetition, result.events, seconds, details)
     return measurement, flow_counts(result.output)

@@ -25,6 +25,7 @@ from casa.bench.engines import ENGINES, Measurement
 LABELS = {
     "casa-cold": "casa, cold cache",
     "casa-warm": "casa, warm cache",
+    "casa-columns": "casa, warm cache and columns",
     "coffea": "plain coffea",
     "rdf": "RDataFrame",
     "limit": "decompression limit",
@@ -33,6 +34,7 @@ LABELS = {
 SHORT = {
     "casa-cold": "casa cold",
     "casa-warm": "casa warm",
+    "casa-columns": "casa cols",
     "coffea": "coffea",
     "rdf": "RDF",
     "limit": "limit",
@@ -43,6 +45,9 @@ RATIOS = {
     "casa/rdf": ("casa-warm", "rdf"),
     "casa/limit": ("casa-warm", "limit"),
     "cold/warm": ("casa-cold", "casa-warm"),
+    "cols/coffea": ("casa-columns", "coffea"),
+    "cols/rdf": ("casa-columns", "rdf"),
+    "cols/limit": ("casa-columns", "limit"),
 }
 
 
@@ -144,6 +149,7 @@ def summarize(runs: Sequence[Measurement], workers: int) -> dict[str, dict[str, 
             if a in engines and b in engines and engines[b]["events_per_second"] > 0
         }
         warm = [r for r in mine if r.engine == "casa-warm"]
+        columns = [r for r in mine if r.engine == "casa-columns"]
         casa = [r for r in mine if r.engine.startswith("casa")]
         peaks = [max(r.details["peak_worker_memory_mb"].values(), default=0.0) for r in casa]
         queries[query] = {
@@ -154,9 +160,18 @@ def summarize(runs: Sequence[Measurement], workers: int) -> dict[str, dict[str, 
             "time_to_first_histogram_seconds": statistics.median(r.seconds for r in warm)
             if warm
             else None,
+            "time_to_first_histogram_columns_seconds": statistics.median(r.seconds for r in columns)
+            if columns
+            else None,
             "first_chunk_seconds": statistics.median(r.details["first_chunk_seconds"] for r in warm)
             if warm
             else None,
+            "column_cache_hits": {
+                engine: sum(
+                    r.details.get("column_cache_hits", 0) for r in mine if r.engine == engine
+                )
+                for engine in ("casa-cold", "casa-warm", "casa-columns")
+            },
             "peak_worker_memory_mb": max(peaks) if peaks else None,
         }
     return queries
@@ -240,12 +255,19 @@ def print_tables(console: Console, report: dict[str, Any]) -> None:
     console.print(figures)
 
     per_query = Table(title="per query on the facility (warm cluster)")
-    for col in ("query", "first histogram, warm cache (s)", "first chunk (s)", "peak MB/worker"):
+    for col in (
+        "query",
+        "first histogram, warm cache (s)",
+        "with warm columns (s)",
+        "first chunk (s)",
+        "peak MB/worker",
+    ):
         per_query.add_column(col, justify="left" if col == "query" else "right")
     for query, q in report["queries"].items():
         per_query.add_row(
             query,
             _seconds(q["time_to_first_histogram_seconds"]),
+            _seconds(q.get("time_to_first_histogram_columns_seconds")),
             _seconds(q["first_chunk_seconds"]),
             "-" if q["peak_worker_memory_mb"] is None else f"{q['peak_worker_memory_mb']:.0f}",
         )

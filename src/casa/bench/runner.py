@@ -49,13 +49,18 @@ DEFINITIONS = {
     "casa-cold": "run_analysis on the facility's gateway cluster through the cache, right after "
     "the cache was stopped, its disk emptied and started again; from the call (connecting "
     "to the running, warm cluster included) to the merged histograms",
-    "casa-warm": "the same run again at once: every block is in the cache",
+    "casa-warm": "the same run again at once: every block is in the cache; the workers' "
+    "column cache is neither read nor filled (every basket is decompressed again)",
+    "casa-columns": "the same run again with the workers' column cache, which casa-cold "
+    "filled (the column cache is emptied before each casa-cold run)",
     "coffea": "coffea.processor.Runner with FuturesExecutor(workers=W) on the local files, "
     "in this process, preprocessing and process pools included",
     "rdf": "RDataFrame on W threads in a fresh process: loading, helpers, JIT and event loop",
     "limit": "reading and decompressing the query's baskets on W processes (start-up excluded)",
     "time_to_first_histogram_seconds": "median wall time of casa-warm: from calling "
     "run_analysis on an up facility with a warm cluster to the complete histograms",
+    "time_to_first_histogram_columns_seconds": "the same for casa-columns (a query whose "
+    "columns the workers hold already)",
     "first_chunk_seconds": "from the call to the first chunk reported finished (casa-warm)",
     "up_seconds": "Supervisor.up() of every service (as 'casa up') until all are healthy",
     "new_cluster_seconds": "gateway.new_cluster + scale(W) until W workers are connected",
@@ -224,15 +229,19 @@ def _on_facility(
         for repetition in range(1, options.repeat + 1):
             for query in options.queries:
                 restarts.append(facility.cold_cache())
+                probe.clear_column_cache()
                 before = facility.cache_bytes()
                 args = (query, files, facility.ctx, workers, options.chunksize, probe)
                 cold, reference = run_casa(*args, "casa-cold", repetition)
                 cold.details["cache_bytes_before"] = before
                 cold.details["cache_bytes_after"] = facility.cache_bytes()
                 record(cold)
-                warm, counts = run_casa(*args, "casa-warm", repetition)
+                warm, counts = run_casa(*args, "casa-warm", repetition, column_cache=False)
                 record(warm)
                 _compare(equal, query, reference, counts, "casa-warm")
+                columns, counts = run_casa(*args, "casa-columns", repetition)
+                record(columns)
+                _compare(equal, query, reference, counts, "casa-columns")
                 plain, counts = run_coffea(
                     query, paths, dataset.events, workers, options.chunksize, repetition
                 )
