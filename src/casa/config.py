@@ -129,6 +129,13 @@ class CacheSection:
     disk_high: float = field(
         default=0.95, metadata={"help": "a fraction above disk_low, at most 1"}
     )
+    prefetch: int = field(
+        default=0,
+        metadata={
+            "check": lambda v: 0 <= v <= 128,
+            "help": "blocks read ahead per open file, 0-128 (0: only the blocks clients ask for)",
+        },
+    )
 
 
 @dataclass(frozen=True)

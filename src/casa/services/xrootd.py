@@ -216,7 +216,8 @@ class CacheService(XRootDService):
             f"all.pidpath {run}\n"
             f"pfc.ram {parse_size(c.ram) >> 20}m\n"
             f"pfc.blocksize {parse_size(c.blocksize) >> 10}k\n"
-            f"pfc.diskusage {c.disk_low:.4f} {c.disk_high:.4f}\n" + self._authorization(ctx)
+            f"pfc.diskusage {c.disk_low:.4f} {c.disk_high:.4f}\n"
+            f"pfc.prefetch {c.prefetch}\n" + self._authorization(ctx)
         )
 
 
