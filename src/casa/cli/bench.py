@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--queries", metavar="Q,Q,...", help=f"comma-separated: {QUERY_HELP}")
     p.add_argument("--workers", type=int, metavar="W", help="workers, threads or processes")
     p.add_argument("--repeat", type=int, metavar="R", help="repetitions (medians are reported)")
-    p.add_argument("--chunksize", type=int, metavar="N", help="entries per chunk (default 200000)")
+    p.add_argument("--chunksize", type=int, metavar="N", help="entries per chunk (default 500000)")
     p.add_argument("--seed", type=int, metavar="S", help="the generator's seed (default 2012)")
     p.add_argument("--out", default="bench-results", metavar="DIR",
                    help="bench.json, bench.png and the dataset (DIR/data) (default bench-results)")  # fmt: skip

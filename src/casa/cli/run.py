@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="entries per chunk (default 200000)",
+        help="entries per chunk (default 500000)",
     )
     p.add_argument("--no-column-cache", action="store_true",
                    help="on Dask workers, neither use nor fill the column cache "
