@@ -168,6 +168,29 @@ def check_files_present(files: Sequence[FileInfo]) -> None:
             )
 
 
+class LooseAffinityClient:
+    """A ``distributed.Client`` whose ``map`` lets pinned tasks run elsewhere if need be.
+
+    coffea's worker affinity pins each chunk to one worker with
+    ``allow_other_workers=False``: a chunk pinned to a worker that dies (a host lost
+    mid-run) would then wait forever. With the restriction loose, the scheduler still
+    sends each chunk to its worker (where its columns are cached) while that worker
+    lives, and to another one when it is gone, so counts stay exact.
+    """
+
+    def __init__(self, client: Any):
+        self._client = client
+
+    def map(self, *args: Any, **kwargs: Any) -> Any:
+        """``Client.map`` with ``allow_other_workers=True`` when workers are named."""
+        if kwargs.get("workers"):
+            kwargs["allow_other_workers"] = True
+        return self._client.map(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
 def run_analysis(
     processor: Any,
     dataset: str,
@@ -214,7 +237,9 @@ def run_analysis(
         tracked = TrackedProcessor(processor, opened.channel.reporter())
         executor, cachestrategy = opened.executor, None
         if column_cache and opened.column_cache:
-            executor = dataclasses.replace(executor, worker_affinity=True)
+            executor = dataclasses.replace(
+                executor, worker_affinity=True, client=LooseAffinityClient(executor.client)
+            )
             cachestrategy = "dask-worker"
         runner = coffea_processor.Runner(
             executor=executor,
