@@ -318,6 +318,81 @@ class HTCondorSection:
     )  # fmt: skip
 
 
+WORKER_BACKENDS = ("local", "slurm", "htcondor", "kubernetes")
+#: The services whose host ``[site]`` chooses.
+SITE_SERVICES = ("issuer", "origin", "cache", "gateway", "hub")
+
+
+@dataclass(frozen=True)
+class SiteSection:
+    """``[site]``: which host runs which service, and where Dask workers come from.
+
+    Every host of a site holds the same ``casa.toml``; ``casa up`` on a host starts the
+    services whose host is one of its own addresses.
+    """
+
+    issuer: str = field(default="", metadata={"help": "the issuer's host (default: facility.host)"})
+    origin: str = field(default="", metadata={"help": "the origin's host (default: facility.host)"})
+    cache: str = field(
+        default="",
+        metadata={"help": "the facility cache's host, named by catalog URLs "
+                          "(default: facility.host)"},
+    )  # fmt: skip
+    caches: list = field(
+        default_factory=list,
+        metadata={"help": "a list of hosts running further caches (on cache.port), such as one "
+                          "beside each group of worker nodes"},
+    )  # fmt: skip
+    gateway: str = field(
+        default="", metadata={"help": "the gateway's host (default: facility.host)"}
+    )
+    hub: str = field(default="", metadata={"help": "the hub's host (default: facility.host)"})
+    workers: str = field(
+        default="local",
+        metadata={"check": lambda v: v in WORKER_BACKENDS,
+                  "help": "where the gateway's Dask clusters run: 'local' (the gateway's "
+                          "host), 'slurm' (Slurm jobs, see [slurm]), 'htcondor' (casa run "
+                          "--cluster htcondor, see [htcondor]) or 'kubernetes' "
+                          "(deploy/kubernetes)"},
+    )  # fmt: skip
+    worker_cache: str = field(
+        default="",
+        metadata={"help": "the host of the cache the workers read through: site.cache or one "
+                          "of site.caches (default: site.cache)"},
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SlurmSection:
+    """``[slurm]``: Dask clusters as Slurm jobs (``site.workers = "slurm"``)."""
+
+    conf: str = field(default="", metadata={"help": "the site's slurm.conf (default: Slurm's own)"})
+    partition: str = field(
+        default="", metadata={"help": "the workers' partition (default: Slurm's)"}
+    )
+    scheduler_partition: str = field(
+        default="", metadata={"help": "the schedulers' partition (default: slurm.partition)"}
+    )
+    account: str = field(default="", metadata={"help": "the account jobs are charged to"})
+    qos: str = field(default="", metadata={"help": "the jobs' quality of service"})
+    interface: str = field(
+        default="",
+        metadata={"help": "the network interface schedulers and workers listen on, such as "
+                          "eth0 (default: the address of the node's default route)"},
+    )  # fmt: skip
+    setup: str = field(
+        default="", metadata={"help": "shell lines each job runs first, such as 'module load x'"}
+    )
+    scheduler_memory: str = field(
+        default="1g", metadata={"check": _size, "help": "memory of each scheduler job, such as 1g"}
+    )
+    staging_directory: str = field(
+        default="{home}/.dask-gateway/",
+        metadata={"help": "each user's folder for clusters' TLS files, on a filesystem every "
+                          "node shares ({home} and {username} are filled in)"},
+    )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class XRootDSection:
     """``[xrootd]``: how to run the XRootD daemons."""
@@ -340,11 +415,30 @@ class FacilityConfig:
     gateway: GatewaySection = GatewaySection()
     hub: HubSection = HubSection()
     htcondor: HTCondorSection = HTCondorSection()
+    site: SiteSection = SiteSection()
+    slurm: SlurmSection = SlurmSection()
 
     @property
     def issuer_url(self) -> str:
         """The ``iss`` of every token this facility mints."""
-        return f"https://{self.facility.host}:{self.issuer.port}/{self.facility.name}"
+        return f"https://{self.host_of('issuer')}:{self.issuer.port}/{self.facility.name}"
+
+    def host_of(self, service: str) -> str:
+        """The host that runs ``service`` (one of :data:`SITE_SERVICES`)."""
+        return getattr(self.site, service) or self.facility.host
+
+    def cache_hosts(self) -> list[str]:
+        """Every host running a cache: the facility's first, then ``site.caches``."""
+        return [self.host_of("cache"), *(h for h in self.site.caches if h != self.host_of("cache"))]
+
+    def cache_url(self, host: str | None = None) -> str:
+        """``root://HOST:PORT`` of a cache (default: the facility's)."""
+        return f"root://{host or self.host_of('cache')}:{self.cache.port}"
+
+    @property
+    def worker_cache_url(self) -> str:
+        """The cache the site's workers read through."""
+        return self.cache_url(self.site.worker_cache or None)
 
     def ports(self) -> dict[str, int]:
         """Each service's port by service name."""
@@ -370,6 +464,28 @@ def parse_size(text: str) -> int:
     if text and text[-1] in _SIZE_SUFFIX:
         return int(float(text[:-1]) * _SIZE_SUFFIX[text[-1]])
     return int(text)
+
+
+def is_this_host(host: str) -> bool:
+    """Whether ``host`` (a name or address) is one of this machine's own addresses.
+
+    Decided by binding a socket to it: the kernel accepts exactly its local addresses,
+    whatever the name resolves to.
+    """
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        return False
+    for family, kind, proto, _, address in infos:
+        try:
+            with socket.socket(family, kind, proto) as s:
+                s.bind((address[0], 0))
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _check_section(name: str, cls: type, raw: Any, errors: list[str]) -> Any:
@@ -437,9 +553,28 @@ def _validate(config: FacilityConfig, errors: list[str]) -> None:
         for key in needed:
             if not getattr(hub, key):
                 errors.append(f"hub.{key} is needed when hub.auth = 'oidc'")
+    _validate_site(config, errors)
     name = config.facility.name
     if not name or not all(c.isalnum() or c in "-_" for c in name):
         errors.append(f"facility.name = {name!r} may hold only letters, digits, '-' and '_'")
+
+
+def _validate_site(config: FacilityConfig, errors: list[str]) -> None:
+    site = config.site
+    issuer = config.host_of("issuer")
+    for service in ("gateway", "hub"):
+        if config.host_of(service) != issuer:
+            errors.append(
+                f"site.{service} = {config.host_of(service)!r} differs from the issuer's host "
+                f"{issuer!r}: the {service} mints users' tokens through the issuer's local "
+                f"socket, so it must run on the issuer's host (set site.{service} and "
+                "site.issuer to the same host)"
+            )
+    if site.worker_cache and site.worker_cache not in config.cache_hosts():
+        errors.append(
+            f"site.worker_cache = {site.worker_cache!r} runs no cache: name site.cache or one of "
+            f"site.caches ({', '.join(config.cache_hosts())})"
+        )
 
 
 def parse_config(data: dict, source: str = CONFIG_NAME) -> FacilityConfig:
@@ -455,6 +590,8 @@ def parse_config(data: dict, source: str = CONFIG_NAME) -> FacilityConfig:
         "gateway": GatewaySection,
         "hub": HubSection,
         "htcondor": HTCondorSection,
+        "site": SiteSection,
+        "slurm": SlurmSection,
     }
     assert set(classes) == set(sections)
     for key in data:

@@ -9,9 +9,11 @@ namespace, serves every namespace through its unix socket. Needs root and Debian
 ``slurm-wlm`` and ``munge``. Everything is torn down by :meth:`NetnsSite.close`, even after
 a partial start.
 
-With ``cache=True`` a host ``c1`` beside the workers runs a casa facility's token issuer,
-XRootD origin and XCache (``facility.host`` is c1's address), so workers can read
-``root://`` through the cache with a bearer token.
+With ``facility=True`` a casa facility is laid out across the site by ``[site]`` in one
+``casa.toml``: ``casa up`` on ``head`` starts the issuer, the origin, the gateway (whose
+clusters are Slurm jobs) and the hub; ``casa up`` on a cache host ``c1`` beside the workers
+starts the XCache the workers read through. Each host has its own state directory, as
+separate machines would.
 """
 
 from __future__ import annotations
@@ -34,18 +36,19 @@ SUBNET = "10.87.0"
 HEAD_IP = f"{SUBNET}.1"
 CACHE_HOST = "c1"
 CACHE_IP = f"{SUBNET}.21"
-#: Ports inside c1's own network namespace.
-CACHE_PORTS = {"issuer": 22080, "origin": 22094, "cache": 22095}
-START_FACILITY = """
-import sys
-from casa.services.facility import facility_context
-from casa.services.issuer import IssuerService
-from casa.services.supervisor import Supervisor
-from casa.services.xrootd import CacheService, OriginService
-ctx = facility_context(sys.argv[1])
-print(Supervisor(ctx, [IssuerService(), OriginService(), CacheService()]).up())
-"""
+#: The facility's ports (each host is its own network namespace: casa's defaults are free).
+CACHE_PORTS = {"issuer": 21096, "origin": 21094, "cache": 21095, "gateway": 21080}
 START_TIMEOUT = 60.0
+
+
+def site_config(slurm_conf: Path, scheduler_partition: str = "") -> str:
+    """The site's casa.toml, the same on every host."""
+    return (
+        f'[facility]\nhost = "{HEAD_IP}"\n'
+        f'[site]\ncache = "{CACHE_IP}"\nworkers = "slurm"\n'
+        f'[slurm]\nconf = "{slurm_conf}"\ninterface = "eth0"\npartition = "casa"\n'
+        f'scheduler_partition = "{scheduler_partition}"\n'
+    )
 
 
 def missing_tools() -> list[str]:
@@ -71,10 +74,18 @@ def _munge_works() -> bool:
 class NetnsSite:
     """A head namespace with slurmctld and worker-host namespaces with slurmd."""
 
-    def __init__(self, nodes: Sequence[str] = ("n1", "n2"), cpus: int = 2, cache: bool = False):
+    def __init__(
+        self,
+        nodes: Sequence[str] = ("n1", "n2"),
+        cpus: int = 2,
+        facility: bool = False,
+        scheduler_nodes: Sequence[str] = (),
+    ):
         self.tag = uuid.uuid4().hex[:6]
-        self.nodes = list(nodes)
-        self.cache = cache
+        self.worker_nodes = list(nodes)
+        self.scheduler_nodes = list(scheduler_nodes)  # partition 'sched'
+        self.nodes = self.worker_nodes + self.scheduler_nodes
+        self.facility = facility
 
         self.cpus = cpus
         self.scratch = Path(tempfile.mkdtemp(prefix="casa-slurm-site-"))
@@ -83,10 +94,11 @@ class NetnsSite:
         self.head = f"casa{self.tag}-head"
         self.ns = {n: f"casa{self.tag}-{n}" for n in self.nodes}
         self.ips = {n: f"{SUBNET}.{11 + i}" for i, n in enumerate(self.nodes)}
-        if cache:
+        if facility:
             self.ns[CACHE_HOST] = f"casa{self.tag}-{CACHE_HOST}"
             self.ips[CACHE_HOST] = CACHE_IP
-        self.cache_home = self.scratch / "facility"
+        self.head_home = self.scratch / "head-facility"
+        self.cache_home = self.scratch / "c1-facility"
         self._created: list[str] = []
         self._procs: list[subprocess.Popen] = []
         self._munged: subprocess.Popen | None = None
@@ -97,14 +109,14 @@ class NetnsSite:
         """Build the network, start munge, slurmctld and every slurmd; wait until all idle."""
         try:
             self._network()
-            if self.cache:
-                self._facility()
             self._munge()
             self._write_conf()
             self._slurmctld()
             for node in self.nodes:
                 self._slurmd(node)
             self.wait_idle()
+            if self.facility:
+                self._facility()
         except BaseException:
             self.close()
             raise
@@ -146,30 +158,34 @@ class NetnsSite:
             time.sleep(0.2)
 
     def _facility(self) -> None:
-        home = self.cache_home
-        home.mkdir(mode=0o711)
-        os.chmod(home, 0o711)  # XRootD runs as 'xrootd' under root
-        p = CACHE_PORTS
-        (home / "casa.toml").write_text(
-            f'[facility]\nhost = "{CACHE_IP}"\n[issuer]\nport = {p["issuer"]}\n'
-            f"[origin]\nport = {p['origin']}\n[cache]\nport = {p['cache']}\n"
-        )
-        self.on_cache([sys.executable, "-c", START_FACILITY, str(home)], timeout=120)
+        """``casa up`` on head (issuer, origin, gateway, hub), then on c1 (its cache)."""
+        text = site_config(self.conf, "sched" if self.scheduler_nodes else "")
+        for home in (self.head_home, self.cache_home):
+            home.mkdir(mode=0o711)
+            os.chmod(home, 0o711)  # XRootD runs as 'xrootd' under root
+            (home / "casa.toml").write_text(text)
+        self.up_output = {"head": self.casa("head", "up"), CACHE_HOST: self.casa(CACHE_HOST, "up")}
 
-    def on_cache(self, cmd: Sequence[str], timeout: float = 120) -> str:
-        """Run ``cmd`` on the cache host with ``$CASA_HOME`` set to its facility; its stdout."""
-        env = {**self.env(), "CASA_HOME": str(self.cache_home)}
-        env.pop("BEARER_TOKEN", None)
-        env.pop("BEARER_TOKEN_FILE", None)
-        done = _run(["ip", "netns", "exec", self.ns[CACHE_HOST], *cmd], check=False,
-                    env=env, timeout=timeout)  # fmt: skip
+    def host_namespace(self, host: str) -> str:
+        """The network namespace of ``head``, ``c1`` or a node."""
+        return self.head if host == "head" else self.ns[host]
+
+    def run_on(self, host: str, cmd: Sequence[str], timeout: float = 180, **env: str) -> str:
+        """Run ``cmd`` on ``host`` (``head`` or ``c1``) with its own ``$CASA_HOME``; its stdout."""
+        home = self.head_home if host == "head" else self.cache_home
+        full = {**self.env(), "CASA_HOME": str(home), **env}
+        for k in ("BEARER_TOKEN", "BEARER_TOKEN_FILE"):
+            if k not in env:
+                full.pop(k, None)
+        done = _run(["ip", "netns", "exec", self.host_namespace(host), *cmd], check=False,
+                    env=full, timeout=timeout)  # fmt: skip
         if done.returncode != 0:
-            raise RuntimeError(f"{cmd} failed on {CACHE_HOST}:\n{done.stdout}\n{done.stderr}")
+            raise RuntimeError(f"{cmd} failed on {host}:\n{done.stdout}\n{done.stderr}")
         return done.stdout
 
-    def casa_on_cache(self, *args: str) -> str:
-        """``casa ARGS`` run on the cache host against its facility; its stdout."""
-        return self.on_cache([sys.executable, "-m", "casa", *args])
+    def casa(self, host: str, *args: str, timeout: float = 180, **env: str) -> str:
+        """``casa ARGS`` run on ``host`` against its facility; its stdout."""
+        return self.run_on(host, [sys.executable, "-m", "casa", *args], timeout=timeout, **env)
 
     def _write_conf(self) -> None:
         s = self.scratch
@@ -199,10 +215,13 @@ class NetnsSite:
             f"SlurmctldLogFile={s}/log/slurmctld.log",
             f"SlurmdLogFile={s}/log/slurmd-%n.log",
         ]
-        lines += [f"NodeName={n} NodeAddr={self.ips[n]} CPUs={self.cpus} RealMemory=1000"
+        lines += [f"NodeName={n} NodeAddr={self.ips[n]} CPUs={self.cpus} RealMemory=3000"
                   for n in self.nodes]  # fmt: skip
-        lines.append(f"PartitionName=casa Nodes={','.join(self.nodes)} Default=YES "
+        lines.append(f"PartitionName=casa Nodes={','.join(self.worker_nodes)} Default=YES "
                      "MaxTime=INFINITE State=UP")  # fmt: skip
+        if self.scheduler_nodes:
+            lines.append(f"PartitionName=sched Nodes={','.join(self.scheduler_nodes)} "
+                         "MaxTime=INFINITE State=UP")  # fmt: skip
         self.conf.write_text("\n".join(lines) + "\n")
 
     def _spawn(self, cmd: list[str], log: str) -> subprocess.Popen:
@@ -262,6 +281,30 @@ class NetnsSite:
         _run(["ip", "-n", self.head, "link", "set", f"v{node}", "down"], check=False)
         return killed
 
+    def restart_host(self, node: str) -> None:
+        """Bring a stopped host back: its link up, its slurmd started; wait until it is idle."""
+        if self.pids(self.ns[node]):
+            return
+        _run(["ip", "-n", self.head, "link", "set", f"v{node}", "up"])
+        self._procs = [p for p in self._procs if p.poll() is None]  # the stopped slurmd
+        self._slurmd(node)
+        self.wait_idle()
+
+    def processes(self, host: str, needle: str) -> list[tuple[list[str], dict[str, str]]]:
+        """Command lines and environments of the processes on ``host`` whose command has ``needle``."""
+        found = []
+        for pid in self.pids(self.host_namespace(host)):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            argv = [a.decode(errors="replace") for a in cmd if a]
+            if any(needle in a for a in argv):
+                env = dict(e.decode(errors="replace").partition("=")[::2] for e in raw if e)
+                found.append((argv, env))
+        return found
+
     def _kill_all(self, namespace: str) -> list[int]:
         killed: list[int] = []
         for _ in range(20):
@@ -281,6 +324,12 @@ class NetnsSite:
 
     def close(self) -> None:
         """Kill every daemon and job, delete the namespaces and the scratch folder."""
+        if self.facility:
+            for host in (CACHE_HOST, "head"):
+                try:
+                    self.casa(host, "down", timeout=60)
+                except (RuntimeError, subprocess.TimeoutExpired, KeyError):
+                    pass
         for proc in self._procs:
             if proc.poll() is None:
                 proc.kill()

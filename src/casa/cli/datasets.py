@@ -180,7 +180,7 @@ def _add_stored(args: argparse.Namespace, catalog: DatasetCatalog):
     account = ctx.daemon_account() if ctx.as_root else None
     storage = FacilityStorage(
         ctx.paths.storage,
-        cache_url=f"root://{ctx.config.facility.host}:{ctx.config.cache.port}/",
+        cache_url=ctx.config.cache_url() + "/",
         owner=(account.pw_uid, account.pw_gid) if account else None,
     )
     copied = storage.store(args.name, files, user=args.user)

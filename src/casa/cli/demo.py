@@ -112,7 +112,7 @@ def _ensure_dataset(ctx, args: argparse.Namespace):
     from casa.data.storage import FacilityStorage
 
     catalog = DatasetCatalog(ctx.paths.database)
-    cache_url = f"root://{ctx.config.facility.host}:{ctx.config.cache.port}/"
+    cache_url = ctx.config.cache_url() + "/"
     source = ctx.paths.home / "data" / DEMO_DATASET
     wanted = {"events": args.events, "files": args.files, "seed": DEMO_SEED}
     fresh = _manifest_matches(source / MANIFEST, wanted)

@@ -38,11 +38,12 @@ def handle_up(args: argparse.Namespace) -> int:
     for name, what in report.items():
         port = {s.name: s.port(ctx) for s in supervisor.services}[name]
         console.print(f"  {name:<8} {what:<16} port {port}")
+    _print_elsewhere(ctx)
     console.print(
-        f"data: root://{ctx.config.facility.host}:{ctx.config.cache.port}//store "
+        f"data: {ctx.config.cache_url()}//store "
         f"(through the cache); get a token with 'casa token issue'"
     )
-    console.print(f"notebooks: http://{ctx.config.facility.host}:{ctx.config.hub.port}/ "
+    console.print(f"notebooks: http://{ctx.config.host_of('hub')}:{ctx.config.hub.port}/ "
                   "(log in with an account from 'casa user add')")  # fmt: skip
     if os.geteuid() != 0:
         from casa.auth.accounts import current_account
@@ -52,6 +53,13 @@ def handle_up(args: argparse.Namespace) -> int:
             f"(add it once with 'casa user add {current_account()}')"
         )
     return 0
+
+
+def _print_elsewhere(ctx) -> None:
+    from casa.services.facility import elsewhere
+
+    for name, hosts in elsewhere(ctx):
+        console.print(f"  {name:<8} runs on {' and '.join(hosts)} (\\[site] in casa.toml)")
 
 
 def handle_down(args: argparse.Namespace) -> int:
@@ -64,7 +72,7 @@ def handle_down(args: argparse.Namespace) -> int:
 
 def handle_status(args: argparse.Namespace) -> int:
     """Show every service; exit 1 if any is unhealthy."""
-    _, supervisor = _supervisor(args)
+    ctx, supervisor = _supervisor(args)
     rows = supervisor.status()
     if args.json:
         console.print_json(json.dumps([r.to_dict() for r in rows]))
@@ -75,4 +83,5 @@ def handle_status(args: argparse.Namespace) -> int:
             uptime = f"{r.uptime:.0f} s" if r.uptime is not None else "-"
             table.add_row(r.name, str(r.port), str(r.pid or "-"), health, uptime, r.detail)
         console.print(table)
+        _print_elsewhere(ctx)
     return 0 if all(r.healthy for r in rows) else 1

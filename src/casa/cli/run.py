@@ -38,16 +38,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--cluster",
         default="local",
-        choices=["local", "gateway", "slurm", "htcondor"],
+        choices=["local", "gateway", "htcondor"],
         help="local: this machine with --executor; gateway: your Dask Gateway cluster "
-        "(its workers come from where [site] workers says); slurm or htcondor: workers "
-        "submitted from here as batch jobs ([slurm] or [htcondor] in casa.toml)",
+        "(its workers run where [site] workers says: the gateway's host or Slurm jobs); "
+        "htcondor: workers submitted from here as HTCondor jobs ([htcondor] in casa.toml)",
     )
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="workers (default: the number of cores locally, 2 on the gateway)")  # fmt: skip
     p.add_argument("--adapt", metavar="MIN:MAX", help="with --cluster gateway: adaptive workers")
     p.add_argument("--worker-memory", type=float, default=2.0, metavar="GIB",
-                   help="with --cluster gateway or slurm: memory per worker")  # fmt: skip
+                   help="with --cluster gateway: memory per worker of a new cluster")  # fmt: skip
     p.add_argument("--skip-bad-files", action="store_true",
                    help="leave out chunks whose data cannot be read, and list them in summary.json")  # fmt: skip
     p.add_argument(
@@ -86,11 +86,10 @@ def handle(args: argparse.Namespace) -> int:
         backend = GatewayBackend(facility_context(args.home, args.config), scaling,
                                  worker_memory=args.worker_memory)  # fmt: skip
         workers = scaling.wait_for
-    elif args.cluster in ("slurm", "htcondor"):
+    elif args.cluster == "htcondor":
         from casa.services.facility import facility_context
 
-        backend = batch_backend(args.cluster, facility_context(args.home, args.config),
-                                args.worker_memory)  # fmt: skip
+        backend = htcondor_backend(facility_context(args.home, args.config))
         workers = args.workers or 2
     else:
         backend = local_backend(args.executor)
@@ -128,34 +127,19 @@ def handle(args: argparse.Namespace) -> int:
     return 0
 
 
-def batch_backend(kind: str, ctx, worker_memory: float):
-    """Workers as Slurm or HTCondor jobs submitted from here, set up from casa.toml."""
+def htcondor_backend(ctx):
+    """Workers as HTCondor jobs submitted from here, set up from ``[htcondor]``."""
     import shutil
 
-    submit = {"slurm": "sbatch", "htcondor": "condor_submit"}[kind]
-    if shutil.which(submit) is None:
+    if shutil.which("condor_submit") is None:
         raise UsageError(
-            f"--cluster {kind} submits jobs with {submit}, which is not installed here: run "
-            f"casa on a host of the batch system (or use --cluster gateway)"
+            "--cluster htcondor submits jobs with condor_submit, which is not installed here: "
+            "run casa on a host of the HTCondor pool (see docs/deployment.md), or use "
+            "--cluster gateway"
         )
-    if kind == "htcondor":
-        from casa.cluster.htcondor import HTCondorBackend
+    from casa.cluster.htcondor import HTCondorBackend
 
-        return HTCondorBackend(ctx)
-    from casa.cluster.slurm import SlurmBackend
-
-    s = ctx.config.slurm
-    if s.conf:
-        os.environ["SLURM_CONF"] = s.conf
-    return SlurmBackend(
-        cache_url=ctx.config.worker_cache_url,
-        queue=s.partition or None,
-        memory=f"{int(worker_memory * 1024)}MiB",
-        interface=s.interface or None,
-        job_extra_directives=[f"--account={s.account}"] * bool(s.account)
-        + [f"--qos={s.qos}"] * bool(s.qos),
-        setup=[s.setup] if s.setup else [],
-    )
+    return HTCondorBackend(ctx)
 
 
 def print_summary(out: str, summary: dict, output) -> None:

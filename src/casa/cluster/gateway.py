@@ -90,7 +90,7 @@ def gateway_client(ctx: ServiceContext, token: str | None = None):
         token = request_token(ctx, kind="gateway")
     auth = CasaGatewayAuth(token)
     g = ctx.config.gateway
-    host = ctx.config.facility.host
+    host = ctx.config.host_of("gateway")
     return Gateway(
         address=f"http://{host}:{g.port}",
         proxy_address=f"gateway://{host}:{g.scheduler_port}",

@@ -10,23 +10,31 @@ Loaded by the gateway process through its generated configuration
   data token of the user who owns it, minted for that user by the issuer;
 - :class:`FixedLocalBackend` is dask-gateway's ``LocalBackend`` (processes under each
   user's own account) with its ``setup_working_directory`` bug fixed: the shipped method
-  extends a list with a path string, so it later changes the owner of ``/``.
+  extends a list with a path string, so it later changes the owner of ``/``;
+- :class:`CasaSlurmBackend` is dask-gateway's ``SlurmBackend`` (scheduler and workers are
+  Slurm jobs of the user) with casa's limits, without ``sudo``, and with the site's
+  ``slurm.conf`` and network interface.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import pwd
+import sys
 from functools import partial
 
 from dask_gateway_server.auth import Authenticator, User, unauthorized
 from dask_gateway_server.backends.base import PublicException
+from dask_gateway_server.backends.db_base import DBBackendBase
+from dask_gateway_server.backends.jobqueue.slurm import SlurmBackend
 from dask_gateway_server.backends.local import LocalBackend, UnsafeLocalBackend
 from dask_gateway_server.options import Float, Integer, Options
 from dask_gateway_server.traitlets import MemoryLimit
 from dask_gateway_server.utils import format_bytes
 from traitlets import Integer as IntegerTrait
-from traitlets import Unicode
+from traitlets import List, Unicode
 
 GIB = 1 << 30
 
@@ -59,15 +67,24 @@ class CasaAuthenticator(Authenticator):
         return User(claims["sub"], groups=[], admin=False)
 
 
-def cluster_options(user_token: callable, max_worker_cores: float, max_worker_memory: int):
-    """The options users choose per cluster, with each user's data token added."""
+def cluster_options(
+    user_token: callable,
+    max_worker_cores: float,
+    max_worker_memory: int,
+    environment: dict[str, str] | None = None,
+):
+    """The options users choose per cluster, with each user's data token added.
+
+    ``environment`` holds further variables for every cluster, such as ``CASA_CACHE_URL``
+    (the cache the site's workers read through).
+    """
 
     def handler(options, user):
         return {
             "worker_cores": options.worker_cores,
             "worker_threads": max(1, int(options.worker_cores)),
             "worker_memory": int(options.worker_memory * GIB),
-            "environment": {"BEARER_TOKEN": user_token(user.name)},
+            "environment": {**(environment or {}), "BEARER_TOKEN": user_token(user.name)},
         }
 
     return Options(
@@ -77,7 +94,7 @@ def cluster_options(user_token: callable, max_worker_cores: float, max_worker_me
     )  # fmt: skip
 
 
-class _UserLimits(LocalBackend):
+class UserLimits(DBBackendBase):
     """Per-user limits across all of a user's clusters (dask-gateway only limits one cluster)."""
 
     max_clusters_per_user = IntegerTrait(2, help="Active clusters one user may have.", config=True)
@@ -140,11 +157,11 @@ class _UserLimits(LocalBackend):
         return options, config
 
 
-class CasaLocalBackend(_UserLimits, UnsafeLocalBackend):
+class CasaLocalBackend(UserLimits, UnsafeLocalBackend):
     """Clusters as local processes of the facility's account, within casa's per-user limits."""
 
 
-class FixedLocalBackend(_UserLimits):
+class FixedLocalBackend(UserLimits, LocalBackend):
     """dask-gateway's LocalBackend (each user's own account) with its working-directory bug fixed."""
 
     def setup_working_directory(self, cluster):  # pragma: no cover - needs other accounts
@@ -178,3 +195,109 @@ class FixedLocalBackend(_UserLimits):
             if real != root and not real.startswith(root + os.sep):
                 raise RuntimeError(f"refusing to change the owner of {p}: outside {root}")
             os.chown(p, account.pw_uid, account.pw_gid)
+
+
+class CasaSlurmBackend(UserLimits, SlurmBackend):
+    """dask-gateway's SlurmBackend: each cluster's scheduler and workers are Slurm jobs.
+
+    What casa changes:
+
+    - no ``sudo``: the gateway runs as root and starts dask-gateway's job launcher under
+      the user's account with ``runuser`` (or directly, when the gateway runs as that user);
+    - ``slurm.conf``: ``sbatch``, ``squeue`` and ``scancel`` get ``SLURM_CONF`` when
+      the site names its own configuration;
+    - ``interface``: schedulers and workers listen on that network interface (nodes
+      without a default route cannot find their own address otherwise);
+    - ``scheduler_partition``: schedulers may run on other nodes than workers.
+
+    The job environment (the user's data token among it) reaches ``sbatch`` through the
+    launcher's standard input and ``--export``, never the job script.
+    """
+
+    slurm_conf = Unicode("", help="The site's slurm.conf (empty: Slurm's default).", config=True)
+    interface = Unicode("", help="The network interface jobs listen on.", config=True)
+    scheduler_partition = Unicode(
+        "", help="The partition of scheduler jobs (empty: the cluster's partition).", config=True
+    )
+    launcher_python = Unicode(
+        sys.executable, help="The Python that runs dask-gateway's job launcher.", config=True
+    )
+    extra_path = List(Unicode(), help="Folders added to the launcher's PATH.", config=True)
+
+    def _slurm_env(self) -> dict[str, str]:
+        return {"SLURM_CONF": self.slurm_conf} if self.slurm_conf else {}
+
+    def get_submit_cmd_env_stdin(self, cluster, worker=None):
+        """sbatch's command, with the scheduler's partition for scheduler jobs."""
+        cmd, env, script = super().get_submit_cmd_env_stdin(cluster, worker)
+        if worker is None and self.scheduler_partition:
+            cmd = [a for a in cmd if not a.startswith("--partition=")]
+            cmd.insert(2, "--partition=" + self.scheduler_partition)
+        return cmd, env, script
+
+    def _listen_args(self, args: list[str]) -> list[str]:
+        """Replace ``--host 0.0.0.0`` by ``--interface IFACE`` when an interface is set."""
+        if not self.interface:
+            return args
+        out = list(args)
+        if "--host" in out:
+            i = out.index("--host")
+            out[i : i + 2] = ["--interface", self.interface]
+        return out
+
+    def get_scheduler_command(self, cluster):
+        """dask-gateway's scheduler command, listening on ``interface``."""
+        return self._listen_args(super().get_scheduler_command(cluster))
+
+    def get_worker_command(self, cluster, worker_name, scheduler_address=None):
+        """dask-gateway's worker command, listening on ``interface``."""
+        cmd = super().get_worker_command(cluster, worker_name, scheduler_address)
+        return cmd + (["--interface", self.interface] if self.interface else [])
+
+    def get_stop_cmd_env(self, job_id):
+        """scancel, with the site's slurm.conf."""
+        cmd, env = super().get_stop_cmd_env(job_id)
+        return cmd, {**env, **self._slurm_env()}
+
+    def get_status_cmd_env(self, job_ids):
+        """squeue, with the site's slurm.conf."""
+        cmd, env = super().get_status_cmd_env(job_ids)
+        return cmd, {**env, **self._slurm_env()}
+
+    async def do_as_user(self, user, action, **kwargs):
+        """Run dask-gateway's launcher as ``user``, with runuser instead of sudo."""
+        launcher = [self.launcher_python, "-m", "dask_gateway_server.backends.jobqueue.launcher"]
+        if os.geteuid() == 0 and user != "root":
+            cmd = ["runuser", "-u", user, "--", *launcher]
+        elif pwd.getpwuid(os.geteuid()).pw_name == user:
+            cmd = launcher
+        else:
+            raise PublicException(
+                f"the gateway runs as {pwd.getpwuid(os.geteuid()).pw_name!r} and cannot submit "
+                f"Slurm jobs as {user!r}: run the facility as root"
+            )
+        kwargs["action"] = action
+        # The launcher hands ``env`` to sbatch/scancel: the job's variables, the site's
+        # slurm.conf, and a PATH for the programs Slurm itself calls.
+        kwargs["env"] = {
+            "PATH": ":".join([*self.extra_path, "/usr/local/bin", "/usr/bin", "/bin"]),
+            **kwargs.get("env", {}),
+            **self._slurm_env(),
+        }
+        proc = await asyncio.create_subprocess_exec(
+            *cmd,
+            env={"HOME": pwd.getpwnam(user).pw_dir, "PATH": "/usr/bin:/bin"},
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        stdout, stderr = await proc.communicate(json.dumps(kwargs).encode("utf8"))
+        if proc.returncode != 0:
+            raise Exception(
+                f"dask-gateway's job launcher failed (exit {proc.returncode}) as {user}: "
+                f"{stderr.decode('utf8', 'replace')[-2000:]}"
+            )
+        result = json.loads(stdout.decode("utf8", "replace"))
+        if not result["ok"]:
+            raise Exception(result["error"])
+        return result["returncode"], result["stdout"], result["stderr"]

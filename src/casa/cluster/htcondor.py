@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from casa.cluster.base import ComputeBackend
 from casa.config import HTCondorSection
 from casa.errors import ConfigError, UsageError
 
@@ -268,7 +269,7 @@ def cluster_kwargs(
     port = s.scheduler_port or _free_port(listen)
     contact = s.contact_host or ctx.config.facility.host
     contact_address = f"tls://{contact}:{port}"
-    cache_url = s.cache_url or f"root://{ctx.config.facility.host}:{ctx.config.cache.port}"
+    cache_url = s.cache_url or ctx.config.worker_cache_url
 
     files = _input_files([token_file, tls.ca, tls.cert, tls.key])
     transfer = ",".join(str(p) for p in files)
@@ -426,3 +427,47 @@ def worker_command(script: str) -> str:
     if len(args) != 2 or args[0] != "-c":
         raise ValueError(f"unexpected Arguments {args!r}: expected -c COMMAND")
     return args[1]
+
+
+# -- casa run --cluster htcondor ---------------------------------------------------------------
+
+
+class HTCondorBackend(ComputeBackend):
+    """coffea's DaskExecutor on workers that are HTCondor jobs (``casa run --cluster htcondor``).
+
+    The scheduler runs in this process, as with :func:`htcondor_cluster`; the workers are
+    cancelled (``condor_rm``) when the run ends.
+    """
+
+    name = "htcondor"
+
+    def __init__(self, ctx: ServiceContext, wait_seconds: float = 300.0, **overrides: Any):
+        self.ctx = ctx
+        self.wait_seconds = wait_seconds
+        self.overrides = overrides
+
+    def open(self, workers: int):
+        """Submit ``workers`` jobs, wait until they connect, yield a DaskExecutor on them."""
+        import contextlib
+
+        from casa.errors import ServiceError
+
+        @contextlib.contextmanager
+        def opened():
+            from distributed import Client
+
+            from casa.cluster.local import on_dask_client
+
+            with htcondor_cluster(self.ctx, **self.overrides) as cluster, Client(cluster) as client:
+                cluster.scale(workers)
+                try:
+                    client.wait_for_workers(workers, timeout=self.wait_seconds)
+                except TimeoutError:
+                    raise ServiceError(
+                        f"HTCondor did not start {workers} worker(s) within "
+                        f"{self.wait_seconds:.0f} s: see condor_q -better-analyze and the "
+                        "jobs' logs"
+                    ) from None
+                yield on_dask_client(client, self.name, cluster.dashboard_link)
+
+        return opened()

@@ -69,7 +69,7 @@ def configure(c, home: str, config_file: str | None = None) -> None:
 
     ctx = facility_context(home, config_file)
     hub = ctx.config.hub
-    host = ctx.config.facility.host
+    host = ctx.config.host_of("hub")
     state = ctx.service_dir("hub")
     state.mkdir(parents=True, exist_ok=True)
     os.chmod(state, 0o755)  # users' servers read catalog.json from here

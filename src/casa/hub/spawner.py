@@ -114,7 +114,7 @@ class CasaSpawner(LocalProcessSpawner):
         env = super().get_env()
         ctx = self._ctx()
         g = ctx.config.gateway
-        host = ctx.config.facility.host
+        host = ctx.config.host_of("gateway")
         folder = Path(self._account().pw_dir) / CREDENTIALS_DIR
         env.update(
             {

@@ -10,7 +10,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from casa.config import FacilityConfig, FacilityPaths
+from casa.config import FacilityConfig, FacilityPaths, is_this_host
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,19 @@ class Service(abc.ABC):
     def ports(self, ctx: ServiceContext) -> dict[str, int]:
         """Every port the service listens on, by its casa.toml key."""
         return {"port": self.port(ctx)}
+
+    def hosts(self, ctx: ServiceContext) -> list[str]:
+        """The hosts that run this service (``[site]`` in casa.toml)."""
+        return [ctx.config.host_of(self.name)]
+
+    def host(self, ctx: ServiceContext) -> str:
+        """The service's address here: the first of its hosts that is this machine's own."""
+        hosts = self.hosts(ctx)
+        return next((h for h in hosts if is_this_host(h)), hosts[0])
+
+    def runs_here(self, ctx: ServiceContext) -> bool:
+        """Whether ``casa up`` on this machine starts the service."""
+        return any(is_this_host(h) for h in self.hosts(ctx))
 
     def preflight(self, ctx: ServiceContext) -> None:
         """Raise ServiceError, with what to install or change, if the service cannot start."""

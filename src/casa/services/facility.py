@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from casa.config import facility_paths, load_config
+from casa.errors import ConfigError
 from casa.services.base import Service, ServiceContext
 from casa.services.gateway import GatewayService
 from casa.services.hub import HubService
@@ -29,8 +30,21 @@ def facility_context(
 
 
 def facility_supervisor(ctx: ServiceContext) -> Supervisor:
-    """A supervisor for every service of the facility."""
-    return Supervisor(ctx, facility_services())
+    """A supervisor for the facility's services that run on this host (``[site]``)."""
+    here = [s for s in facility_services() if s.runs_here(ctx)]
+    if not here:
+        layout = ", ".join(f"{s.name} on {' and '.join(s.hosts(ctx))}" for s in facility_services())
+        raise ConfigError(
+            f"no service of this facility runs on this host: the site layout in casa.toml puts "
+            f"{layout}, and none of those addresses is this machine's; run casa on one of those "
+            "hosts or change [site]"
+        )
+    return Supervisor(ctx, here)
+
+
+def elsewhere(ctx: ServiceContext) -> list[tuple[str, list[str]]]:
+    """The services that run on other hosts of the site, with their hosts."""
+    return [(s.name, s.hosts(ctx)) for s in facility_services() if not s.runs_here(ctx)]
 
 
 def refusal_explainer(ctx: ServiceContext):

@@ -39,18 +39,41 @@ c.LocalBackend.clusters_directory = {clusters!r}
 c.ClusterConfig.scheduler_cmd = {scheduler_cmd!r}
 c.ClusterConfig.worker_cmd = {worker_cmd!r}
 c.ClusterConfig.idle_timeout = {idle_timeout}
-c.LocalBackend.max_clusters_per_user = {max_clusters}
-c.LocalBackend.max_cores_per_user = {max_cores}
-c.LocalBackend.max_memory_per_user = {max_memory}
-
+c.UserLimits.max_clusters_per_user = {max_clusters}
+c.UserLimits.max_cores_per_user = {max_cores}
+c.UserLimits.max_memory_per_user = {max_memory}
+{backend_settings}
 
 def user_token(username):
     # The data token of the user who owns the cluster, minted for that user only.
     return request_token(ctx, user=username)
 
 
-c.Backend.cluster_options = cluster_options(user_token, {max_worker_cores}, {max_worker_memory})
+c.Backend.cluster_options = cluster_options(
+    user_token, {max_worker_cores}, {max_worker_memory}, {environment!r}
+)
 """
+
+SLURM_SETTINGS = """
+# site.workers = "slurm": each cluster's scheduler and workers are Slurm jobs of the user.
+c.CasaSlurmBackend.slurm_conf = {conf!r}
+c.CasaSlurmBackend.interface = {interface!r}
+c.CasaSlurmBackend.scheduler_partition = {scheduler_partition!r}
+c.CasaSlurmBackend.launcher_python = {python!r}
+c.SlurmClusterConfig.partition = {partition!r}
+c.SlurmClusterConfig.account = {account!r}
+c.SlurmClusterConfig.qos = {qos!r}
+c.SlurmClusterConfig.scheduler_setup = {setup!r}
+c.SlurmClusterConfig.worker_setup = {setup!r}
+c.SlurmClusterConfig.staging_directory = {staging_directory!r}
+c.SlurmClusterConfig.scheduler_memory = {scheduler_memory}
+"""
+
+BACKEND_CLASSES = {
+    "local": "casa.cluster.gateway_server.CasaLocalBackend",
+    "local-accounts": "casa.cluster.gateway_server.FixedLocalBackend",
+    "slurm": "casa.cluster.gateway_server.CasaSlurmBackend",
+}
 
 
 class GatewayService(Service):
@@ -76,6 +99,21 @@ class GatewayService(Service):
                 "cannot start 'gateway': dask-gateway-server is not installed in casa's "
                 "environment; run 'make install' (or pip install dask-gateway-server[local])"
             ) from None
+        if ctx.config.site.workers == "kubernetes":
+            raise ServiceError(
+                "site.workers = 'kubernetes': the gateway runs inside the Kubernetes cluster "
+                "(deploy/kubernetes, docs/deployment.md), not from 'casa up'; set site.gateway "
+                "to another host's address or site.workers to 'local' or 'slurm'"
+            )
+        if gateway_backend(ctx) == "slurm":
+            import shutil
+
+            missing = [p for p in ("sbatch", "squeue", "scancel") if shutil.which(p) is None]
+            if missing:
+                raise ServiceError(
+                    f"site.workers = 'slurm' but {', '.join(missing)} is not installed on the "
+                    "gateway's host: install Slurm's client commands (apt-get install slurm-client)"
+                )
         if gateway_backend(ctx) == "local-accounts" and not ctx.as_root:
             raise ServiceError(
                 "gateway.backend = 'local-accounts' runs clusters under each user's account and "
@@ -93,24 +131,34 @@ class GatewayService(Service):
         clusters = directory / "clusters"
         clusters.mkdir(parents=True, exist_ok=True, mode=0o711)
         bin_dir = cluster_env_prefix(ctx) / "bin"
-        backend = (
-            "casa.cluster.gateway_server.FixedLocalBackend"
-            if gateway_backend(ctx) == "local-accounts"
-            else "casa.cluster.gateway_server.CasaLocalBackend"
-        )
+        backend = gateway_backend(ctx)
+        settings = ""
+        environment: dict[str, str] = {}
+        if backend == "slurm":
+            s = ctx.config.slurm
+            settings = SLURM_SETTINGS.format(
+                conf=s.conf, interface=s.interface, partition=s.partition,
+                scheduler_partition=s.scheduler_partition, account=s.account, qos=s.qos,
+                setup=s.setup, staging_directory=s.staging_directory,
+                scheduler_memory=parse_size(s.scheduler_memory),
+                python=str(bin_dir / "python"),
+            )  # fmt: skip
+            environment["CASA_CACHE_URL"] = ctx.config.worker_cache_url
         max_memory = parse_size(g.max_memory_per_user)
         cores = g.max_cores_per_user
         self.config_file(ctx).write_text(
             CONFIG_TEMPLATE.format(
                 home=str(ctx.paths.home),
                 config_file=str(ctx.config_file) if ctx.config_file else None,
-                host=ctx.config.facility.host,
+                host=self.host(ctx),
                 api_port=g.api_port,
                 port=g.port,
                 scheduler_port=g.scheduler_port,
                 state=directory,
                 public_key=str(ctx.paths.keys / "issuer.pub.pem"),
-                backend_class=backend,
+                backend_class=BACKEND_CLASSES[backend],
+                backend_settings=settings,
+                environment=environment,
                 clusters=str(clusters),
                 scheduler_cmd=str(bin_dir / "dask-scheduler"),
                 worker_cmd=str(bin_dir / "dask-worker"),
@@ -129,7 +177,7 @@ class GatewayService(Service):
 
     def health(self, ctx: ServiceContext) -> Health:
         """GET /api/health through the gateway's proxy."""
-        body, failed = get_json(f"http://{ctx.config.facility.host}:{self.port(ctx)}/api/health")
+        body, failed = get_json(f"http://{self.host(ctx)}:{self.port(ctx)}/api/health")
         if failed:
             return failed
         if body.get("status") != "pass":
@@ -152,11 +200,14 @@ def cluster_env_prefix(ctx: ServiceContext) -> Path:
 
 
 def gateway_backend(ctx: ServiceContext) -> str:
-    """``local-accounts`` or ``local``: 'auto' picks each user's own account under root.
+    """``slurm``, ``local-accounts`` or ``local``.
 
-    Under root, clusters of the shared backend would run users' code as root; each user's
-    clusters must run under that user's own account instead.
+    ``site.workers = "slurm"`` makes every cluster a set of Slurm jobs. Otherwise clusters
+    run on the gateway's host: 'auto' picks each user's own account under root, as the
+    clusters of the shared backend would run users' code as root.
     """
+    if ctx.config.site.workers == "slurm":
+        return "slurm"
     backend = ctx.config.gateway.backend
     if backend == "auto":
         return "local-accounts" if ctx.as_root else "local"

@@ -75,11 +75,11 @@ class HubService(Service):
 
     def health(self, ctx: ServiceContext) -> Health:
         """GET /hub/api through the proxy; report recent spawn failures."""
-        body, failed = get_json(f"http://{ctx.config.facility.host}:{self.port(ctx)}/hub/api/")
+        body, failed = get_json(f"http://{self.host(ctx)}:{self.port(ctx)}/hub/api/")
         if failed:
             return failed
         failures = spawn_failures(ctx)
-        detail = f"JupyterHub {body.get('version')} at http://{ctx.config.facility.host}:{self.port(ctx)}"
+        detail = f"JupyterHub {body.get('version')} at http://{self.host(ctx)}:{self.port(ctx)}"
         if failures:
             worst = ", ".join(f"{user}: {f['reason']}" for user, f in sorted(failures.items()))
             detail += f"; failed spawns: {worst}"

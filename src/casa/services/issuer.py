@@ -68,7 +68,7 @@ class IssuerService(Service):
 
     def health(self, ctx: ServiceContext) -> Health:
         """GET /health and check that the issuer is this facility's."""
-        url = f"http://{ctx.config.facility.host}:{self.port(ctx)}/health"
+        url = f"http://{self.host(ctx)}:{self.port(ctx)}/health"
         body, failed = get_json(url)
         if failed:
             return failed
@@ -198,7 +198,7 @@ def serve(home: str, config_file: str | None) -> None:
             )
             self.wfile.write(json.dumps(answer).encode() + b"\n")
 
-    http = ThreadingHTTPServer((config.facility.host, config.issuer.port), HTTPHandler)
+    http = ThreadingHTTPServer((config.host_of("issuer"), config.issuer.port), HTTPHandler)
     sock = socket_path(ctx)
     sock.unlink(missing_ok=True)
     unix = socketserver.ThreadingUnixStreamServer(str(sock), TokenHandler)

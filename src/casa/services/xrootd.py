@@ -38,6 +38,29 @@ def public_key_file(ctx: ServiceContext) -> Path:
     return ctx.paths.keys / "issuer.pub.pem"
 
 
+def issuer_jwks(ctx: ServiceContext, service: str) -> dict:
+    """The issuer's public keys: from the state directory, or from the issuer's host.
+
+    On the issuer's own host its key is in ``keys/``; a cache or origin on another host of
+    the site asks the issuer for its JWKS over HTTP.
+    """
+    from casa.services.base import get_json
+
+    path = public_key_file(ctx)
+    issuer_host = ctx.config.host_of("issuer")
+    if path.exists():
+        return jwks_from_public_pem(path.read_bytes())
+    url = f"http://{issuer_host}:{ctx.config.issuer.port}/jwks"
+    body, failed = get_json(url, timeout=5.0)
+    if failed or not isinstance(body, dict) or not body.get("keys"):
+        raise ServiceError(
+            f"cannot start '{service}': the issuer's public key is not in {path} and {url} "
+            f"gave none ({failed.detail if failed else body}): run 'casa up' on the issuer's "
+            f"host ({issuer_host}) first"
+        )
+    return body
+
+
 class XRootDService(Service):
     """What the origin and the cache share: binary, accounts, token checks, health."""
 
@@ -128,7 +151,7 @@ class XRootDService(Service):
         directory.mkdir(parents=True, exist_ok=True, mode=0o755)
         os.chmod(directory, 0o755)
         self.working_dir(ctx).mkdir(parents=True, exist_ok=True)
-        jwks = jwks_from_public_pem(public_key_file(ctx).read_bytes())
+        jwks = issuer_jwks(ctx, self.name)
         preload_issuer_keys(self._xdg_cache(ctx), ctx.config.issuer_url, jwks)
         self._give_to_daemon(ctx, self.working_dir(ctx), self._xdg_cache(ctx))
 
@@ -145,7 +168,7 @@ class XRootDService(Service):
 
     def health(self, ctx: ServiceContext) -> Health:
         """An XRootD protocol handshake: the server must answer as a data server."""
-        return xrootd_handshake(ctx.config.facility.host, self.port(ctx))
+        return xrootd_handshake(self.host(ctx), self.port(ctx))
 
 
 class OriginService(XRootDService):
@@ -195,6 +218,10 @@ class CacheService(XRootDService):
         """``cache.port``."""
         return ctx.config.cache.port
 
+    def hosts(self, ctx: ServiceContext) -> list[str]:
+        """The facility's cache host and ``site.caches``: one cache on each."""
+        return ctx.config.cache_hosts()
+
     def prepare(self, ctx: ServiceContext) -> None:
         """The cache's disk space, the token configuration and the xrootd configuration."""
         self._prepare_common(ctx)
@@ -210,7 +237,7 @@ class CacheService(XRootDService):
             "all.export /store\n"
             "ofs.osslib libXrdPss.so\n"
             "pss.cachelib libXrdPfc.so\n"
-            f"pss.origin {ctx.config.facility.host}:{ctx.config.origin.port}\n"
+            f"pss.origin {ctx.config.host_of('origin')}:{ctx.config.origin.port}\n"
             f"oss.localroot {disk}\n"
             f"all.adminpath {run}\n"
             f"all.pidpath {run}\n"
