@@ -109,6 +109,14 @@ class Service(abc.ABC):
         """The folder the service runs in."""
         return ctx.service_dir(self.name)
 
+    def strays(self, ctx: ServiceContext) -> list[int]:
+        """Processes the service started in sessions of their own, alive now.
+
+        Stopping the service's process group misses them; after the service itself was
+        killed (SIGKILL, a crash) they would live on, so ``casa down`` stops them too.
+        """
+        return []
+
     @abc.abstractmethod
     def health(self, ctx: ServiceContext) -> Health:
         """Ask the service, in its own protocol, whether it is working."""

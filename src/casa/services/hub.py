@@ -28,6 +28,20 @@ class HubService(Service):
         """``hub.port``."""
         return ctx.config.hub.port
 
+    def strays(self, ctx: ServiceContext) -> list[int]:
+        """JupyterHub's configurable-http-proxy, which it starts in a session of its own."""
+        try:
+            pid = int((ctx.service_dir(self.name) / "proxy.pid").read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return []
+        if b"configurable-http-proxy" not in cmdline:
+            return []
+        try:
+            return [pid] if os.getpgid(pid) == pid else []  # it leads its own session
+        except ProcessLookupError:
+            return []
+
     def ports(self, ctx: ServiceContext) -> dict[str, int]:
         """The public port, the hub's internal API and the proxy's API."""
         h = ctx.config.hub

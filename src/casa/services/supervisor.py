@@ -245,6 +245,10 @@ class Supervisor:
             if pid is not None:
                 self._stop(service, pid)
                 stopped.append(service.name)
+            for stray in service.strays(self.ctx):  # left behind if the service was killed
+                self._stop(service, stray)
+                if service.name not in stopped:
+                    stopped.append(service.name)
             self._pid_file(service).unlink(missing_ok=True)
         return stopped
 
