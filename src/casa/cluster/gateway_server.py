@@ -268,7 +268,10 @@ class CasaSlurmBackend(UserLimits, SlurmBackend):
         """Run dask-gateway's launcher as ``user``, with runuser instead of sudo."""
         launcher = [self.launcher_python, "-m", "dask_gateway_server.backends.jobqueue.launcher"]
         if os.geteuid() == 0 and user != "root":
-            cmd = ["runuser", "-u", user, "--", *launcher]
+            import shutil
+
+            runuser = shutil.which("runuser", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+            cmd = [runuser or "/usr/sbin/runuser", "-u", user, "--", *launcher]
         elif pwd.getpwuid(os.geteuid()).pw_name == user:
             cmd = launcher
         else:
