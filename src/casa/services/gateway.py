@@ -102,8 +102,10 @@ class GatewayService(Service):
         if ctx.config.site.workers == "kubernetes":
             raise ServiceError(
                 "site.workers = 'kubernetes': the gateway runs inside the Kubernetes cluster "
-                "(deploy/kubernetes, docs/deployment.md), not from 'casa up'; set site.gateway "
-                "to another host's address or site.workers to 'local' or 'slurm'"
+                "with the issuer and the hub (deploy/kubernetes, docs/deployment.md), not from "
+                "'casa up'; set site.issuer, site.gateway and site.hub to its address (casa up "
+                "here then starts only the origin and caches), or site.workers to 'local' or "
+                "'slurm'"
             )
         if gateway_backend(ctx) == "slurm":
             import shutil
