@@ -448,26 +448,9 @@ class HTCondorBackend(ComputeBackend):
 
     def open(self, workers: int):
         """Submit ``workers`` jobs, wait until they connect, yield a DaskExecutor on them."""
-        import contextlib
+        from casa.cluster.local import on_job_cluster
 
-        from casa.errors import ServiceError
-
-        @contextlib.contextmanager
-        def opened():
-            from distributed import Client
-
-            from casa.cluster.local import on_dask_client
-
-            with htcondor_cluster(self.ctx, **self.overrides) as cluster, Client(cluster) as client:
-                cluster.scale(workers)
-                try:
-                    client.wait_for_workers(workers, timeout=self.wait_seconds)
-                except TimeoutError:
-                    raise ServiceError(
-                        f"HTCondor did not start {workers} worker(s) within "
-                        f"{self.wait_seconds:.0f} s: see condor_q -better-analyze and the "
-                        "jobs' logs"
-                    ) from None
-                yield on_dask_client(client, self.name, cluster.dashboard_link)
-
-        return opened()
+        return on_job_cluster(
+            htcondor_cluster(self.ctx, **self.overrides), "HTCondor", workers,
+            self.wait_seconds, "see condor_q -better-analyze and the jobs' logs",
+        )  # fmt: skip

@@ -97,6 +97,31 @@ def on_dask_client(
     return OpenBackend(executor, channel, name, workers, dashboard, column_cache=column_cache)
 
 
+@contextlib.contextmanager
+def on_job_cluster(
+    cluster, name: str, workers: int, wait_seconds: float, where_to_look: str
+) -> Iterator[OpenBackend]:
+    """Scale a dask-jobqueue cluster to ``workers`` jobs, wait for them, yield a DaskExecutor.
+
+    Shared by the batch-system backends (Slurm, HTCondor); ``where_to_look`` ends the
+    error when the jobs do not start in time.
+    """
+    from distributed import Client
+
+    from casa.errors import ServiceError
+
+    with cluster, Client(cluster) as client:
+        cluster.scale(workers)
+        try:
+            client.wait_for_workers(workers, timeout=wait_seconds)
+        except TimeoutError:
+            raise ServiceError(
+                f"{name} did not start {workers} worker(s) within {wait_seconds:.0f} s: "
+                f"{where_to_look}"
+            ) from None
+        yield on_dask_client(client, name.lower(), cluster.dashboard_link)
+
+
 class IterativeBackend(ComputeBackend):
     """One chunk after another in this process."""
 

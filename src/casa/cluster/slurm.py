@@ -32,8 +32,7 @@ from dask_jobqueue.slurm import SLURMJob
 
 from casa.cluster.base import ComputeBackend, OpenBackend
 from casa.cluster.htcondor import CACHE_URL_ENV, write_cluster_certificate
-from casa.cluster.local import on_dask_client
-from casa.errors import ServiceError
+from casa.cluster.local import on_job_cluster
 
 WORKER_WAIT_SECONDS = 120
 
@@ -137,21 +136,13 @@ class SlurmBackend(ComputeBackend):
     @contextlib.contextmanager
     def open(self, workers: int) -> Iterator[OpenBackend]:
         """Submit ``workers`` jobs, wait for them, yield a DaskExecutor; cancel them after."""
-        from distributed import Client
-
         folder = self.workdir or Path(tempfile.mkdtemp(prefix="casa-slurm-"))
         folder.mkdir(parents=True, exist_ok=True)
         try:
-            with self.cluster(folder) as cluster, Client(cluster) as client:
-                cluster.scale(workers)
-                try:
-                    client.wait_for_workers(workers, timeout=self.wait_seconds)
-                except TimeoutError:
-                    raise ServiceError(
-                        f"Slurm did not start {workers} worker(s) within {self.wait_seconds} s; "
-                        f"see 'squeue' and the job logs in {folder / 'logs'}"
-                    ) from None
-                yield on_dask_client(client, self.name, cluster.dashboard_link)
+            where = f"see 'squeue' and the job logs in {folder / 'logs'}"
+            with on_job_cluster(self.cluster(folder), "Slurm", workers, self.wait_seconds,
+                                where) as opened:  # fmt: skip
+                yield opened
         finally:
             if self.workdir is None:
                 shutil.rmtree(folder, ignore_errors=True)
