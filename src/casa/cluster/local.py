@@ -80,17 +80,20 @@ def on_dask_client(
 
     Shared by every Dask-based backend (local cluster, Dask Gateway, batch systems);
     ``workers`` defaults to the workers connected now. The workers get casa's column
-    cache plugin (kept across runs on a long-lived cluster); whether a run uses it is
-    the runner's choice.
+    cache plugin (kept across runs on a long-lived cluster; whether a run uses it is
+    the runner's choice) and glibc's allocation thresholds back
+    (:mod:`casa.cluster.allocator`).
     """
     import uuid
 
     from coffea import processor
 
+    from casa.cluster.allocator import register_allocator_thresholds
     from casa.cluster.column_cache import register_column_cache
 
     channel = DaskQueueChannel(client, f"casa-progress-{uuid.uuid4().hex}")
     executor = processor.DaskExecutor(client=client, status=False, retries=3)
+    register_allocator_thresholds(client)
     column_cache = register_column_cache(client)
     if workers is None:
         workers = len(client.scheduler_info()["workers"])
