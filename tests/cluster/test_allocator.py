@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from casa.cluster.allocator import allocator_thresholds_applied
+from casa.cluster.allocator import AllocatorThresholds, allocator_thresholds_applied
 from casa.cluster.local import on_dask_client
 
 PROBE = "from casa.cluster.allocator import restore_allocator_thresholds as r; print(r())"
@@ -46,3 +46,7 @@ def test_workers_of_a_dask_cluster_get_them():
         assert set(allocator_thresholds_applied(client).values()) == {True}
         on_dask_client(client, "test", None)  # again, as every run on a kept cluster does
         assert set(allocator_thresholds_applied(client).values()) == {True}
+        # Each finished task gives its freed memory back.
+        client.gather(client.map(bytes, range(1, 9)))
+        trims = client.run(lambda dask_worker: dask_worker.plugins[AllocatorThresholds.name].trims)
+        assert sum(trims.values()) >= 8
