@@ -46,7 +46,12 @@ def test_workers_of_a_dask_cluster_get_them():
         assert set(allocator_thresholds_applied(client).values()) == {True}
         on_dask_client(client, "test", None)  # again, as every run on a kept cluster does
         assert set(allocator_thresholds_applied(client).values()) == {True}
-        # Each finished task gives its freed memory back.
+        # A worker over half its memory limit gives freed memory back after each task.
+        client.run(_set_trim_above, 1)
         client.gather(client.map(bytes, range(1, 9)))
         trims = client.run(lambda dask_worker: dask_worker.plugins[AllocatorThresholds.name].trims)
         assert sum(trims.values()) >= 8
+
+
+def _set_trim_above(limit: int, dask_worker=None) -> None:
+    dask_worker.plugins[AllocatorThresholds.name].trim_above = limit
