@@ -41,9 +41,14 @@ def files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def backend():
+    """Two workers, work stealing off: chunks are pinned loosely to their worker (so that a
+    lost worker's chunks run elsewhere), and stealing may move a pinned chunk to an idle
+    worker; without it every chunk goes back to its own worker, as these tests assert."""
+    import dask
     from distributed import Client, LocalCluster
 
     with (
+        dask.config.set({"distributed.scheduler.work-stealing": False}),
         LocalCluster(
             n_workers=2,
             threads_per_worker=1,
