@@ -9,6 +9,7 @@ keys (mode 0600), storage and the cache's disk.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 from dataclasses import dataclass, field
@@ -466,11 +467,13 @@ def parse_size(text: str) -> int:
     return int(text)
 
 
+@functools.lru_cache(maxsize=64)
 def is_this_host(host: str) -> bool:
     """Whether ``host`` (a name or address) is one of this machine's own addresses.
 
     Decided by binding a socket to it: the kernel accepts exactly its local addresses,
-    whatever the name resolves to.
+    whatever the name resolves to. Remembered for the process: health checks ask for a
+    service's address on every poll, and a name would otherwise be resolved each time.
     """
     import socket
 

@@ -29,6 +29,7 @@ import pytest
 
 from casa.analysis.registry import load_processor
 from casa.analysis.runner import run_analysis
+from casa.auth.tokens import unverified_claims
 from casa.cluster.local import IterativeBackend
 from casa.data.files import inspect_root_file
 from casa.data.generator import generate_dataset
@@ -312,8 +313,6 @@ def test_casa_run_on_gateway_clusters_of_slurm_jobs(site: NetnsSite, stored) -> 
             assert scheduler.startswith("tls://10.87.0."), argv
             assert wenv["CASA_CACHE_URL"] == CACHE_URL
             assert wenv["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] == "True"
-            from casa.auth.tokens import unverified_claims
-
             claims = unverified_claims(wenv["BEARER_TOKEN"])
             assert claims["sub"] == "root" and claims["aud"] == "casa"
         assert site.stop_host("n2"), "nothing ran on n2"

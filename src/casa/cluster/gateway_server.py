@@ -22,6 +22,7 @@ import asyncio
 import json
 import os
 import pwd
+import shutil
 import sys
 from functools import partial
 
@@ -34,7 +35,7 @@ from dask_gateway_server.options import Float, Integer, Options
 from dask_gateway_server.traitlets import MemoryLimit
 from dask_gateway_server.utils import format_bytes
 from traitlets import Integer as IntegerTrait
-from traitlets import List, Unicode
+from traitlets import Unicode
 
 GIB = 1 << 30
 
@@ -222,7 +223,6 @@ class CasaSlurmBackend(UserLimits, SlurmBackend):
     launcher_python = Unicode(
         sys.executable, help="The Python that runs dask-gateway's job launcher.", config=True
     )
-    extra_path = List(Unicode(), help="Folders added to the launcher's PATH.", config=True)
 
     def _slurm_env(self) -> dict[str, str]:
         return {"SLURM_CONF": self.slurm_conf} if self.slurm_conf else {}
@@ -267,23 +267,22 @@ class CasaSlurmBackend(UserLimits, SlurmBackend):
     async def do_as_user(self, user, action, **kwargs):
         """Run dask-gateway's launcher as ``user``, with runuser instead of sudo."""
         launcher = [self.launcher_python, "-m", "dask_gateway_server.backends.jobqueue.launcher"]
-        if os.geteuid() == 0 and user != "root":
-            import shutil
-
+        me = pwd.getpwuid(os.geteuid()).pw_name
+        if me == user:
+            cmd = launcher
+        elif os.geteuid() == 0:
             runuser = shutil.which("runuser", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
             cmd = [runuser or "/usr/sbin/runuser", "-u", user, "--", *launcher]
-        elif pwd.getpwuid(os.geteuid()).pw_name == user:
-            cmd = launcher
         else:
             raise PublicException(
-                f"the gateway runs as {pwd.getpwuid(os.geteuid()).pw_name!r} and cannot submit "
-                f"Slurm jobs as {user!r}: run the facility as root"
+                f"the gateway runs as {me!r} and cannot submit Slurm jobs as {user!r}: run the "
+                "facility as root"
             )
         kwargs["action"] = action
         # The launcher hands ``env`` to sbatch/scancel: the job's variables, the site's
         # slurm.conf, and a PATH for the programs Slurm itself calls.
         kwargs["env"] = {
-            "PATH": ":".join([*self.extra_path, "/usr/local/bin", "/usr/bin", "/bin"]),
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
             **kwargs.get("env", {}),
             **self._slurm_env(),
         }

@@ -17,7 +17,7 @@ from casa.auth.keycache import preload_issuer_keys
 from casa.auth.tokens import jwks_from_public_pem
 from casa.config import parse_size
 from casa.errors import ServiceError
-from casa.services.base import Health, Service, ServiceContext
+from casa.services.base import Health, Service, ServiceContext, get_json
 
 INSTALL_HINT = (
     "install Debian's XRootD packages: apt-get install xrootd-server xrootd-client "
@@ -44,8 +44,6 @@ def issuer_jwks(ctx: ServiceContext, service: str) -> dict:
     On the issuer's own host its key is in ``keys/``; a cache or origin on another host of
     the site asks the issuer for its JWKS over HTTP.
     """
-    from casa.services.base import get_json
-
     path = public_key_file(ctx)
     issuer_host = ctx.config.host_of("issuer")
     if path.exists():
