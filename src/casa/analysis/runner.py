@@ -25,6 +25,8 @@ from coffea.processor import ProcessorABC
 
 from casa.analysis.failures import ProcessorFailed, analysis_error, restore_user_frames
 from casa.cluster.base import ComputeBackend
+from casa.cluster.tree_cache import forget as forget_tree
+from casa.cluster.tree_cache import kept_bytes, kept_bytes_since, tree_cache_options
 from casa.data.files import FileInfo
 from casa.data.sources import require_token, uproot_options_for
 from casa.errors import AnalysisError, DataError
@@ -113,6 +115,8 @@ class TrackedProcessor(ProcessorABC):
             else:
                 out = self.inner(events)
         except Exception as e:
+            # A retry of this chunk on this worker opens its file's tree afresh.
+            forget_tree(events.metadata["filename"])
             raise ProcessorFailed(f"{type(e).__name__}: {e}", traceback.format_exc()) from e
         meta = events.metadata
         n = len(events)
@@ -205,6 +209,7 @@ def run_analysis(
     explain_refusal: Callable[[str], str] | None = None,
     skip_bad_files: bool = False,
     column_cache: bool = True,
+    tree_cache: bool = True,
 ) -> RunResult:
     """Run ``processor`` over ``files`` on ``backend``; progress goes to ``on_progress``.
 
@@ -216,6 +221,8 @@ def run_analysis(
     With ``column_cache`` (and a backend whose workers hold casa's column cache: the Dask
     ones), each chunk goes to the same worker every time and the columns it reads stay
     there for later runs (:mod:`casa.cluster.column_cache`).
+    With ``tree_cache`` (same backends), workers keep each file's tree between chunks
+    instead of reading its metadata for every chunk (:mod:`casa.cluster.tree_cache`).
     """
     from coffea import processor as coffea_processor
     from coffea.nanoevents import NanoAODSchema
@@ -241,6 +248,10 @@ def run_analysis(
                 executor, worker_affinity=True, client=LooseAffinityClient(executor.client)
             )
             cachestrategy = "dask-worker"
+        kept = tree_cache and opened.tree_cache
+        if kept:
+            uproot_options = {**uproot_options, **tree_cache_options()}
+            kept_before = kept_bytes(opened.executor.client)
         runner = coffea_processor.Runner(
             executor=executor,
             schema=NanoAODSchema,
@@ -275,6 +286,8 @@ def run_analysis(
             error = analysis_error(outcome["error"], explain_refusal)
             error.details = restore_user_frames(error.details, processor)
             raise error from None
+        # Baskets read through the workers' kept files are not in coffea's metrics.
+        kept_read = kept_bytes_since(opened.executor.client, kept_before) if kept else 0
 
     wrapped = outcome["out"]
     out = wrapped["out"]
@@ -302,11 +315,11 @@ def run_analysis(
         chunks_repeated=repeated,
         skipped=skipped,
         wall_seconds=wall,
-        bytes_read=int(metrics.get("bytesread", 0)),
+        bytes_read=int(metrics.get("bytesread", 0)) + kept_read,
         executor=opened.name,
         workers=opened.workers,
         dashboard=opened.dashboard,
-        extra={"column_cache": cachestrategy is not None},
+        extra={"column_cache": cachestrategy is not None, "tree_cache": kept},
     )
 
 

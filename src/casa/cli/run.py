@@ -60,6 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-column-cache", action="store_true",
                    help="on Dask workers, neither use nor fill the column cache "
                    "(kept between runs on the same cluster)")  # fmt: skip
+    p.add_argument("--no-tree-cache", action="store_true",
+                   help="on Dask workers, read each chunk's tree from its file again "
+                   "instead of keeping each file's tree open between chunks")  # fmt: skip
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.set_defaults(handler=handle)
 
@@ -121,6 +124,7 @@ def handle(args: argparse.Namespace) -> int:
             explain_refusal=explain,
             skip_bad_files=args.skip_bad_files,
             column_cache=not args.no_column_cache,
+            tree_cache=not args.no_tree_cache,
         )
     summary = write_outputs(args.out, result, args.analysis, name, plots=not args.no_plots)
     print_summary(args.out, summary, result.output)

@@ -37,6 +37,8 @@ class OpenBackend:
     dashboard: str | None = None
     #: The workers hold casa's column cache plugin (:mod:`casa.cluster.column_cache`).
     column_cache: bool = False
+    #: The workers hold casa's tree cache plugin (:mod:`casa.cluster.tree_cache`).
+    tree_cache: bool = False
 
 
 class ComputeBackend(abc.ABC):

@@ -80,8 +80,8 @@ def on_dask_client(
 
     Shared by every Dask-based backend (local cluster, Dask Gateway, batch systems);
     ``workers`` defaults to the workers connected now. The workers get casa's column
-    cache plugin (kept across runs on a long-lived cluster; whether a run uses it is
-    the runner's choice) and glibc's allocation thresholds back
+    cache and tree cache plugins (kept across runs on a long-lived cluster; whether a run
+    uses them is the runner's choice) and glibc's allocation thresholds back
     (:mod:`casa.cluster.allocator`).
     """
     import uuid
@@ -90,14 +90,18 @@ def on_dask_client(
 
     from casa.cluster.allocator import register_allocator_thresholds
     from casa.cluster.column_cache import register_column_cache
+    from casa.cluster.tree_cache import register_tree_cache
 
     channel = DaskQueueChannel(client, f"casa-progress-{uuid.uuid4().hex}")
     executor = processor.DaskExecutor(client=client, status=False, retries=3)
     register_allocator_thresholds(client)
-    column_cache = register_column_cache(client)
+    caches = {
+        "column_cache": register_column_cache(client),
+        "tree_cache": register_tree_cache(client),
+    }
     if workers is None:
         workers = len(client.scheduler_info()["workers"])
-    return OpenBackend(executor, channel, name, workers, dashboard, column_cache=column_cache)
+    return OpenBackend(executor, channel, name, workers, dashboard, **caches)
 
 
 @contextlib.contextmanager
