@@ -15,7 +15,14 @@ import pytest
 from casa.analysis.registry import load_processor
 from casa.analysis.runner import run_analysis
 from casa.auth.tokens import unverified_claims
-from casa.cluster.gateway import GatewayBackend, Scaling, apply_scaling, gateway_client
+from casa.cluster.gateway import (
+    KEPT,
+    GatewayBackend,
+    Scaling,
+    apply_scaling,
+    close_kept_connections,
+    gateway_client,
+)
 from casa.cluster.local import IterativeBackend
 from casa.data.files import inspect_root_file
 from casa.data.generator import generate_dataset
@@ -229,6 +236,61 @@ def test_failing_chunk_names_file_and_range_or_is_skipped(gw, tmp_path):
     with gateway_client(gw.ctx()) as g:
         for c in g.list_clusters():
             g.stop_cluster(c.name)
+
+
+def test_runs_in_one_process_share_a_connection_until_the_cluster_goes(gw, tmp_path):
+    data = tmp_path / "d"
+    generate_dataset(data, 20_000, 1, seed=14, workers=1)
+    files = [inspect_root_file(p, "Events") for p in sorted(data.glob("*.root"))]
+    ctx = gw.ctx()
+    backend = GatewayBackend(ctx, Scaling(workers=1))
+
+    def run():
+        result = run_analysis(load_processor("adl1"), "d", files, backend, chunksize=5_000)
+        assert result.events == 20_000
+        return result.output["met"].values(flow=True)
+
+    close_kept_connections()
+    reference = run()
+    [kept] = KEPT.idle()
+    assert kept.usable()
+    assert np.array_equal(run(), reference)
+    assert KEPT.idle() == [kept]  # the second run used the same connection
+    # The cluster stopped from elsewhere: the next run connects to a new one.
+    with gateway_client(ctx) as g:
+        for c in g.list_clusters():
+            g.stop_cluster(c.name)
+    assert np.array_equal(run(), reference)
+    [again] = KEPT.idle()
+    assert again is not kept and again.usable() and not kept.usable()
+    close_kept_connections()
+    assert KEPT.idle() == [] and not again.usable()
+    with gateway_client(ctx) as g:
+        for c in g.list_clusters():
+            g.stop_cluster(c.name)
+
+
+def test_closing_on_the_gateways_own_loop_does_not_hang(gw):
+    """Garbage collection may run ``__del__`` (a close) on the event loop thread gateway
+    clients share; a close there that waited for the loop would hang the process."""
+    import asyncio
+
+    g = _gateway_for(gw, "frank")
+    cluster = g.new_cluster(shutdown_on_close=True)
+    name = cluster.name
+
+    async def close_both_there():
+        cluster.close()  # as GatewayCluster.__del__ would, shutting the cluster down
+        g.close()  # as Gateway.__del__ would
+        await asyncio.sleep(0)
+
+    done = asyncio.run_coroutine_threadsafe(close_both_there(), g.loop.asyncio_loop)
+    done.result(timeout=20)  # a TimeoutError here is the hang
+    with _gateway_for(gw, "frank") as again:
+        deadline = time.time() + 30
+        while time.time() < deadline and name in [c.name for c in again.list_clusters()]:
+            time.sleep(0.5)
+        assert name not in [c.name for c in again.list_clusters()]
 
 
 def test_down_stops_every_cluster_and_leaves_no_process(new_facility):

@@ -16,7 +16,7 @@ import time
 import warnings
 from typing import Any
 
-from casa.cluster.gateway import gateway_client
+from casa.cluster.gateway import close_kept_connections, gateway_client
 from casa.errors import ServiceError
 from casa.services.base import ServiceContext
 
@@ -85,6 +85,7 @@ class ClusterProbe:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        close_kept_connections()
         try:
             if self.client is not None:
                 self.client.close()

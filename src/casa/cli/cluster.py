@@ -105,6 +105,9 @@ def handle_stop(args: argparse.Namespace) -> int:
         names = [c.name for c in gateway.list_clusters()] if args.all else [args.name]
         if not args.all:
             _known(gateway, args.name)
+        from casa.cluster.gateway import close_kept_connections
+
+        close_kept_connections()
         for name in names:
             gateway.stop_cluster(name)
     console.print(f"stopped {', '.join(names)}" if names else "you had no clusters")

@@ -8,11 +8,15 @@ workers receive the owner's data token from the gateway (see
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import contextlib
 import os
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from dask_gateway.auth import GatewayAuth
 
@@ -57,26 +61,55 @@ class FileTokenAuth(GatewayAuth):
             return {"Authorization": f"Bearer {f.read().strip()}"}, None
 
 
-def _idempotent_gateway_close() -> None:
-    """Make ``Gateway.close`` safe to call twice.
+def _on_own_loop(obj) -> asyncio.AbstractEventLoop | None:
+    """The running loop, if this is the (shared) event loop thread of ``obj``'s gateway."""
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    if obj.asynchronous or running is not obj.loop.asyncio_loop:
+        return None
+    return running
+
+
+def _safe_gateway_close() -> None:
+    """Make ``Gateway.close`` safe to call twice, and both closes safe on the gateway's loop.
 
     dask-gateway 2026.3 closes its client again from ``__del__``; with distributed 2025.3
     the second close asks a stopped loop for its state and prints a RuntimeError on exit.
+    And ``__del__`` (of a ``Gateway`` or a ``GatewayCluster``) runs wherever the garbage
+    collector happens to run: on the event loop thread that all gateway clients of a
+    process share, the close waited for that very loop and the process hung for good
+    (seen in the test suite, once in a few runs). There, the closing coroutine is now
+    started on the loop instead of waited for.
     """
     from dask_gateway import client
 
-    if getattr(client.Gateway.close, "_casa_idempotent", False):
+    if getattr(client.Gateway.close, "_casa_safe", False):
         return
-    original = client.Gateway.close
+    gateway_close = client.Gateway.close
+    cluster_close = client.GatewayCluster.close
 
-    def close(self):
+    def close_gateway(self):
         if getattr(self, "_casa_closed", False):
             return None
         self._casa_closed = True
-        return original(self)
+        loop = _on_own_loop(self)
+        if loop is not None:
+            loop.create_task(self._cleanup())
+            return None
+        return gateway_close(self)
 
-    close._casa_idempotent = True
-    client.Gateway.close = close
+    def close_cluster(self, shutdown=None):
+        loop = _on_own_loop(self)
+        if loop is not None and self.status != "closed":
+            loop.create_task(self._stop_internal(shutdown=shutdown))
+            return None
+        return cluster_close(self, shutdown=shutdown)
+
+    close_gateway._casa_safe = True
+    client.Gateway.close = close_gateway
+    client.GatewayCluster.close = close_cluster
 
 
 def gateway_client(ctx: ServiceContext, token: str | None = None):
@@ -85,7 +118,7 @@ def gateway_client(ctx: ServiceContext, token: str | None = None):
 
     from casa.services.issuer import request_token
 
-    _idempotent_gateway_close()
+    _safe_gateway_close()
     if token is None:
         token = request_token(ctx, kind="gateway")
     auth = CasaGatewayAuth(token)
@@ -175,13 +208,45 @@ class GatewayBackend(ComputeBackend):
 
     @contextlib.contextmanager
     def open(self, workers: int) -> Iterator[OpenBackend]:
-        """Connect to (or create) the cluster, scale it, yield a DaskExecutor on it."""
+        """Connect to (or create) the cluster, scale it, yield a DaskExecutor on it.
 
+        The connection stays open for the next run in this process (a notebook's runs
+        follow each other on one cluster): reconnecting costs about 40 ms a run here.
+        """
+        g = self.ctx.config.gateway
+        key = (self.ctx.config.host_of("gateway"), g.port, os.geteuid(), self.worker_memory)
+        conn = KEPT.take(key)
+        if conn is not None:
+            try:
+                apply_scaling(conn.cluster, self.scaling)
+            except UsageError:
+                KEPT.give_back(key, conn)
+                raise
+            except Exception:  # the cluster or the gateway went away: connect afresh
+                conn.close()
+                conn = None
+        if conn is None:
+            conn = self._connect()
         try:
-            gateway = gateway_client(self.ctx)
-        except ServiceError:
-            raise
-        with gateway:
+            try:
+                conn.client.wait_for_workers(self.scaling.wait_for, timeout=WORKER_WAIT_SECONDS)
+            except TimeoutError:
+                raise ServiceError(
+                    f"cluster {conn.cluster.name} did not get {self.scaling.wait_for} worker(s) "
+                    f"within {WORKER_WAIT_SECONDS} s; see 'casa cluster list'"
+                ) from None
+            yield on_dask_client(
+                conn.client, f"gateway:{conn.cluster.name}", conn.cluster.dashboard_link
+            )
+        finally:
+            if conn.usable():
+                KEPT.give_back(key, conn)
+            else:
+                conn.close()
+
+    def _connect(self) -> _Connection:
+        gateway = gateway_client(self.ctx)
+        try:
             try:
                 cluster = find_or_create_cluster(gateway, worker_memory=self.worker_memory)
             except OSError as e:
@@ -189,21 +254,89 @@ class GatewayBackend(ComputeBackend):
                     f"cannot reach the gateway at {gateway.address}: {e}; is the facility up "
                     "('casa status')?"
                 ) from None
-            apply_scaling(cluster, self.scaling)
-            with warnings.catch_warnings():
-                # casa and the cluster come from one pyproject (same packages), but may run on
-                # different Python patch releases (casa's venv and the users' Debian one).
-                warnings.filterwarnings("ignore", message="Mismatched versions found")
-                client = cluster.get_client(set_as_default=False)
             try:
-                try:
-                    client.wait_for_workers(self.scaling.wait_for, timeout=WORKER_WAIT_SECONDS)
-                except TimeoutError:
-                    raise ServiceError(
-                        f"cluster {cluster.name} did not get {self.scaling.wait_for} worker(s) "
-                        f"within {WORKER_WAIT_SECONDS} s; see 'casa cluster list'"
-                    ) from None
-                yield on_dask_client(client, f"gateway:{cluster.name}", cluster.dashboard_link)
-            finally:
-                client.close()
+                apply_scaling(cluster, self.scaling)
+                with warnings.catch_warnings():
+                    # casa and the cluster come from one pyproject (same packages), but may
+                    # run on different Python patch releases (casa's venv and the users'
+                    # Debian one).
+                    warnings.filterwarnings("ignore", message="Mismatched versions found")
+                    client = cluster.get_client(set_as_default=False)
+            except BaseException:
                 cluster.close(shutdown=False)
+                raise
+        except BaseException:
+            gateway.close()
+            raise
+        return _Connection(gateway, cluster, client)
+
+
+@dataclass
+class _Connection:
+    """A gateway, the caller's cluster on it and a client of the cluster."""
+
+    gateway: Any
+    cluster: Any
+    client: Any
+
+    def usable(self) -> bool:
+        """Whether the client is still connected to the cluster's scheduler."""
+        return self.client.status == "running"
+
+    def close(self) -> None:
+        """Disconnect; the cluster keeps running."""
+        for close in (self.client.close, lambda: self.cluster.close(shutdown=False)):
+            with contextlib.suppress(Exception):
+                close()
+        with contextlib.suppress(Exception):
+            self.gateway.close()
+
+
+class _KeptConnections:
+    """Connections to gateway clusters kept between runs in this process, one per key.
+
+    A run takes its connection out while it runs, so concurrent runs never share one;
+    all are closed when the process exits.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: dict[tuple, _Connection] = {}
+        atexit.register(self.close_all)
+
+    def take(self, key: tuple) -> _Connection | None:
+        """The idle connection for ``key``, if it is still connected."""
+        with self._lock:
+            conn = self._idle.pop(key, None)
+        if conn is not None and not conn.usable():
+            conn.close()
+            return None
+        return conn
+
+    def give_back(self, key: tuple, conn: _Connection) -> None:
+        """Keep ``conn`` for the next run (closed if another is kept for ``key`` already)."""
+        with self._lock:
+            other = self._idle.setdefault(key, conn)
+        if other is not conn:
+            conn.close()
+
+    def idle(self) -> list[_Connection]:
+        """The connections kept now (none of them in use)."""
+        with self._lock:
+            return list(self._idle.values())
+
+    def close_all(self) -> None:
+        """Close every idle connection."""
+        with self._lock:
+            idle, self._idle = list(self._idle.values()), {}
+        for conn in idle:
+            conn.close()
+
+
+#: This process's kept connections (:meth:`GatewayBackend.open`).
+KEPT = _KeptConnections()
+
+
+def close_kept_connections() -> None:
+    """Close the connections this process kept to gateway clusters (before stopping them)."""
+    KEPT.close_all()

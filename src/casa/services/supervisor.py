@@ -239,6 +239,11 @@ class Supervisor:
     # -- down -------------------------------------------------------------------------
     def down(self) -> list[str]:
         """Stop every service, in reverse order; return the names of those stopped."""
+        if any(service.name == "gateway" for service in self.services):
+            # This process's connections to the gateway's clusters end with it.
+            from casa.cluster.gateway import close_kept_connections
+
+            close_kept_connections()
         stopped = []
         for service in reversed(self.services):
             pid = self.running_pid(service)
