@@ -154,6 +154,24 @@ def test_port_in_use_names_port_and_service(new_facility):
     assert not any(s["running"] for s in status.values()), "a failed up must stop what it started"
 
 
+def test_port_freed_within_the_settle_time_is_used(new_facility):
+    """A port that a stopped server's last connections free a moment later is not "in use"."""
+    import threading
+
+    from casa.services.supervisor import PORT_SETTLE_SECONDS
+
+    f = new_facility()
+    supervisor = f.supervisor()
+    [cache] = [s for s in supervisor.services if s.name == "cache"]
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", f.ports["cache"]))
+    blocker.listen()
+    threading.Timer(1.0, blocker.close).start()
+    started = time.monotonic()
+    supervisor._check_port_free(cache)  # waits for the port instead of refusing it
+    assert 1.0 <= time.monotonic() - started < PORT_SETTLE_SECONDS
+
+
 def test_missing_xrootd_says_how_to_install(new_facility):
     f = new_facility("[xrootd]\nbinary = '/nonexistent/xrootd'\n")
     p = f.casa("up")

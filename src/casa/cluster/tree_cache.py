@@ -90,10 +90,14 @@ class TreeCache(WorkerPlugin):
             raise
         with self.lock:
             self.opened += 1
-            self.trees[ident] = tree
-            while len(self.trees) > self.files:
-                self._release(self.trees.popitem(last=False)[1])
-        return tree
+            kept_already = self.trees.get(ident)  # another thread was quicker
+            if kept_already is None or kept_already.file.closed:
+                self.trees[ident] = kept_already = tree
+                while len(self.trees) > self.files:
+                    self._release(self.trees.popitem(last=False)[1])
+        if kept_already is not tree:
+            kept.close()
+        return kept_already
 
     def _release(self, tree: Any) -> None:
         """Stop keeping ``tree``: its file closes once no chunk holds the tree any more."""

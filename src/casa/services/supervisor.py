@@ -24,6 +24,8 @@ from casa.services.base import Health, Service, ServiceContext
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
+#: How long a port may stay busy after a restart before it counts as taken by another program.
+PORT_SETTLE_SECONDS = 5.0
 
 
 @dataclass
@@ -163,21 +165,34 @@ class Supervisor:
 
     def _check_port_free(self, service: Service) -> None:
         for key, port in service.ports(self.ctx).items():
+            self._check_one_port(service, key, port)
+
+    def _check_one_port(self, service: Service, key: str, port: int) -> None:
+        # A server stopped a moment ago (a restart) may leave its connections to clients
+        # that still hold them closing for a short while, and those can refuse the bind
+        # too: a port still busy after PORT_SETTLE_SECONDS belongs to another program.
+        deadline = time.monotonic() + PORT_SETTLE_SECONDS
+        while True:
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
                 # As servers do: connections lingering in TIME_WAIT do not make a port busy.
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
                     s.bind(("0.0.0.0", port))
+                    return
                 except OSError as e:
-                    if e.errno == errno.EADDRINUSE:
+                    if e.errno == errno.EADDRINUSE and time.monotonic() < deadline:
+                        pass
+                    elif e.errno == errno.EADDRINUSE:
                         raise ServiceError(
                             f"port {port} for service '{service.name}' is already in use by "
                             f"another program: stop that program, or choose another port with "
                             f"'{service.name}.{key}' in casa.toml"
                         ) from None
-                    raise ServiceError(
-                        f"cannot use port {port} for '{service.name}': {e}"
-                    ) from None
+                    else:
+                        raise ServiceError(
+                            f"cannot use port {port} for '{service.name}': {e}"
+                        ) from None
+            time.sleep(0.1)
 
     def _start(self, service: Service) -> None:
         directory = self.ctx.service_dir(service.name)
