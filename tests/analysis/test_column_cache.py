@@ -2,34 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
-
-import numpy as np
 import pytest
 
 from casa.analysis.registry import load_processor
 from casa.analysis.runner import run_analysis
-from casa.cluster.base import ComputeBackend
 from casa.cluster.column_cache import clear_column_cache, column_cache_stats
-from casa.cluster.local import IterativeBackend, on_dask_client
+from casa.cluster.local import IterativeBackend
 from casa.data.files import inspect_root_file
 from casa.data.generator import generate_dataset, generate_file
+from dask_runs import ClientBackend, assert_same, two_workers, values
 
 CHUNKSIZE = 5_000
-
-
-class _ClientBackend(ComputeBackend):
-    """A backend on one long-lived cluster, as a gateway cluster is between runs."""
-
-    name = "test-dask"
-
-    def __init__(self, client):
-        self.client = client
-
-    @contextlib.contextmanager
-    def open(self, workers: int):
-        yield on_dask_client(self.client, self.name, None)
 
 
 @pytest.fixture(scope="module")
@@ -44,22 +27,8 @@ def backend():
     """Two workers, work stealing off: chunks are pinned loosely to their worker (so that a
     lost worker's chunks run elsewhere), and stealing may move a pinned chunk to an idle
     worker; without it every chunk goes back to its own worker, as these tests assert."""
-    import dask
-    from distributed import Client, LocalCluster
-
-    with (
-        dask.config.set({"distributed.scheduler.work-stealing": False}),
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            silence_logs=logging.CRITICAL,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        yield _ClientBackend(client)
+    with two_workers(**{"distributed.scheduler.work-stealing": False}) as client:
+        yield ClientBackend(client)
 
 
 def _run(query, files, backend, **kwargs):
@@ -71,17 +40,6 @@ def _run(query, files, backend, **kwargs):
     return result
 
 
-def _values(output):
-    return {name: h.values(flow=True) for name, h in output.items()}
-
-
-def _assert_same(got, want):
-    assert got.keys() == want.keys() and want
-    assert sum(v.sum() for v in want.values()) > 0
-    for name in want:
-        assert np.array_equal(got[name], want[name]), name
-
-
 def _totals(client):
     stats = column_cache_stats(client)
     assert all(s is not None for s in stats.values()), stats
@@ -91,13 +49,13 @@ def _totals(client):
 def test_repeated_query_reads_columns_from_the_cache(files, backend):
     client = backend.client
     clear_column_cache(client)
-    reference = _values(_run("dimuon", files, IterativeBackend()).output)
+    reference = values(_run("dimuon", files, IterativeBackend()).output)
 
     first = _run("dimuon", files, backend)
     after_first = _totals(client)
     assert first.extra["column_cache"] is True
     assert after_first["misses"] > 0 and after_first["columns"] > 0 and after_first["bytes"] > 0
-    _assert_same(_values(first.output), reference)
+    assert_same(values(first.output), reference)
 
     second = _run("dimuon", files, backend)
     after_second = _totals(client)
@@ -106,7 +64,7 @@ def test_repeated_query_reads_columns_from_the_cache(files, backend):
     # The same reads as the first run, each one now a hit.
     assert after_second["hits"] - after_first["hits"] == after_first["hits"] + after_first["misses"]
     assert after_second["columns"] == after_first["columns"]
-    _assert_same(_values(second.output), reference)
+    assert_same(values(second.output), reference)
 
 
 def test_queries_sharing_columns_stay_exact(files, backend):
@@ -119,10 +77,10 @@ def test_queries_sharing_columns_stay_exact(files, backend):
     after = _totals(client)
     assert after["hits"] > before["hits"]
     assert after["misses"] > before["misses"]
-    _assert_same(_values(adl5.output), _values(_run("adl5", files, IterativeBackend()).output))
+    assert_same(values(adl5.output), values(_run("adl5", files, IterativeBackend()).output))
     # adl2 (jets) shares nothing with the muon queries and must not see their columns.
     adl2 = _run("adl2", files, backend)
-    _assert_same(_values(adl2.output), _values(_run("adl2", files, IterativeBackend()).output))
+    assert_same(values(adl2.output), values(_run("adl2", files, IterativeBackend()).output))
 
 
 def test_switched_off(files, backend):
@@ -131,7 +89,7 @@ def test_switched_off(files, backend):
     result = _run("adl1", files, backend, column_cache=False)
     assert result.extra["column_cache"] is False
     assert _totals(client) == {"hits": 0, "misses": 0, "columns": 0, "bytes": 0}
-    _assert_same(_values(result.output), _values(_run("adl1", files, IterativeBackend()).output))
+    assert_same(values(result.output), values(_run("adl1", files, IterativeBackend()).output))
 
 
 def test_generated_files_name_their_content(tmp_path):

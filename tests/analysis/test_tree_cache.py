@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
-
 import numpy as np
 import pytest
 import uproot
 
 from casa.analysis.registry import load_processor
 from casa.analysis.runner import run_analysis
-from casa.cluster.base import ComputeBackend
-from casa.cluster.local import IterativeBackend, on_dask_client
+from casa.cluster.local import IterativeBackend
 from casa.cluster.tree_cache import (
     TreeCache,
     register_tree_cache,
@@ -21,21 +17,9 @@ from casa.cluster.tree_cache import (
 )
 from casa.data.files import inspect_root_file
 from casa.data.generator import generate_dataset, generate_file
+from dask_runs import ClientBackend, assert_same, two_workers, values
 
 CHUNKSIZE = 4_000
-
-
-class _ClientBackend(ComputeBackend):
-    """A backend on one long-lived cluster, as a gateway cluster is between runs."""
-
-    name = "test-dask"
-
-    def __init__(self, client):
-        self.client = client
-
-    @contextlib.contextmanager
-    def open(self, workers: int):
-        yield on_dask_client(self.client, self.name, None)
 
 
 @pytest.fixture(scope="module")
@@ -47,19 +31,7 @@ def files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client():
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            silence_logs=logging.CRITICAL,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with two_workers() as client:
         assert register_tree_cache(client)
         yield client
 
@@ -68,17 +40,6 @@ def _totals(client):
     stats = tree_cache_stats(client)
     assert all(s is not None for s in stats.values()), stats
     return {k: sum(s[k] for s in stats.values()) for k in ("trees", "opened", "hits")}
-
-
-def _values(output):
-    return {name: h.values(flow=True) for name, h in output.items()}
-
-
-def _assert_same(got, want):
-    assert got.keys() == want.keys() and want
-    assert sum(v.sum() for v in want.values()) > 0
-    for name in want:
-        assert np.array_equal(got[name], want[name]), name
 
 
 def _run(query, files, backend, **kwargs):
@@ -91,13 +52,13 @@ def _run(query, files, backend, **kwargs):
 
 
 def test_each_file_tree_is_read_once_per_worker(files, client):
-    backend = _ClientBackend(client)
+    backend = ClientBackend(client)
     reference = _run("dimuon", files, IterativeBackend())
     before = _totals(client)
     result = _run("dimuon", files, backend, column_cache=False)
     after = _totals(client)
     assert result.extra["tree_cache"] is True
-    _assert_same(_values(result.output), _values(reference.output))
+    assert_same(values(result.output), values(reference.output))
     # 10 chunks of 2 files on 2 workers: each worker reads each file's tree at most once,
     # every other chunk takes its tree from the kept file.
     opened = after["opened"] - before["opened"]
@@ -112,7 +73,7 @@ def test_each_file_tree_is_read_once_per_worker(files, client):
 
 def test_a_rewritten_file_is_read_anew(tmp_path, client):
     """Same path, new content: the kept tree is keyed by the file's UUID, not its path."""
-    backend = _ClientBackend(client)
+    backend = ClientBackend(client)
     path = tmp_path / "events.root"
     outputs = []
     for seed in (1, 2):
@@ -120,8 +81,8 @@ def test_a_rewritten_file_is_read_anew(tmp_path, client):
         info = [inspect_root_file(path, "Events")]
         kept = _run("adl2", info, backend, column_cache=False)
         fresh = _run("adl2", info, IterativeBackend())
-        _assert_same(_values(kept.output), _values(fresh.output))
-        outputs.append(_values(fresh.output))
+        assert_same(values(kept.output), values(fresh.output))
+        outputs.append(values(fresh.output))
     assert not np.array_equal(outputs[0]["jet_pt"], outputs[1]["jet_pt"])
 
 

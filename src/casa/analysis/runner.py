@@ -25,8 +25,6 @@ from coffea.processor import ProcessorABC
 
 from casa.analysis.failures import ProcessorFailed, analysis_error, restore_user_frames
 from casa.cluster.base import ComputeBackend
-from casa.cluster.tree_cache import forget as forget_tree
-from casa.cluster.tree_cache import kept_bytes, kept_bytes_since, tree_cache_options
 from casa.data.files import FileInfo
 from casa.data.sources import require_token, uproot_options_for
 from casa.errors import AnalysisError, DataError
@@ -115,8 +113,10 @@ class TrackedProcessor(ProcessorABC):
             else:
                 out = self.inner(events)
         except Exception as e:
+            from casa.cluster.tree_cache import forget
+
             # A retry of this chunk on this worker opens its file's tree afresh.
-            forget_tree(events.metadata["filename"])
+            forget(events.metadata["filename"])
             raise ProcessorFailed(f"{type(e).__name__}: {e}", traceback.format_exc()) from e
         meta = events.metadata
         n = len(events)
@@ -249,7 +249,9 @@ def run_analysis(
             )
             cachestrategy = "dask-worker"
         kept = tree_cache and opened.tree_cache
-        if kept:
+        if kept:  # only Dask backends hold the plugin: distributed is imported by then
+            from casa.cluster.tree_cache import kept_bytes, kept_bytes_since, tree_cache_options
+
             uproot_options = {**uproot_options, **tree_cache_options()}
             kept_before = kept_bytes(opened.executor.client)
         runner = coffea_processor.Runner(

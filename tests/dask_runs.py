@@ -1,0 +1,59 @@
+"""Helpers for tests that run analyses on a long-lived local Dask cluster (the worker caches)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import numpy as np
+
+from casa.cluster.base import ComputeBackend
+from casa.cluster.local import on_dask_client
+
+
+class ClientBackend(ComputeBackend):
+    """A backend on one long-lived cluster, as a gateway cluster is between runs."""
+
+    name = "test-dask"
+
+    def __init__(self, client):
+        self.client = client
+
+    @contextlib.contextmanager
+    def open(self, workers: int):
+        yield on_dask_client(self.client, self.name, None)
+
+
+@contextlib.contextmanager
+def two_workers(**config) -> Iterator:
+    """A client of a local cluster of 2 single-threaded worker processes, with ``config``."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    with (
+        dask.config.set(config),
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            silence_logs=logging.CRITICAL,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+def values(output) -> dict:
+    """Each histogram's counts, flow bins included."""
+    return {name: h.values(flow=True) for name, h in output.items()}
+
+
+def assert_same(got: dict, want: dict) -> None:
+    """The same histograms, bin for bin, and not all empty."""
+    assert got.keys() == want.keys() and want
+    assert sum(v.sum() for v in want.values()) > 0
+    for name in want:
+        assert np.array_equal(got[name], want[name]), name
