@@ -56,6 +56,11 @@ def test_repeated_query_reads_columns_from_the_cache(files, backend):
     assert first.extra["column_cache"] is True
     assert after_first["misses"] > 0 and after_first["columns"] > 0 and after_first["bytes"] > 0
     assert_same(values(first.output), reference)
+    # 8 chunks, 4 on each worker: every chunk reads the same columns, so each worker holds
+    # the same number of them (coffea's hash alone often put 5 or 6 on one worker).
+    assert first.chunks == 8
+    per_worker = [s["columns"] for s in column_cache_stats(client).values()]
+    assert len(per_worker) == 2 and per_worker[0] == per_worker[1] > 0, per_worker
 
     second = _run("dimuon", files, backend)
     after_second = _totals(client)
@@ -81,6 +86,29 @@ def test_queries_sharing_columns_stay_exact(files, backend):
     # adl2 (jets) shares nothing with the muon queries and must not see their columns.
     adl2 = _run("adl2", files, backend)
     assert_same(values(adl2.output), values(_run("adl2", files, IterativeBackend()).output))
+
+
+def _where_it_ran(item):
+    from distributed import get_worker
+
+    return get_worker().address
+
+
+def test_pinned_chunks_are_spread_evenly_and_stay_put(files, backend):
+    """However coffea's hash pins them, chunks go round robin to the workers, every run alike."""
+    from casa.analysis.runner import LooseAffinityClient, plan_chunks
+
+    client = backend.client
+    chunks = plan_chunks("cc", files, CHUNKSIZE)
+    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    placements = []
+    for _ in range(2):
+        loose = LooseAffinityClient(client, chunks)
+        # As coffea would call it if its hash had pinned every chunk to the first worker.
+        futures = loose.map(_where_it_ran, chunks, workers={workers[0]}, pure=False)
+        placements.append(client.gather(futures))
+    assert placements[0] == placements[1]
+    assert placements[0] == [workers[i % 2] for i in range(len(chunks))]
 
 
 def test_switched_off(files, backend):
