@@ -200,7 +200,16 @@ def test_killed_worker_keeps_exact_counts(gw, tmp_path):
     def slow_progress(chunks, events):
         threading.Thread(target=kill_one_worker, args=(chunks, events)).start()
 
-    result = run_analysis(load_processor("adl1"), "d", files, backend, chunksize=5_000,
+    class SlowADL1(type(load_processor("adl1"))):
+        """adl1 taking a quarter of a second a chunk, so that the run outlasts the kill
+        (24 chunks on 2 workers; with the worker caches a plain adl1 run here ends in well
+        under a second, sometimes before the killing thread has found the worker)."""
+
+        def process(self, events):
+            time.sleep(0.25)
+            return super().process(events)
+
+    result = run_analysis(SlowADL1(), "d", files, backend, chunksize=5_000,
                           on_progress=slow_progress)  # fmt: skip
     assert killed, "the test did not manage to kill a worker"
     assert result.events_per_file == {f.url: f.events for f in files}
