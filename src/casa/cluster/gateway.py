@@ -67,9 +67,18 @@ def _on_own_loop(obj) -> asyncio.AbstractEventLoop | None:
         running = asyncio.get_running_loop()
     except RuntimeError:
         return None
-    if obj.asynchronous or running is not obj.loop.asyncio_loop:
+    if obj.asynchronous or running is not _loop_of(obj):
         return None
     return running
+
+
+def _loop_of(obj) -> asyncio.AbstractEventLoop | None:
+    """The asyncio loop of ``obj``'s gateway; None once that loop has stopped (asking
+    distributed for a stopped loop raises)."""
+    try:
+        return obj.loop.asyncio_loop
+    except RuntimeError:
+        return None
 
 
 def _safe_gateway_close() -> None:
@@ -101,6 +110,8 @@ def _safe_gateway_close() -> None:
         return gateway_close(self)
 
     def close_cluster(self, shutdown=None):
+        if not self.asynchronous and _loop_of(self) is None:
+            return None  # the loop is gone: nothing is left to close through it
         loop = _on_own_loop(self)
         if loop is not None and self.status != "closed":
             loop.create_task(self._stop_internal(shutdown=shutdown))
