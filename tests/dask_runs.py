@@ -8,8 +8,12 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from casa.analysis.registry import load_processor
+from casa.analysis.runner import RunResult, run_analysis
 from casa.cluster.base import ComputeBackend
 from casa.cluster.local import on_dask_client
+from casa.data.files import FileInfo, inspect_root_file
+from casa.data.generator import generate_dataset
 
 
 class ClientBackend(ComputeBackend):
@@ -44,6 +48,22 @@ def two_workers(**config) -> Iterator:
         Client(cluster) as client,
     ):
         yield client
+
+
+def generated_files(directory, events: int, files: int, seed: int) -> list[FileInfo]:
+    """A generated dataset of ``files`` files in ``directory``, as the catalog describes them."""
+    generate_dataset(directory, events, files, seed=seed, workers=1)
+    return [inspect_root_file(p, "Events") for p in sorted(directory.glob("*.root"))]
+
+
+def run_exactly(query: str, files, backend, chunksize: int, **kwargs) -> RunResult:
+    """Run a built-in analysis on 2 workers; every event counted exactly once, none skipped."""
+    result = run_analysis(
+        load_processor(query), "d", files, backend, workers=2, chunksize=chunksize, **kwargs
+    )
+    assert result.chunks_repeated == [] and result.skipped == []
+    assert result.events == sum(f.events for f in files)
+    return result
 
 
 def values(output) -> dict:

@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import pytest
 
-from casa.analysis.registry import load_processor
-from casa.analysis.runner import run_analysis
 from casa.cluster.column_cache import clear_column_cache, column_cache_stats
 from casa.cluster.local import IterativeBackend
-from casa.data.files import inspect_root_file
-from casa.data.generator import generate_dataset, generate_file
-from dask_runs import ClientBackend, assert_same, two_workers, values
+from casa.data.generator import generate_file
+from dask_runs import (
+    ClientBackend,
+    assert_same,
+    generated_files,
+    run_exactly,
+    two_workers,
+    values,
+)
 
 CHUNKSIZE = 5_000
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("column-cache")
-    generate_dataset(d, 40_000, 2, seed=41, workers=1)
-    return [inspect_root_file(p, "Events") for p in sorted(d.glob("*.root"))]
+    return generated_files(tmp_path_factory.mktemp("column-cache"), 40_000, 2, seed=41)
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +34,7 @@ def backend():
 
 
 def _run(query, files, backend, **kwargs):
-    result = run_analysis(
-        load_processor(query), "cc", files, backend, workers=2, chunksize=CHUNKSIZE, **kwargs
-    )
-    assert result.chunks_repeated == [] and result.skipped == []
-    assert result.events == sum(f.events for f in files)
-    return result
+    return run_exactly(query, files, backend, CHUNKSIZE, **kwargs)
 
 
 def _totals(client):

@@ -6,8 +6,6 @@ import numpy as np
 import pytest
 import uproot
 
-from casa.analysis.registry import load_processor
-from casa.analysis.runner import run_analysis
 from casa.cluster.local import IterativeBackend
 from casa.cluster.tree_cache import (
     TreeCache,
@@ -16,17 +14,22 @@ from casa.cluster.tree_cache import (
     tree_cache_stats,
 )
 from casa.data.files import inspect_root_file
-from casa.data.generator import generate_dataset, generate_file
-from dask_runs import ClientBackend, assert_same, two_workers, values
+from casa.data.generator import generate_file
+from dask_runs import (
+    ClientBackend,
+    assert_same,
+    generated_files,
+    run_exactly,
+    two_workers,
+    values,
+)
 
 CHUNKSIZE = 4_000
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tree-cache")
-    generate_dataset(d, 40_000, 2, seed=43, workers=1)
-    return [inspect_root_file(p, "Events") for p in sorted(d.glob("*.root"))]
+    return generated_files(tmp_path_factory.mktemp("tree-cache"), 40_000, 2, seed=43)
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +46,7 @@ def _totals(client):
 
 
 def _run(query, files, backend, **kwargs):
-    result = run_analysis(
-        load_processor(query), "tc", files, backend, workers=2, chunksize=CHUNKSIZE, **kwargs
-    )
-    assert result.chunks_repeated == [] and result.skipped == []
-    assert result.events == sum(f.events for f in files)
-    return result
+    return run_exactly(query, files, backend, CHUNKSIZE, **kwargs)
 
 
 def test_each_file_tree_is_read_once_per_worker(files, client):
