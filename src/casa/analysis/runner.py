@@ -192,6 +192,13 @@ class LooseAffinityClient:
     def __init__(self, client: Any, chunks: Sequence = ()):
         self._client = client
         self._order = {_chunk_key(c): i for i, c in enumerate(chunks)}
+        self._workers: list[str] | None = None
+
+    def _sorted_workers(self) -> list[str]:
+        """The workers by address, asked once per run (coffea maps once per worker)."""
+        if self._workers is None:
+            self._workers = sorted(self._client.scheduler_info(n_workers=-1)["workers"])
+        return self._workers
 
     def map(self, function: Any, items: Any, *args: Any, **kwargs: Any) -> Any:
         """``Client.map``; chunks pinned to workers go to their even, loose placement."""
@@ -199,7 +206,7 @@ class LooseAffinityClient:
             return self._client.map(function, items, *args, **kwargs)
         kwargs["allow_other_workers"] = True
         items = list(items)
-        workers = sorted(self._client.scheduler_info(n_workers=-1)["workers"])
+        workers = self._sorted_workers()
         placed: dict[str, list[int]] = {}
         for i, item in enumerate(items):
             index = self._order.get(_chunk_key(item))
@@ -335,11 +342,7 @@ def run_analysis(
         per_file[filename] = per_file.get(filename, 0) + n
         if n != stop - start:
             repeated.append((filename, start, stop))
-    skipped = [
-        (c.filename, c.entrystart, c.entrystop)
-        for c in chunks
-        if (c.filename, c.entrystart, c.entrystop) not in counted
-    ]
+    skipped = [_chunk_key(c) for c in chunks if _chunk_key(c) not in counted]
     if skipped and not skip_bad_files:
         raise AnalysisError(f"{len(skipped)} chunk(s) produced no output, the first {skipped[0]}")
     if on_progress is not None:
