@@ -172,27 +172,18 @@ class Supervisor:
         # that still hold them closing for a short while, and those can refuse the bind
         # too: a port still busy after PORT_SETTLE_SECONDS belongs to another program.
         deadline = time.monotonic() + PORT_SETTLE_SECONDS
-        while True:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                # As servers do: connections lingering in TIME_WAIT do not make a port busy.
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    s.bind(("0.0.0.0", port))
-                    return
-                except OSError as e:
-                    if e.errno == errno.EADDRINUSE and time.monotonic() < deadline:
-                        pass
-                    elif e.errno == errno.EADDRINUSE:
-                        raise ServiceError(
-                            f"port {port} for service '{service.name}' is already in use by "
-                            f"another program: stop that program, or choose another port with "
-                            f"'{service.name}.{key}' in casa.toml"
-                        ) from None
-                    else:
-                        raise ServiceError(
-                            f"cannot use port {port} for '{service.name}': {e}"
-                        ) from None
+        error = _bind_error(port)
+        while error is not None and error.errno == errno.EADDRINUSE:
+            if time.monotonic() >= deadline:
+                raise ServiceError(
+                    f"port {port} for service '{service.name}' is already in use by "
+                    f"another program: stop that program, or choose another port with "
+                    f"'{service.name}.{key}' in casa.toml"
+                )
             time.sleep(0.1)
+            error = _bind_error(port)
+        if error is not None:
+            raise ServiceError(f"cannot use port {port} for '{service.name}': {error}")
 
     def _start(self, service: Service) -> None:
         directory = self.ctx.service_dir(service.name)
@@ -321,3 +312,15 @@ def _reap(pid: int) -> None:
 
 def _dead(detail: str) -> Health:
     return Health(False, detail)
+
+
+def _bind_error(port: int) -> OSError | None:
+    """Why a server could not listen on ``port`` now (None if it could)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As servers do: connections lingering in TIME_WAIT do not make a port busy.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError as e:
+            return e
+    return None
