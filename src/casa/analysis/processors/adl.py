@@ -146,13 +146,51 @@ class ADL7Processor(HistogramProcessor):
 
     def process(self, events: ak.Array) -> dict[str, hist.Hist]:
         """Fill ``sum_pt`` (jets with dR >= 0.4 to all leptons) once per event, 0 if none."""
-        jets = four_vectors(events.Jet)
-        jets = jets[jets.pt > 30]
-        leptons = light_leptons(events)
-        leptons = leptons[leptons.pt > 10]
-        isolated = ak.all(jets.metric_table(leptons) >= 0.4, axis=2)
-        sum_pt = ak.sum(jets.pt[isolated], axis=1)
+        jets = _Flat(events.Jet, min_pt=30)
+        leptons = [_Flat(events.Muon, min_pt=10), _Flat(events.Electron, min_pt=10)]
+        sum_pt = _isolated_pt_sum(jets, leptons, 0.4)
         return {"sum_pt": fill(_gev_hist("sum_pt", r"Isolated jet $\sum p_{T}$ [GeV]"), sum_pt)}
+
+
+class _Flat:
+    """The objects of a collection above ``min_pt``, as flat float64 pt, eta, phi arrays and
+    each event's count."""
+
+    def __init__(self, collection: ak.Array, min_pt: float):
+        counts = ak.to_numpy(ak.num(collection))
+        pt, eta, phi = (ak.to_numpy(ak.flatten(collection[name])) for name in ("pt", "eta", "phi"))
+        keep = pt > min_pt  # widening to float64 changes no comparison with min_pt
+        self.event = np.repeat(np.arange(len(counts)), counts)[keep]
+        self.counts = np.bincount(self.event, minlength=len(counts))
+        self.pt, self.eta, self.phi = (a[keep].astype(np.float64) for a in (pt, eta, phi))
+
+
+def _isolated_pt_sum(jets: _Flat, collections: list[_Flat], min_dr: float) -> np.ndarray:
+    """Per event, the scalar pT sum of the jets with dR >= ``min_dr`` to every object of every
+    collection.
+
+    Every jet-object pair is one entry of flat arrays indexed by numpy, instead of coffea's
+    ``metric_table`` over Lorentz-vector records of the jets and of muons and electrons
+    concatenated (and record arrays filtered by pT): a jet only has to be far from all of
+    them, so each collection is paired on its own. dR is the vector library's,
+    sqrt(rectify(dphi)^2 + deta^2) with rectify(x) = (x + pi) mod 2 pi - pi, in float64 as
+    ``four_vectors`` widens; on the bench's 4M events both give the same histogram, and the
+    query runs 2-3x faster in one process.
+    """
+    isolated = np.ones(len(jets.pt), dtype=bool)
+    for objects in collections:
+        # Pair every jet with each object of its event: pair p of jet j is object
+        # first_object[j] + (p - first_pair[j]).
+        per_jet = objects.counts[jets.event]
+        first_object = (np.cumsum(objects.counts) - objects.counts)[jets.event]
+        first_pair = np.cumsum(per_jet) - per_jet
+        jet = np.repeat(np.arange(len(jets.pt)), per_jet)
+        obj = np.arange(len(jet)) - np.repeat(first_pair - first_object, per_jet)
+        dphi = (jets.phi[jet] - objects.phi[obj] + np.pi) % (2 * np.pi) - np.pi
+        dr = np.sqrt(dphi**2 + (jets.eta[jet] - objects.eta[obj]) ** 2)
+        isolated[jet[~(dr >= min_dr)]] = False
+    weights = np.where(isolated, jets.pt, 0.0)
+    return np.bincount(jets.event, weights=weights, minlength=len(jets.counts))
 
 
 class ADL8Processor(HistogramProcessor):
