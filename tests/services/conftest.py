@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from casa.services.facility import facility_context, facility_supervisor
+from casa.services.processes import recorded_session_leaders
 
 
 def free_ports(n: int) -> list[int]:
@@ -104,13 +105,20 @@ def new_facility():
 
 
 def stop_everything(home: Path) -> None:
-    """Kill every process group a test facility recorded, whatever its casa.toml says."""
+    """Kill every process group a test facility recorded, whatever its casa.toml says: the
+    services and the gateway's schedulers and workers (sessions of their own)."""
+    groups = []
     for pid_file in home.glob("services/*/*.pid"):
         try:
             record = json.loads(pid_file.read_text())
-            pid = record["pid"] if isinstance(record, dict) else int(record)
+            groups.append(record["pid"] if isinstance(record, dict) else int(record))
+        except (ValueError, KeyError, TypeError):
+            pass
+    groups += recorded_session_leaders(home / "services" / "gateway" / "processes")
+    for pid in groups:
+        try:
             os.killpg(pid, signal.SIGKILL)
-        except (ValueError, KeyError, TypeError, ProcessLookupError, PermissionError):
+        except (ProcessLookupError, PermissionError):
             pass
     shutil.rmtree(home, ignore_errors=True)
 

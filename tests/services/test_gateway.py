@@ -302,9 +302,11 @@ def test_closing_on_the_gateways_own_loop_does_not_hang(gw):
         assert name not in [c.name for c in again.list_clusters()]
 
 
-def test_down_stops_every_cluster_and_leaves_no_process(new_facility):
+@pytest.mark.parametrize("gateway_killed", [False, True], ids=["stopped", "killed"])
+def test_down_stops_every_cluster_and_leaves_no_process(new_facility, gateway_killed):
     f = new_facility(f"[gateway]\n{LOCAL}")
-    f.supervisor().up()
+    supervisor = f.supervisor()
+    supervisor.up()
     with _gateway_for(f, "erin") as g:
         cluster = g.new_cluster(shutdown_on_close=False)
         cluster.scale(1)
@@ -313,6 +315,13 @@ def test_down_stops_every_cluster_and_leaves_no_process(new_facility):
         pids = _worker_pids(client) + [client.run_on_scheduler(os.getpid)]
         client.close()
         cluster.close(shutdown=False)
+    if gateway_killed:
+        # A crashed gateway: its own process group dies, its clusters (sessions of their
+        # own) live on until casa down finds them.
+        gateway = next(s for s in supervisor.services if s.name == "gateway")
+        os.killpg(supervisor.running_pid(gateway), signal.SIGKILL)
+        time.sleep(0.5)
+        assert all(os.path.exists(f"/proc/{pid}") for pid in pids)
     f.casa("down", check=True)
     time.sleep(1)
     for pid in pids:

@@ -25,6 +25,7 @@ import pwd
 import shutil
 import sys
 from functools import partial
+from pathlib import Path
 
 from dask_gateway_server.auth import Authenticator, User, unauthorized
 from dask_gateway_server.backends.base import PublicException
@@ -36,6 +37,8 @@ from dask_gateway_server.traitlets import MemoryLimit
 from dask_gateway_server.utils import format_bytes
 from traitlets import Integer as IntegerTrait
 from traitlets import Unicode
+
+from casa.services.processes import forget_process, record_process
 
 GIB = 1 << 30
 
@@ -158,11 +161,38 @@ class UserLimits(DBBackendBase):
         return options, config
 
 
-class CasaLocalBackend(UserLimits, UnsafeLocalBackend):
+class RecordedProcesses(LocalBackend):
+    """Records every scheduler and worker it starts in ``process_directory``.
+
+    They run in sessions of their own, outside the gateway's process group: a gateway that
+    is killed (or that ``casa down`` stops before it has stopped its clusters: it first
+    waits up to 15 s for its open connections) would leave them running. ``casa down``
+    stops the recorded ones that are still alive (``GatewayService.strays``).
+    """
+
+    process_directory = Unicode(
+        "", help="Where each started process's PID is recorded (empty: nowhere).", config=True
+    )
+
+    async def start_process(self, cluster, cmd, env, name):
+        """Start as LocalBackend does, then record the PID."""
+        pid = await super().start_process(cluster, cmd, env, name)
+        if self.process_directory:
+            record_process(Path(self.process_directory), pid)
+        return pid
+
+    async def stop_process(self, pid):
+        """Stop as LocalBackend does, then drop the record."""
+        await super().stop_process(pid)
+        if self.process_directory:
+            forget_process(Path(self.process_directory), pid)
+
+
+class CasaLocalBackend(UserLimits, RecordedProcesses, UnsafeLocalBackend):
     """Clusters as local processes of the facility's account, within casa's per-user limits."""
 
 
-class FixedLocalBackend(UserLimits, LocalBackend):
+class FixedLocalBackend(UserLimits, RecordedProcesses, LocalBackend):
     """dask-gateway's LocalBackend (each user's own account) with its working-directory bug fixed."""
 
     def setup_working_directory(self, cluster):  # pragma: no cover - needs other accounts

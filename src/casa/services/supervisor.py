@@ -21,6 +21,7 @@ from pathlib import Path
 
 from casa.errors import ServiceError
 from casa.services.base import Health, Service, ServiceContext
+from casa.services.processes import start_ticks
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
@@ -44,18 +45,6 @@ class ServiceStatus:
     def to_dict(self) -> dict:
         """JSON-ready."""
         return asdict(self)
-
-
-def _proc_start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot, or None if it is gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    fields = stat.rpartition(")")[2].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
 
 
 def _boot_time() -> float:
@@ -91,7 +80,7 @@ class Supervisor:
         record = self._read_pid(service)
         if not record:
             return None
-        ticks = _proc_start_ticks(record["pid"])
+        ticks = start_ticks(record["pid"])
         if ticks is None or ticks != record.get("start_ticks"):
             return None
         return record["pid"]
@@ -205,7 +194,7 @@ class Supervisor:
                 )
             except OSError as e:
                 raise ServiceError(f"could not start '{service.name}': {e}") from None
-        ticks = _proc_start_ticks(process.pid)
+        ticks = start_ticks(process.pid)
         record = {
             "pid": process.pid,
             "start_ticks": ticks,
@@ -269,7 +258,7 @@ class Supervisor:
             os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT
         while time.monotonic() < deadline:
-            if _proc_start_ticks(pid) is None and not _group_alive(pid):
+            if start_ticks(pid) is None and not _group_alive(pid):
                 _reap(pid)
                 return
             _reap(pid)
