@@ -122,6 +122,10 @@ def test_smoke_records_the_facility_machine_and_chart(smoke):
     assert facility["new_cluster_seconds"] > 0
     assert facility["scale_seconds"] is None  # one worker: nothing to scale
     assert facility["warm_up_seconds"] > 0
+    # Workers and the limit decompress ZLIB with ISA-L (casa.data.codecs), and say so.
+    assert facility["worker_zlib_library"] == "isal"
+    limits = [r for r in report["runs"] if r["engine"] == "limit"]
+    assert limits and all(r["zlib_library"] == "isal" for r in limits)
     assert not Path(facility["home"]).exists(), "the private facility was left behind"
     machine = report["machine"]
     assert machine["cores"] >= 1 and machine["memory_gb"] > 0

@@ -39,11 +39,12 @@ DEFAULT_CHUNKSIZE = 500_000
 def _read_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean a chunk's data could not be read (what --skip-bad-files skips)."""
     import lzma
-    import zlib
 
     from uproot.deserialization import DeserializationError
 
-    return (OSError, EOFError, zlib.error, lzma.LZMAError, DeserializationError)
+    from casa.data.codecs import CorruptZlibData
+
+    return (OSError, EOFError, CorruptZlibData, lzma.LZMAError, DeserializationError)
 
 
 READ_ERRORS = _read_errors()

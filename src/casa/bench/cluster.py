@@ -139,6 +139,13 @@ class ClusterProbe:
         self.client.run(_warm_imports)
         return time.perf_counter() - started
 
+    def zlib_libraries(self) -> str:
+        """The ZLIB libraries the workers decompress with (after a run registered casa's
+        plugins): ``isal`` where it is installed."""
+        from casa.cluster.decompression import worker_zlib_libraries
+
+        return ", ".join(sorted(set(worker_zlib_libraries(self.client).values())))
+
     def reset_peak_memory(self) -> None:
         """Start a new peak-memory window on every worker."""
         methods = set(self.client.run(_reset_peak).values())

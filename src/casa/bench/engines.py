@@ -234,5 +234,6 @@ def run_limit(query: str, paths: Sequence[str], workers: int, repetition: int) -
         "compressed_bytes": result.compressed_bytes,
         "baskets": result.baskets,
         "mb_per_second": result.mb_per_second,
+        "zlib_library": result.zlib_library,
     }
     return Measurement("limit", query, repetition, result.events, result.wall_seconds, details)

@@ -6,8 +6,9 @@ processes, without building a single array. The baskets are found from each bran
 metadata (``fBasketSeek``, ``fBasketBytes``, ``fWriteBasket``), split across the processes,
 and every process reads its baskets' bytes itself at their offsets (``os.pread``), parses
 ROOT's compression block headers and decompresses each block with the codec's library, the
-way ``uproot.compression`` does (zlib, lzma, and cramjam's lz4 and zstd; LZ4 blocks have
-their xxhash64 checksum verified, as uproot and ROOT do).
+way ``uproot.compression`` does (ZLIB with the fastest library installed, as casa's readers
+do: :func:`casa.data.codecs.use_fastest_zlib`; lzma, and cramjam's lz4 and zstd; LZ4 blocks
+have their xxhash64 checksum verified, as uproot and ROOT do).
 
 Process start-up is excluded: the pool is started and every process has imported the
 codecs before the clock starts. By default the files' basket ranges are also read once,
@@ -27,6 +28,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from casa.data.codecs import use_fastest_zlib
 from casa.errors import DataError, UsageError
 
 _MUON = ["nMuon", "Muon_pt", "Muon_eta", "Muon_phi", "Muon_mass", "Muon_charge"]
@@ -83,6 +85,8 @@ class ReadLimitResult:
     query: str = ""
     workers: int = 1
     baskets: int = 0
+    #: The library that decompressed ZLIB baskets (:func:`casa.data.codecs.use_fastest_zlib`).
+    zlib_library: str = "zlib"
 
     @property
     def events_per_second(self) -> float:
@@ -260,14 +264,16 @@ def _read_share(share: Sequence[Basket]) -> tuple[int, int]:
     return uncompressed, compressed
 
 
-def _warm(seconds: float) -> int:
-    """Import the codecs in a worker, hold it a moment so others start too; its pid."""
+def _warm(seconds: float) -> tuple[int, str]:
+    """Import the codecs in a worker, hold it a moment so others start too: its pid and the
+    ZLIB library it decompresses with (the fastest installed, as casa's readers use)."""
     import xxhash  # noqa: F401
 
+    library = use_fastest_zlib()
     if not _CODECS:
         _CODECS.update(_decompressors())
     time.sleep(seconds)
-    return os.getpid()
+    return os.getpid(), library
 
 
 def _touch(baskets: Sequence[Basket]) -> None:
@@ -310,7 +316,7 @@ def measure_read_limit(
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         # Start every process and import the codecs in each before the clock starts.
-        seen: set[int] = set()
+        seen: dict[int, str] = {}
         for _ in range(20):
             seen.update(pool.map(_warm, [0.1] * workers))
             if len(seen) >= workers:
@@ -329,4 +335,5 @@ def measure_read_limit(
         query=query,
         workers=workers,
         baskets=len(baskets),
+        zlib_library=", ".join(sorted(set(seen.values()))),
     )

@@ -253,6 +253,11 @@ def print_tables(console: Console, report: dict[str, Any]) -> None:
         value = facility.get(key)
         figures.add_row(label, "-" if value is None else f"{value:.2f}")
     console.print(figures)
+    if facility.get("worker_zlib_library"):
+        console.print(
+            f"ZLIB baskets decompressed with {facility['worker_zlib_library']} on casa's "
+            "workers and in the limit; plain coffea uses Python's zlib, as a user's script does"
+        )
 
     per_query = Table(title="per query on the facility (warm cluster)")
     for col in (

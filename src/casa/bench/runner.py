@@ -204,6 +204,7 @@ def _on_facility(
             options.queries[0], files, facility.ctx, workers, options.chunksize, probe, "warm-up", 0
         )
         figures["warm_up_seconds"] = imports + first.seconds
+        figures["worker_zlib_library"] = probe.zlib_libraries()
         log(
             f"cluster {probe.cluster.name}: ready in {figures['new_cluster_seconds']:.2f} s"
             + (

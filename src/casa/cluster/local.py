@@ -9,6 +9,7 @@ import queue as queue_module
 from collections.abc import Callable, Iterator
 
 from casa.cluster.base import ComputeBackend, OpenBackend, ProgressChannel
+from casa.data.codecs import use_fastest_zlib
 from casa.errors import UsageError
 
 
@@ -81,8 +82,9 @@ def on_dask_client(
     Shared by every Dask-based backend (local cluster, Dask Gateway, batch systems);
     ``workers`` defaults to the workers connected now. The workers get casa's column
     cache and tree cache plugins (kept across runs on a long-lived cluster; whether a run
-    uses them is the runner's choice) and glibc's allocation thresholds back
-    (:mod:`casa.cluster.allocator`).
+    uses them is the runner's choice), glibc's allocation thresholds back
+    (:mod:`casa.cluster.allocator`) and the fastest ZLIB library
+    (:mod:`casa.cluster.decompression`).
     """
     import uuid
 
@@ -90,11 +92,13 @@ def on_dask_client(
 
     from casa.cluster.allocator import register_allocator_thresholds
     from casa.cluster.column_cache import register_column_cache
+    from casa.cluster.decompression import register_fastest_zlib
     from casa.cluster.tree_cache import register_tree_cache
 
     channel = DaskQueueChannel(client, f"casa-progress-{uuid.uuid4().hex}")
     executor = processor.DaskExecutor(client=client, status=False, retries=3)
     register_allocator_thresholds(client)
+    register_fastest_zlib(client)
     caches = {
         "column_cache": register_column_cache(client),
         "tree_cache": register_tree_cache(client),
@@ -139,6 +143,7 @@ class IterativeBackend(ComputeBackend):
         """Yield coffea's IterativeExecutor (``workers`` is ignored: there is one)."""
         from coffea import processor
 
+        use_fastest_zlib()
         with _manager_channel() as channel:
             yield OpenBackend(processor.IterativeExecutor(status=False), channel, self.name, 1)
 
@@ -158,7 +163,9 @@ class FuturesBackend(ComputeBackend):
         with (
             _manager_channel() as channel,
             ProcessPoolExecutor(
-                max_workers=workers, mp_context=multiprocessing.get_context("spawn")
+                max_workers=workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=use_fastest_zlib,
             ) as pool,
         ):
             executor = processor.FuturesExecutor(pool=pool, workers=workers, status=False)

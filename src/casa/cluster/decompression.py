@@ -1,0 +1,40 @@
+"""Dask workers decompress ZLIB baskets with the fastest library installed
+(:func:`casa.data.codecs.use_fastest_zlib`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distributed import WorkerPlugin
+
+from casa.data.codecs import use_fastest_zlib
+
+
+class FastestZlib(WorkerPlugin):
+    """Worker plugin: :func:`use_fastest_zlib` in every worker, once."""
+
+    name = "casa-fastest-zlib"
+    idempotent = True
+
+    def setup(self, worker: Any) -> None:
+        """Switch the worker's ZLIB library; ``self.library`` names it."""
+        self.library = use_fastest_zlib()
+
+
+def register_fastest_zlib(client: Any) -> bool:
+    """Install the plugin on the cluster's workers (and workers that join later).
+
+    Returns False when the workers cannot load it (an older casa on the workers).
+    """
+    try:
+        client.register_plugin(FastestZlib())
+    except Exception:  # raised on the workers; the run does not need it
+        return False
+    return True
+
+
+def worker_zlib_libraries(client: Any) -> dict[str, str]:
+    """Per worker: the library uproot decompresses ZLIB with there."""
+    from casa.data.codecs import zlib_library
+
+    return client.run(zlib_library)
