@@ -42,7 +42,7 @@ def client():
 def _totals(client):
     stats = tree_cache_stats(client)
     assert all(s is not None for s in stats.values()), stats
-    return {k: sum(s[k] for s in stats.values()) for k in ("trees", "opened", "hits")}
+    return {k: sum(s[k] for s in stats.values()) for k in ("trees", "opened", "hits", "bytes")}
 
 
 def _run(query, files, backend, **kwargs):
@@ -62,7 +62,9 @@ def test_each_file_tree_is_read_once_per_worker(files, client):
     opened = after["opened"] - before["opened"]
     assert 1 <= opened <= len(files) * 2
     assert after["hits"] - before["hits"] == result.chunks - opened
-    # The baskets read through kept files are counted with the run's bytes.
+    # The baskets read through kept files are counted with the run's bytes: each chunk's
+    # own share adds up to what the workers' kept files were asked for.
+    assert result.extra["kept_bytes"] == after["bytes"] - before["bytes"] > 0
     without = _run("dimuon", files, backend, column_cache=False, tree_cache=False)
     assert without.extra["tree_cache"] is False
     assert _totals(client) == after  # switched off: the kept trees are not used

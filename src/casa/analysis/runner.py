@@ -93,12 +93,22 @@ def plan_chunks(dataset: str, files: Sequence[FileInfo], chunksize: int) -> list
     return items
 
 
+def _kept_bytes() -> int:
+    """What this thread read through the tree cache's kept files (0 where it is not used)."""
+    import sys
+
+    tree_cache = sys.modules.get("casa.cluster.tree_cache")  # imported where trees are kept
+    return tree_cache.take_thread_bytes() if tree_cache is not None else 0
+
+
 class TrackedProcessor(ProcessorABC):
     """Wraps a user's processor unchanged, recording each chunk it processes.
 
-    The output is ``{"result": <the user's output>, "chunks": {(file, start, stop): events}}``.
-    A chunk that a retry processed twice would show up as a doubled count, so callers can
-    prove that every entry was counted exactly once.
+    The output is ``{"result": <the user's output>, "chunks": {(file, start, stop): events},
+    "kept_bytes": n}``. A chunk that a retry processed twice would show up as a doubled
+    count, so callers can prove that every entry was counted exactly once. ``kept_bytes``
+    are the bytes the chunk read through a file the worker keeps open (the tree cache),
+    which coffea's metrics do not count.
     """
 
     def __init__(self, inner: Any, reporter: Callable[[int], None] | None = None):
@@ -118,13 +128,14 @@ class TrackedProcessor(ProcessorABC):
 
             # A retry of this chunk on this worker opens its file's tree afresh.
             forget(events.metadata["filename"])
+            _kept_bytes()  # not this run's: the chunk's output is gone
             raise ProcessorFailed(f"{type(e).__name__}: {e}", traceback.format_exc()) from e
         meta = events.metadata
         n = len(events)
         if self.reporter is not None:
             self.reporter(n)
         key = (meta["filename"], int(meta["entrystart"]), int(meta["entrystop"]))
-        return {"result": out, "chunks": {key: n}}
+        return {"result": out, "chunks": {key: n}, "kept_bytes": _kept_bytes()}
 
     def postprocess(self, accumulator):
         """Let the user's processor postprocess its own part of the output."""
@@ -292,10 +303,9 @@ def run_analysis(
             cachestrategy = "dask-worker"
         kept = tree_cache and opened.tree_cache
         if kept:  # only Dask backends hold the plugin: distributed is imported by then
-            from casa.cluster.tree_cache import kept_bytes, kept_bytes_since, tree_cache_options
+            from casa.cluster.tree_cache import tree_cache_options
 
             uproot_options = {**uproot_options, **tree_cache_options()}
-            kept_before = kept_bytes(opened.executor.client)
         runner = coffea_processor.Runner(
             executor=executor,
             schema=NanoAODSchema,
@@ -330,8 +340,6 @@ def run_analysis(
             error = analysis_error(outcome["error"], explain_refusal)
             error.details = restore_user_frames(error.details, processor)
             raise error from None
-        # Baskets read through the workers' kept files are not in coffea's metrics.
-        kept_read = kept_bytes_since(opened.executor.client, kept_before) if kept else 0
 
     wrapped = outcome["out"]
     out = wrapped["out"]
@@ -355,11 +363,16 @@ def run_analysis(
         chunks_repeated=repeated,
         skipped=skipped,
         wall_seconds=wall,
-        bytes_read=int(metrics.get("bytesread", 0)) + kept_read,
+        # Baskets read through the workers' kept files are not in coffea's metrics.
+        bytes_read=int(metrics.get("bytesread", 0)) + out.get("kept_bytes", 0),
         executor=opened.name,
         workers=opened.workers,
         dashboard=opened.dashboard,
-        extra={"column_cache": cachestrategy is not None, "tree_cache": kept},
+        extra={
+            "column_cache": cachestrategy is not None,
+            "tree_cache": kept,
+            "kept_bytes": out.get("kept_bytes", 0),
+        },
     )
 
 

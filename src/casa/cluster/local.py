@@ -6,7 +6,9 @@ import contextlib
 import logging
 import multiprocessing
 import queue as queue_module
+import weakref
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from casa.cluster.base import ComputeBackend, OpenBackend, ProgressChannel
 from casa.data.codecs import use_fastest_zlib
@@ -90,22 +92,35 @@ def on_dask_client(
 
     from coffea import processor
 
-    from casa.cluster.allocator import register_allocator_thresholds
-    from casa.cluster.column_cache import register_column_cache
-    from casa.cluster.decompression import register_fastest_zlib
-    from casa.cluster.tree_cache import register_tree_cache
-
     channel = DaskQueueChannel(client, f"casa-progress-{uuid.uuid4().hex}")
     executor = processor.DaskExecutor(client=client, status=False, retries=3)
-    register_allocator_thresholds(client)
-    register_fastest_zlib(client)
-    caches = {
-        "column_cache": register_column_cache(client),
-        "tree_cache": register_tree_cache(client),
-    }
+    caches = _worker_plugins(client)
     if workers is None:
         workers = len(client.scheduler_info()["workers"])
     return OpenBackend(executor, channel, name, workers, dashboard, **caches)
+
+
+#: The worker plugins each connected client has registered, and whether the caches took.
+_REGISTERED: weakref.WeakKeyDictionary[Any, dict[str, bool]] = weakref.WeakKeyDictionary()
+
+
+def _worker_plugins(client) -> dict[str, bool]:
+    """Register casa's worker plugins once per client (the scheduler keeps them, also for
+    workers that join later): a kept connection's later runs skip four round trips."""
+    registered = _REGISTERED.get(client)
+    if registered is None:
+        from casa.cluster.allocator import register_allocator_thresholds
+        from casa.cluster.column_cache import register_column_cache
+        from casa.cluster.decompression import register_fastest_zlib
+        from casa.cluster.tree_cache import register_tree_cache
+
+        register_allocator_thresholds(client)
+        register_fastest_zlib(client)
+        registered = _REGISTERED[client] = {
+            "column_cache": register_column_cache(client),
+            "tree_cache": register_tree_cache(client),
+        }
+    return registered
 
 
 @contextlib.contextmanager

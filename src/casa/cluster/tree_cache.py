@@ -83,6 +83,7 @@ class TreeCache(WorkerPlugin):
             interpretation_executor=file.interpretation_executor,
             **file.options,
         )
+        _count_in_thread(kept.source)
         try:
             tree = kept.root_directory[key.object_path]
         except BaseException:
@@ -121,6 +122,42 @@ class TreeCache(WorkerPlugin):
         with self.lock:
             trees, opened, hits = len(self.trees), self.opened, self.hits
         return {"trees": trees, "opened": opened, "hits": hits, "bytes": self.requested_bytes()}
+
+
+#: Bytes each thread requested through kept files since it last took them.
+_thread_bytes = threading.local()
+
+
+def _count_in_thread(source: Any) -> None:
+    """Make a kept file's source also count what it is asked for in the asking thread.
+
+    uproot counts a source's requested bytes for the whole file (every chunk of it that
+    reads through the kept file); a chunk's own share is what its thread asked for.
+    """
+    # What opening the file read already (its header and top directory).
+    _thread_bytes.n = getattr(_thread_bytes, "n", 0) + source.num_requested_bytes
+    chunk, chunks = source.chunk, source.chunks
+
+    def counted_chunk(start, stop):
+        _thread_bytes.n = getattr(_thread_bytes, "n", 0) + (stop - start)
+        return chunk(start, stop)
+
+    def counted_chunks(ranges, notifications):
+        _thread_bytes.n = getattr(_thread_bytes, "n", 0) + sum(b - a for a, b in ranges)
+        return chunks(ranges, notifications)
+
+    source.chunk, source.chunks = counted_chunk, counted_chunks
+
+
+def take_thread_bytes() -> int:
+    """Bytes this thread read through kept files since it last called this (then zero).
+
+    A chunk calls it once it is done: the tree it took (read once per file and worker) and
+    the baskets it read through the kept file, which coffea's metrics do not see.
+    """
+    n = getattr(_thread_bytes, "n", 0)
+    _thread_bytes.n = 0
+    return n
 
 
 def _worker_plugin() -> TreeCache | None:
@@ -178,28 +215,9 @@ def register_tree_cache(client: Any, files: int = DEFAULT_FILES) -> bool:
     return True
 
 
-def _worker_bytes(dask_worker: Any) -> int:
-    plugin = dask_worker.plugins.get(PLUGIN_NAME)
-    return plugin.requested_bytes() if isinstance(plugin, TreeCache) else 0
-
-
 def _worker_stats(dask_worker: Any) -> dict[str, int] | None:
     plugin = dask_worker.plugins.get(PLUGIN_NAME)
     return plugin.stats() if isinstance(plugin, TreeCache) else None
-
-
-def kept_bytes(client: Any) -> dict[str, int]:
-    """Bytes read through kept files so far, by worker (coffea's metrics miss them)."""
-    return client.run(_worker_bytes)
-
-
-def kept_bytes_since(client: Any, before: dict[str, int]) -> int:
-    """Bytes read through kept files on all workers since ``before`` (:func:`kept_bytes`).
-
-    A worker that joined (or restarted) since then counts from zero.
-    """
-    now = kept_bytes(client)
-    return sum(max(0, n - before.get(worker, 0)) for worker, n in now.items())
 
 
 def tree_cache_stats(client: Any) -> dict[str, dict[str, int] | None]:
