@@ -23,6 +23,8 @@ from typing import Any
 
 from distributed import WorkerPlugin
 
+from casa.cluster.base import install_worker_plugin
+
 #: ``mallopt`` parameters (glibc's malloc.h).
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -109,11 +111,7 @@ def register_allocator_thresholds(client: Any) -> bool:
 
     Returns False when the workers cannot load it (an older casa on the workers).
     """
-    try:
-        client.register_plugin(AllocatorThresholds())
-    except Exception:  # raised on the workers; the run does not need it
-        return False
-    return True
+    return install_worker_plugin(client, AllocatorThresholds())
 
 
 def allocator_thresholds_applied(client: Any) -> dict[str, bool | None]:

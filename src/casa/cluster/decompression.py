@@ -21,18 +21,6 @@ class FastestZlib(WorkerPlugin):
         self.library = use_fastest_zlib()
 
 
-def register_fastest_zlib(client: Any) -> bool:
-    """Install the plugin on the cluster's workers (and workers that join later).
-
-    Returns False when the workers cannot load it (an older casa on the workers).
-    """
-    try:
-        client.register_plugin(FastestZlib())
-    except Exception:  # raised on the workers; the run does not need it
-        return False
-    return True
-
-
 def worker_zlib_libraries(client: Any) -> dict[str, str]:
     """Per worker: the library uproot decompresses ZLIB with there."""
     from casa.data.codecs import zlib_library

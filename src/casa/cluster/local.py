@@ -10,7 +10,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from casa.cluster.base import ComputeBackend, OpenBackend, ProgressChannel
+from casa.cluster.base import ComputeBackend, OpenBackend, ProgressChannel, install_worker_plugin
 from casa.data.codecs import use_fastest_zlib
 from casa.errors import UsageError
 
@@ -111,11 +111,11 @@ def _worker_plugins(client) -> dict[str, bool]:
     if registered is None:
         from casa.cluster.allocator import register_allocator_thresholds
         from casa.cluster.column_cache import register_column_cache
-        from casa.cluster.decompression import register_fastest_zlib
+        from casa.cluster.decompression import FastestZlib
         from casa.cluster.tree_cache import register_tree_cache
 
         register_allocator_thresholds(client)
-        register_fastest_zlib(client)
+        install_worker_plugin(client, FastestZlib())
         registered = _REGISTERED[client] = {
             "column_cache": register_column_cache(client),
             "tree_cache": register_tree_cache(client),

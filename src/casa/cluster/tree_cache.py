@@ -33,6 +33,8 @@ import uproot
 import uproot.models.TTree
 from distributed import WorkerPlugin
 
+from casa.cluster.base import install_worker_plugin
+
 #: The plugin's name on a worker.
 PLUGIN_NAME = "casa-tree-cache"
 #: Files a worker keeps open.
@@ -208,11 +210,7 @@ def register_tree_cache(client: Any, files: int = DEFAULT_FILES) -> bool:
     Returns False when the workers cannot load it (another casa in the workers'
     environment): runs then read every chunk's tree as coffea does.
     """
-    try:
-        client.register_plugin(TreeCache(files))
-    except Exception:
-        return False
-    return True
+    return install_worker_plugin(client, TreeCache(files))
 
 
 def _worker_stats(dask_worker: Any) -> dict[str, int] | None:
