@@ -277,9 +277,13 @@ def test_casa_run_on_gateway_clusters_of_slurm_jobs(site: NetnsSite, stored) -> 
     cmd = [sys.executable, "-m", "casa", "run", f"{work / 'slow.py'}:SlowADL1", "--dataset", "d",
            "--cluster", "gateway", "--workers", "2", "--worker-memory", "1",
            "--chunksize", str(CHUNK), "--out", str(out), "--no-plots"]  # fmt: skip
-    env = {**site.env(), "CASA_HOME": str(site.head_home)}
-    for k in ("BEARER_TOKEN", "BEARER_TOKEN_FILE"):
-        env.pop(k, None)
+    # The client's own data token, in a file of this run (a fresh machine has none in
+    # /tmp/bt_u$UID); the workers get theirs from the gateway.
+    token_file = work / "bt"
+    token_file.write_text(site.casa("head", "token", "issue", "--print").strip() + "\n")
+    token_file.chmod(0o600)
+    env = {**site.env(), "CASA_HOME": str(site.head_home), "BEARER_TOKEN_FILE": str(token_file)}
+    env.pop("BEARER_TOKEN", None)
     log = work / "run.log"
     with open(log, "wb") as sink:
         run = subprocess.Popen(site.in_head(cmd), env=env, stdout=sink, stderr=subprocess.STDOUT)
