@@ -126,6 +126,7 @@ def test_smoke_records_the_facility_machine_and_chart(smoke):
     assert facility["worker_zlib_library"] == "isal"
     limits = [r for r in report["runs"] if r["engine"] == "limit"]
     assert limits and all(r["zlib_library"] == "isal" for r in limits)
+    assert "isal on casa's workers, isal in the limit" in " ".join(stdout.split())
     assert not Path(facility["home"]).exists(), "the private facility was left behind"
     machine = report["machine"]
     assert machine["cores"] >= 1 and machine["memory_gb"] > 0

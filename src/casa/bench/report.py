@@ -253,10 +253,13 @@ def print_tables(console: Console, report: dict[str, Any]) -> None:
         value = facility.get(key)
         figures.add_row(label, "-" if value is None else f"{value:.2f}")
     console.print(figures)
-    if facility.get("worker_zlib_library"):
+    limit_libraries = sorted({r["zlib_library"] for r in report.get("runs", [])
+                              if r["engine"] == "limit" and "zlib_library" in r})  # fmt: skip
+    if facility.get("worker_zlib_library") and limit_libraries:
         console.print(
             f"ZLIB baskets decompressed with {facility['worker_zlib_library']} on casa's "
-            "workers and in the limit; plain coffea uses Python's zlib, as a user's script does"
+            f"workers, {', '.join(limit_libraries)} in the limit; plain coffea uses Python's "
+            "zlib, as a user's script does"
         )
 
     per_query = Table(title="per query on the facility (warm cluster)")
