@@ -60,7 +60,7 @@ def test_non_root_file_names_it_and_changes_nothing(catalog, data_dir, tmp_path)
 
 
 def test_missing_tree_names_tree_and_the_trees_found(catalog, data_dir):
-    with pytest.raises(DataError, match=r"has no tree 'Runs'.*holds the trees Events"):
+    with pytest.raises(DataError, match=r"has no tree 'Runs'.*holds the TTree Events"):
         catalog.add("x", [str(data_dir / "events_0000.root")], tree="Runs")
     assert catalog.list() == []
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 import os
@@ -20,15 +21,26 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+#: The facility user who owns 'alice-sim' (a Unix account under root, removed afterwards).
+ALICE = "realice" if os.geteuid() == 0 else getpass.getuser()
+
+
 @pytest.fixture(scope="module")
 def stored(facility, tmp_path_factory):
     """A generated dataset copied into facility storage as 'sim', plus alice's own one."""
+    import subprocess
+
     d = tmp_path_factory.mktemp("store-src")
     generate_dataset(d, 40_000, 4, seed=77, workers=1)
     facility.casa("datasets", "add", "sim", d, "--store", check=True)
+    if os.geteuid() == 0:
+        facility.casa("user", "add", ALICE, "--password-stdin", input_text="alice-password",
+                      check=True)  # fmt: skip
     facility.casa("datasets", "add", "alice-sim", d / "events_0000.root", "--store",
-                  "--user", "alice", check=True)  # fmt: skip
-    return d
+                  "--user", ALICE, check=True)  # fmt: skip
+    yield d
+    if os.geteuid() == 0:
+        subprocess.run(["userdel", "-r", ALICE], capture_output=True)
 
 
 def _read_all(url: str, token: str | None) -> tuple[bool, bytes | str]:
@@ -54,7 +66,7 @@ def test_bytes_through_the_cache_equal_the_file(facility, stored):
         assert ok, data
         original = (stored / url.rsplit("/", 1)[1]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == hashlib.sha256(original).hexdigest()
-    assert all(u.startswith(f"root://127.0.0.1:{facility.ports['cache']}//store/data/sim/")
+    assert all(u.startswith(f"root://127.0.0.1:{facility.ports['cache']}//store/data/sim~/")
                for u in _urls(facility, "sim"))  # fmt: skip
 
 
@@ -112,14 +124,14 @@ def test_refusals_each_have_their_own_message(facility, stored, tmp_path):
     err = run("sim", BEARER_TOKEN=expired)
     assert "was refused" in err and "expired at" in err
     err = run("alice-sim", BEARER_TOKEN=bob)
-    assert "(for 'bob') has no scope to read /store/user/alice/alice-sim/events_0000.root" in err
+    assert f"(for 'bob') has no scope to read /store/user/{ALICE}~/alice-sim~/events_0000" in err
     err = run("sim", BEARER_TOKEN=forged)
     assert "is not signed by this facility's issuer" in err
     assert "Bearer%20" not in err, "tokens must never be printed"
 
 
 def test_owner_reads_own_area(facility, stored):
-    alice = facility.token("--user", "alice")
+    alice = facility.token("--user", ALICE)
     ok, data = _read_all(_urls(facility, "alice-sim")[0], alice)
     assert ok and data[:4] == b"root"
 
@@ -129,7 +141,7 @@ def test_second_read_is_served_from_the_cache(facility, stored):
     token = facility.token()
     url = _urls(facility, "fresh")[0]
     name = url.rsplit("/", 1)[1]
-    cached = facility.home / "cache" / "store" / "data" / "fresh" / name
+    cached = facility.home / "cache" / "store" / "data" / "fresh~" / name
     assert not cached.exists()
     assert _read_all(url, token)[0]
     assert cached.exists() and cached.with_name(name + ".cinfo").exists()
@@ -182,5 +194,5 @@ def test_issuer_gives_others_only_their_own_tokens(facility):
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
-    assert lines[0] == "storage.read:/store/data storage.read:/store/user/nobody"
+    assert lines[0] == "storage.read:/store/data storage.read:/store/user/nobody~"
     assert lines[1].startswith("REFUSED") and "nobody may get tokens for nobody only" in lines[1]

@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from casa.errors import ConfigError, DataError
+from casa.errors import ConfigError, DataError, UsageError
 
 KEY_ID = "casa-1"
 WLCG_VERSION = "1.0"
@@ -21,8 +21,13 @@ GATEWAY_SCOPES = ["compute.create", "compute.read", "compute.modify", "compute.c
 
 
 def default_scopes(user: str) -> list[str]:
-    """What a facility user may read: public data and their own area."""
-    return ["storage.read:/store/data", f"storage.read:/store/user/{user}"]
+    """What a facility user may read: public data and their own area (as storage spells it)."""
+    from casa.data.storage import close_scope
+
+    return [
+        close_scope("storage.read:/store/data"),
+        close_scope(f"storage.read:/store/user/{user}"),
+    ]
 
 
 def gateway_audience(facility_name: str) -> str:
@@ -202,25 +207,40 @@ def _read_token_file(path: Path) -> str | None:
 # -- reading claims and explaining refusals ------------------------------------------------
 
 
-def unverified_claims(token: str) -> dict:
+def unverified_claims(token: str, source: str | None = None) -> dict:
     """The claims of a token, without checking its signature (for display and diagnosis)."""
     try:
         payload = token.split(".")[1]
         payload += "=" * (-len(payload) % 4)
-        return json.loads(base64.urlsafe_b64decode(payload))
+        claims = json.loads(base64.urlsafe_b64decode(payload))
     except (IndexError, ValueError):
-        raise DataError("the bearer token found is not a JWT (three base64 parts)") from None
+        claims = None
+    if not isinstance(claims, dict):
+        where = f"the bearer token from {source}" if source else "the bearer token found"
+        raise DataError(
+            f"{where} is not a JWT (three base64 parts, the middle one a JSON object): "
+            "get a new one with 'casa token issue'"
+        ) from None
+    return claims
 
 
 def scope_covers(scope: str, path: str, action: str = "storage.read") -> bool:
-    """Whether a WLCG ``scope`` string grants ``action`` on ``path``."""
-    path = "/" + path.strip("/")
+    """Whether a WLCG ``scope`` string grants ``action`` on ``path``, decided as the installed
+    XRootD decides: the canonical path starts with the scope's canonical path. Storage spells
+    every user's and dataset's folder with a terminator (:func:`casa.data.storage.storage_path`),
+    so for the scopes casa mints this is also a match at path-component boundaries."""
+    from casa.data.storage import storage_path
+
+    try:
+        target = storage_path(path)
+    except UsageError:
+        return False
     for item in scope.split():
         name, _, prefix = item.partition(":")
         if name != action:
             continue
-        prefix = "/" + prefix.strip("/") if prefix else "/"
-        if prefix == "/" or path == prefix or path.startswith(prefix + "/"):
+        rule = "/" + "/".join(p for p in prefix.split("/") if p not in ("", "."))
+        if rule == "/" or target.startswith(rule):
             return True
     return False
 
@@ -231,36 +251,99 @@ def explain_refusal(
     *,
     issuer: str | None,
     public_key_pem: bytes | None,
+    audience: str | None = None,
     env: dict | None = None,
 ) -> str:
-    """Why a read of ``path`` with this token is refused, in words."""
-    import jwt
-
+    """Why a read of ``path`` with this token is refused, in words: the first real reason."""
     if found is None:
         return (
             f"no bearer token found (looked in {', '.join(discovery_locations(env))}); "
             "get one with 'casa token issue'"
         )
-    claims = unverified_claims(found.token)
-    exp = claims.get("exp")
-    if isinstance(exp, (int, float)) and exp < time.time():
-        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(exp))
-        return f"the token from {found.source} expired at {when}; get a new one with 'casa token issue'"
-    if public_key_pem is not None:
-        try:
-            jwt.decode(
-                found.token, public_key_pem, algorithms=["ES256"],
-                options={"verify_aud": False, "verify_exp": False},
-            )  # fmt: skip
-        except jwt.InvalidSignatureError:
-            return f"the token from {found.source} is not signed by this facility's issuer"
-        except jwt.PyJWTError as e:
-            return f"the token from {found.source} is not valid: {e}"
-    if issuer and claims.get("iss") != issuer:
-        return f"the token from {found.source} was issued by {claims.get('iss')!r}, not {issuer!r}"
+    try:
+        claims = unverified_claims(found.token, found.source)
+    except DataError as e:
+        return str(e)
+    for check in (_signature_reason, _issuer_reason, _time_reason, _audience_reason,
+                  _claims_reason):  # fmt: skip
+        reason = check(found, claims, issuer=issuer, key=public_key_pem, audience=audience)
+        if reason:
+            return reason
     if not scope_covers(str(claims.get("scope", "")), path):
         return (
             f"the token from {found.source} (for {claims.get('sub')!r}) has no scope to read {path}"
             f" (its scopes: {claims.get('scope') or 'none'})"
         )
     return f"the storage refused {path} although the token from {found.source} looks valid"
+
+
+_RENEW = "get a new one with 'casa token issue'"
+
+
+def _signature_reason(found: DiscoveredToken, claims: dict, *, key: bytes | None, **_) -> str:
+    import jwt
+
+    if key is None:
+        return ""
+    try:
+        jwt.decode(
+            found.token, key, algorithms=["ES256"],
+            options={"verify_aud": False, "verify_exp": False, "verify_nbf": False,
+                     "verify_iat": False},
+        )  # fmt: skip
+    except jwt.InvalidSignatureError:
+        return f"the token from {found.source} is not signed by this facility's issuer"
+    except jwt.PyJWTError as e:
+        return f"the token from {found.source} is not valid ({e}): {_RENEW}"
+    return ""
+
+
+def _issuer_reason(found: DiscoveredToken, claims: dict, *, issuer: str | None, **_) -> str:
+    if issuer and claims.get("iss") != issuer:
+        return f"the token from {found.source} was issued by {claims.get('iss')!r}, not {issuer!r}"
+    return ""
+
+
+def _time_reason(found: DiscoveredToken, claims: dict, **_) -> str:
+    exp, nbf, now = claims.get("exp"), claims.get("nbf"), time.time()
+    if not isinstance(exp, (int, float)) or isinstance(exp, bool):
+        return (
+            f"the token from {found.source} has no expiry ('exp' claim), and the storage "
+            f"refuses tokens without one: {_RENEW}"
+        )
+    if exp < now:
+        return f"the token from {found.source} expired at {_utc(exp)}; {_RENEW}"
+    if isinstance(nbf, (int, float)) and nbf > now + 60:
+        return f"the token from {found.source} is not valid before {_utc(nbf)}; {_RENEW}"
+    return ""
+
+
+def _audience_reason(found: DiscoveredToken, claims: dict, *, audience: str | None, **_) -> str:
+    if audience is None:
+        return ""
+    aud = claims.get("aud")
+    audiences = aud if isinstance(aud, list) else [aud]
+    if audience in audiences:
+        return ""
+    if gateway_audience(audience) in audiences:
+        return (
+            f"the token from {found.source} is a gateway token (audience "
+            f"{gateway_audience(audience)!r}), not a data token: get a data token with "
+            "'casa token issue'"
+        )
+    return (
+        f"the token from {found.source} is for the audience {aud!r}, not this facility's "
+        f"storage ({audience!r}): {_RENEW}"
+    )
+
+
+def _claims_reason(found: DiscoveredToken, claims: dict, **_) -> str:
+    missing = [c for c in ("sub", "scope") if not claims.get(c)]
+    if missing:
+        names = " and ".join(repr(c) for c in missing)
+        return f"the token from {found.source} has no {names} claim: {_RENEW}"
+    return ""
+
+
+def _utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))

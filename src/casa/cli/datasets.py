@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 from rich.table import Table
@@ -45,7 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(handler=handle_show)
 
-    rm = ds.add_parser("remove", help="forget a dataset (its files stay where they are)")
+    rm = ds.add_parser(
+        "remove",
+        help="forget a dataset and delete the files casa stored for it (other files stay)",
+    )
     rm.add_argument("name")
     rm.set_defaults(handler=handle_remove)
 
@@ -116,10 +120,76 @@ def handle_show(args: argparse.Namespace) -> int:
 
 
 def handle_remove(args: argparse.Namespace) -> int:
-    """Remove a dataset from the catalog."""
-    open_catalog(args).remove(args.name)
-    console.print(f"removed dataset {args.name} (its files were left in place)")
+    """Remove a dataset from the catalog, and from facility storage if casa stored it there."""
+    from casa.data.storage import dataset_area
+
+    catalog = open_catalog(args)
+    dataset = catalog.get(args.name)
+    area = dataset_area(dataset.name, [f.url for f in dataset.files])
+    if area is None:
+        catalog.remove(args.name)
+        console.print(f"removed dataset {args.name} (its files were left in place)")
+        return 0
+    storage, cache_disk = _facility_storage(args)
+    aside = storage.set_aside(area)
+    try:
+        catalog.remove(args.name)
+    except BaseException:
+        storage.put_back(area)
+        raise
+    if aside is None:
+        console.print(
+            f"removed dataset {args.name}; its files in {area} are not on this host: delete "
+            "them on the origin's host"
+        )
+        return 0
+    count = sum(1 for p in aside.iterdir() if p.is_file())
+    shutil.rmtree(aside)
+    shutil.rmtree(cache_disk / area.lstrip("/"), ignore_errors=True)  # the cache's copies
+    console.print(
+        f"removed dataset {args.name} and deleted its {count} file(s) from facility storage "
+        f"({area})"
+    )
     return 0
+
+
+def _facility_storage(args: argparse.Namespace):
+    """This facility's storage (owned by the XRootD account under root) and cache disk."""
+    from casa.data.storage import FacilityStorage
+    from casa.services.facility import facility_context
+
+    ctx = facility_context(args.home, args.config)
+    account = ctx.daemon_account() if ctx.as_root else None
+    storage = FacilityStorage(
+        ctx.paths.storage,
+        cache_url=ctx.config.cache_url() + "/",
+        owner=(account.pw_uid, account.pw_gid) if account else None,
+    )
+    return storage, ctx.paths.cache_disk
+
+
+def _check_storage_user(args: argparse.Namespace, ctx) -> None:
+    """UsageError unless ``--user`` names a facility user (a storage area of a real reader)."""
+    import pwd
+
+    from casa.auth.accounts import AccountStore, current_account
+    from casa.data.storage import check_storage_name
+
+    check_storage_name(args.user, "--user")
+    if AccountStore(ctx.paths.database).get(args.user) is not None:
+        return
+    if not ctx.as_root and args.user == current_account():
+        return  # without root the facility's one user is the account running it
+    if ctx.config.hub.auth == "oidc":
+        try:
+            pwd.getpwnam(args.user)
+            return  # OpenID Connect users are the Unix accounts the hub logs in
+        except KeyError:
+            pass
+    raise UsageError(
+        f"--user {args.user}: there is no facility user of that name ('casa user list' shows "
+        f"them); add one with 'casa user add {args.user}'"
+    )
 
 
 def handle_import(args: argparse.Namespace) -> int:
@@ -166,7 +236,6 @@ def _add_stored(args: argparse.Namespace, catalog: DatasetCatalog):
     """Check the files, copy them into storage, register their root:// URLs; undo on failure."""
     from casa.data.catalog import _validate_name
     from casa.data.files import expand_paths, inspect_root_file
-    from casa.data.storage import FacilityStorage
     from casa.services.facility import facility_context
 
     _validate_name(args.name)
@@ -176,13 +245,10 @@ def _add_stored(args: argparse.Namespace, catalog: DatasetCatalog):
             f"or remove it first with 'casa datasets remove {args.name}'"
         )
     ctx = facility_context(args.home, args.config)
+    if args.user is not None:
+        _check_storage_user(args, ctx)
     files = [inspect_root_file(p, args.tree) for p in expand_paths(args.paths)]
-    account = ctx.daemon_account() if ctx.as_root else None
-    storage = FacilityStorage(
-        ctx.paths.storage,
-        cache_url=ctx.config.cache_url() + "/",
-        owner=(account.pw_uid, account.pw_gid) if account else None,
-    )
+    storage, _ = _facility_storage(args)
     copied = storage.store(args.name, files, user=args.user)
     try:
         return catalog.add_files(

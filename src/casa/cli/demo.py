@@ -94,7 +94,7 @@ def _ensure_token(ctx) -> None:
 
     found = discover_token()
     if found is not None:
-        claims = unverified_claims(found.token)
+        claims = unverified_claims(found.token, found.source)
         if (
             claims.get("iss") == ctx.config.issuer_url
             and claims.get("exp", 0) > time.time() + TOKEN_MARGIN

@@ -74,7 +74,7 @@ def handle_show(args: argparse.Namespace) -> int:
             f"no bearer token found (looked in {', '.join(discovery_locations())}); "
             "get one with 'casa token issue'"
         )
-    claims = unverified_claims(found.token)
+    claims = unverified_claims(found.token, found.source)
     left = int(claims.get("exp", 0) - time.time())
     if args.json:
         console.print_json(
@@ -85,6 +85,9 @@ def handle_show(args: argparse.Namespace) -> int:
     for key in ("iss", "sub", "aud", "scope", "jti"):
         console.print(f"  {key:<6} {claims.get(key)}")
     state = f"{left // 3600} h {left % 3600 // 60} min left" if left > 0 else "[red]expired[/]"
+    if "exp" not in claims:
+        console.print("  exp    none: the storage refuses tokens that never expire")
+        return 0
     console.print(
         f"  exp    {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(claims['exp']))} ({state})"
     )

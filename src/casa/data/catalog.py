@@ -231,6 +231,17 @@ class DatasetCatalog:
             items.append((name, infos, metadata))
         return self._insert(items)
 
+    def rewrite_urls(self, rewrite: Callable[[str], str]) -> int:
+        """Replace every file URL by ``rewrite(url)`` in one transaction; how many changed."""
+        changed = 0
+        with Session(self._engine) as s, s.begin():
+            for row in s.scalars(select(_FileRow)):
+                new = rewrite(row.url)
+                if new != row.url:
+                    row.url = new
+                    changed += 1
+        return changed
+
 
 def _local_path(url: str) -> Path:
     if url.startswith("file://"):

@@ -75,18 +75,27 @@ def inspect_root_file(path: Path, tree: str) -> FileInfo:
         with uproot.open(path) as f:
             obj = f.get(tree)
             if obj is None or not hasattr(obj, "num_entries"):
-                trees = sorted(
-                    {
-                        k.split(";")[0]
-                        for k, c in f.classnames().items()
-                        if c in ("TTree", "TNtuple")
-                    }
-                )
-                hint = f"it holds the trees {', '.join(trees)}" if trees else "it holds no tree"
-                raise DataError(f"{path} has no tree {tree!r}: {hint}; choose one with --tree")
+                raise DataError(f"{path} has no tree {tree!r}: {_what_it_holds(f)}")
             events = int(obj.num_entries)
     except DataError:
         raise
     except Exception as e:  # uproot raises many kinds on a damaged file
         raise DataError(f"{path} is not a readable ROOT file: {e}") from None
     return FileInfo(url=str(path), tree=tree, events=events, bytes=path.stat().st_size)
+
+
+def _what_it_holds(f) -> str:
+    """The trees and RNTuples of an open file, as the end of a sentence with what to do."""
+    held: dict[str, list[str]] = {}
+    for key, classname in f.classnames().items():
+        kind = "RNTuple" if "RNTuple" in classname else classname
+        held.setdefault(kind, []).append(key.split(";")[0])
+    named = []
+    for kind in ("TTree", "TNtuple", "RNTuple"):
+        names = sorted(set(held.get(kind, [])))
+        if names:
+            named.append(f"the {kind}{'s' if len(names) > 1 else ''} {', '.join(names)}")
+    if named:
+        return f"it holds {' and '.join(named)}; choose one with --tree"
+    others = sorted({f"{k.split(';')[0]} ({c})" for k, c in f.classnames().items()})
+    return f"it holds no tree ({'its objects: ' + ', '.join(others) if others else 'it is empty'})"

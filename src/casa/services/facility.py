@@ -56,7 +56,8 @@ def refusal_explainer(ctx: ServiceContext):
 
     def explain(path: str) -> str:
         return explain_refusal(
-            discover_token(), path, issuer=ctx.config.issuer_url, public_key_pem=pem
-        )
+            discover_token(), path, issuer=ctx.config.issuer_url, public_key_pem=pem,
+            audience=ctx.config.facility.name,
+        )  # fmt: skip
 
     return explain

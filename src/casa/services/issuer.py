@@ -33,7 +33,8 @@ from casa.auth.tokens import (
     public_key_pem,
 )
 from casa.config import FacilityConfig, facility_paths, load_config
-from casa.errors import ServiceError
+from casa.data.storage import close_scope
+from casa.errors import ServiceError, UsageError
 from casa.services.base import Health, Service, ServiceContext, get_json
 
 SOCKET_NAME = "issuer.sock"
@@ -138,8 +139,13 @@ def _mint_for_peer(issuer: TokenIssuer, config: FacilityConfig, uid: int, reques
     kind = request.get("kind") or "data"
     if kind not in ("data", "gateway"):
         return {"error": f"unknown token kind {kind!r}: ask for 'data' or 'gateway'"}
-    defaults = default_scopes(user) if kind == "data" else GATEWAY_SCOPES
-    scopes = request.get("scopes") or defaults
+    try:
+        defaults = default_scopes(user) if kind == "data" else GATEWAY_SCOPES
+        # Every storage path as storage spells it, so that no scope reaches another name's
+        # folders (XRootD 5.5.3 matches scope paths as string prefixes).
+        scopes = [close_scope(str(s)) for s in request.get("scopes") or defaults]
+    except UsageError as e:
+        return {"error": str(e)}
     if not privileged:
         allowed = set(defaults)
         extra = [s for s in scopes if s not in allowed]

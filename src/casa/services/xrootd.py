@@ -16,6 +16,7 @@ from pathlib import Path
 from casa.auth.keycache import preload_issuer_keys
 from casa.auth.tokens import jwks_from_public_pem
 from casa.config import parse_size
+from casa.data.storage import migrate_layout, old_layout_folders
 from casa.errors import ServiceError
 from casa.services.base import Health, Service, ServiceContext, get_json
 
@@ -184,6 +185,7 @@ class OriginService(XRootDService):
         storage = ctx.paths.storage
         for sub in ("store/data", "store/user"):
             (storage / sub).mkdir(parents=True, exist_ok=True)
+        _migrate_storage_layout(ctx)
         # Only the XRootD account reads storage directly; users go through tokens.
         os.chmod(storage, 0o700)
         self._give_to_daemon(ctx, storage)
@@ -225,6 +227,8 @@ class CacheService(XRootDService):
         self._prepare_common(ctx)
         disk = ctx.paths.cache_disk
         disk.mkdir(parents=True, exist_ok=True)
+        for stale in old_layout_folders(disk):  # copies of files storage now names otherwise
+            shutil.rmtree(stale, ignore_errors=True)
         self._give_to_daemon(ctx, disk)
         c = ctx.config.cache
         run = self.working_dir(ctx)
@@ -244,6 +248,26 @@ class CacheService(XRootDService):
             f"pfc.diskusage {c.disk_low:.4f} {c.disk_high:.4f}\n"
             f"pfc.prefetch {c.prefetch}\n" + self._authorization(ctx)
         )
+
+
+def _migrate_storage_layout(ctx: ServiceContext) -> None:
+    """Storage written before casa closed its names, and the catalog's URLs into it, in the
+    layout of :func:`casa.data.storage.storage_path` (renames only: nothing is copied or lost)."""
+    from casa.data.catalog import DatasetCatalog
+
+    config = ctx.config
+    servers = (
+        *(config.cache_url(host) for host in config.cache_hosts()),
+        f"root://{config.host_of('origin')}:{config.origin.port}",
+    )
+    if not ctx.paths.database.exists():
+        migrate_layout(ctx.paths.storage, lambda rewrite: 0, servers)
+        return
+    catalog = DatasetCatalog(ctx.paths.database)
+    try:
+        migrate_layout(ctx.paths.storage, catalog.rewrite_urls, servers)
+    finally:
+        catalog.close()
 
 
 def _first_untraversable(path: Path) -> Path | None:
