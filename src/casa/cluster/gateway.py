@@ -13,6 +13,7 @@ import atexit
 import contextlib
 import os
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from casa.errors import ServiceError, UsageError
 from casa.services.base import ServiceContext
 
 WORKER_WAIT_SECONDS = 120
+#: How long a printed dashboard link stays fresh (half the gateway's ticket lifetime).
+DASHBOARD_LINK_SECONDS = 300
 
 
 #: Where a notebook server finds its gateway token (set by the hub at spawn).
@@ -246,9 +249,7 @@ class GatewayBackend(ComputeBackend):
                     f"cluster {conn.cluster.name} did not get {self.scaling.wait_for} worker(s) "
                     f"within {WORKER_WAIT_SECONDS} s; see 'casa cluster list'"
                 ) from None
-            yield on_dask_client(
-                conn.client, f"gateway:{conn.cluster.name}", conn.cluster.dashboard_link
-            )
+            yield on_dask_client(conn.client, f"gateway:{conn.cluster.name}", conn.dashboard_link())
         finally:
             if conn.usable():
                 KEPT.give_back(key, conn)
@@ -279,7 +280,7 @@ class GatewayBackend(ComputeBackend):
         except BaseException:
             gateway.close()
             raise
-        return _Connection(gateway, cluster, client)
+        return _Connection(gateway, cluster, client, linked_at=time.monotonic())
 
 
 @dataclass
@@ -289,6 +290,20 @@ class _Connection:
     gateway: Any
     cluster: Any
     client: Any
+    linked_at: float = 0.0
+
+    def dashboard_link(self) -> str | None:
+        """The cluster's dashboard link, asked again once half its ticket's time is gone.
+
+        The gateway signs each link for the cluster's owner; it opens the dashboard for
+        ``dashboard_ticket_seconds`` (see :mod:`casa.cluster.dashboard`).
+        """
+        if time.monotonic() - self.linked_at > DASHBOARD_LINK_SECONDS:
+            with contextlib.suppress(Exception):
+                report = self.gateway.get_cluster(self.cluster.name)
+                self.cluster.dashboard_link = report.dashboard_link
+            self.linked_at = time.monotonic()
+        return self.cluster.dashboard_link
 
     def usable(self) -> bool:
         """Whether the client is still connected to the cluster's scheduler."""

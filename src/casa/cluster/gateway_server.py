@@ -14,6 +14,8 @@ Loaded by the gateway process through its generated configuration
 - :class:`CasaSlurmBackend` is dask-gateway's ``SlurmBackend`` (scheduler and workers are
   Slurm jobs of the user) with casa's limits, without ``sudo``, and with the site's
   ``slurm.conf`` and network interface.
+
+Each cluster's dashboard answers its owner and admins only (:mod:`casa.cluster.dashboard`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from dask_gateway_server.utils import format_bytes
 from traitlets import Integer as IntegerTrait
 from traitlets import Unicode
 
+from casa.cluster.dashboard import DashboardAccess
 from casa.services.processes import forget_process, record_process
 
 GIB = 1 << 30
@@ -188,11 +191,11 @@ class RecordedProcesses(LocalBackend):
             forget_process(Path(self.process_directory), pid)
 
 
-class CasaLocalBackend(UserLimits, RecordedProcesses, UnsafeLocalBackend):
+class CasaLocalBackend(DashboardAccess, UserLimits, RecordedProcesses, UnsafeLocalBackend):
     """Clusters as local processes of the facility's account, within casa's per-user limits."""
 
 
-class FixedLocalBackend(UserLimits, RecordedProcesses, LocalBackend):
+class FixedLocalBackend(DashboardAccess, UserLimits, RecordedProcesses, LocalBackend):
     """dask-gateway's LocalBackend (each user's own account) with its working-directory bug fixed."""
 
     def setup_working_directory(self, cluster):  # pragma: no cover - needs other accounts
@@ -228,7 +231,7 @@ class FixedLocalBackend(UserLimits, RecordedProcesses, LocalBackend):
             os.chown(p, account.pw_uid, account.pw_gid)
 
 
-class CasaSlurmBackend(UserLimits, SlurmBackend):
+class CasaSlurmBackend(DashboardAccess, UserLimits, SlurmBackend):
     """dask-gateway's SlurmBackend: each cluster's scheduler and workers are Slurm jobs.
 
     What casa changes:

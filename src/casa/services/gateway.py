@@ -38,6 +38,7 @@ c.CasaAuthenticator.public_key_file = {public_key!r}
 c.DaskGateway.backend_class = {backend_class!r}
 c.LocalBackend.clusters_directory = {clusters!r}
 c.RecordedProcesses.process_directory = {processes!r}
+c.DashboardAccess.accounts_database = {accounts!r}
 c.ClusterConfig.scheduler_cmd = {scheduler_cmd!r}
 c.ClusterConfig.worker_cmd = {worker_cmd!r}
 c.ClusterConfig.idle_timeout = {idle_timeout}
@@ -173,6 +174,7 @@ class GatewayService(Service):
                 environment=environment,
                 clusters=str(clusters),
                 processes=str(self.process_directory(ctx)),
+                accounts=str(ctx.paths.database),
                 scheduler_cmd=str(bin_dir / "dask-scheduler"),
                 worker_cmd=str(bin_dir / "dask-worker"),
                 idle_timeout=float(g.idle_timeout),
