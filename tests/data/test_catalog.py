@@ -76,7 +76,7 @@ def test_missing_and_unreadable_paths(catalog, data_dir, tmp_path):
         catalog.add("x", [str(empty)])
     truncated = tmp_path / "truncated.root"
     truncated.write_bytes((data_dir / "events_0000.root").read_bytes()[:5000])
-    with pytest.raises(DataError, match="truncated.root is not a readable ROOT file"):
+    with pytest.raises(DataError, match="truncated.root is truncated: its ROOT header"):
         catalog.add("x", [str(truncated)])
     assert catalog.list() == []
 

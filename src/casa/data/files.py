@@ -61,7 +61,12 @@ def expand_paths(paths: list[str]) -> list[Path]:
 
 
 def inspect_root_file(path: Path, tree: str) -> FileInfo:
-    """Open ``path`` and read the number of entries of ``tree``; DataError if it cannot."""
+    """Open ``path``, check it is whole and read the number of entries of ``tree``.
+
+    DataError (one sentence naming the file) if it is not a ROOT file, lacks the tree, or is
+    truncated or damaged: every basket of the tree, every key and the streamers must lie inside
+    the file. Only metadata is read, never the baskets themselves.
+    """
     import uproot
 
     try:
@@ -71,17 +76,25 @@ def inspect_root_file(path: Path, tree: str) -> FileInfo:
         raise DataError(f"{path}: cannot read the file ({e.strerror})") from None
     if magic != ROOT_MAGIC:
         raise DataError(f"{path} is not a ROOT file (it does not start with the ROOT header)")
+    size = path.stat().st_size
     try:
         with uproot.open(path) as f:
-            obj = f.get(tree)
+            try:
+                obj = f.get(tree)
+            except Exception:
+                check_file_length(f.file, path, size)
+                raise
             if obj is None or not hasattr(obj, "num_entries"):
                 raise DataError(f"{path} has no tree {tree!r}: {_what_it_holds(f)}")
+            check_baskets_inside(obj, path, size)
+            check_file_length(f.file, path, size)
+            check_keys_and_streamers(f, path, size)
             events = int(obj.num_entries)
     except DataError:
         raise
     except Exception as e:  # uproot raises many kinds on a damaged file
         raise DataError(f"{path} is not a readable ROOT file: {e}") from None
-    return FileInfo(url=str(path), tree=tree, events=events, bytes=path.stat().st_size)
+    return FileInfo(url=str(path), tree=tree, events=events, bytes=size)
 
 
 def _what_it_holds(f) -> str:
@@ -99,3 +112,48 @@ def _what_it_holds(f) -> str:
         return f"it holds {' and '.join(named)}; choose one with --tree"
     others = sorted({f"{k.split(';')[0]} ({c})" for k, c in f.classnames().items()})
     return f"it holds no tree ({'its objects: ' + ', '.join(others) if others else 'it is empty'})"
+
+
+def check_baskets_inside(tree, path: Path, size: int) -> None:
+    """DataError naming the first basket of ``tree`` (a TTree) that ends past ``size`` bytes."""
+    if not hasattr(tree, "itervalues"):  # an RNTuple has no baskets
+        return
+    for branch in tree.itervalues(recursive=True):
+        written = int(branch.member("fWriteBasket"))
+        seeks = branch.member("fBasketSeek")[:written]
+        ends = seeks + branch.member("fBasketBytes")[:written]
+        outside = (ends > size) | (seeks <= 0)
+        if outside.any():
+            i = int(outside.argmax())
+            raise DataError(
+                f"{path} is truncated: basket {i} of branch {branch.name} ends at byte "
+                f"{int(ends[i]):,}, the file has {size:,} bytes; copy it again"
+            )
+
+
+def check_file_length(file, path: Path, size: int) -> None:
+    """DataError if the ROOT header of ``file`` says it is longer than ``size`` bytes."""
+    if file.fEND > size:
+        raise DataError(
+            f"{path} is truncated: its ROOT header says it ends at byte {file.fEND:,}, the file "
+            f"has {size:,} bytes; copy it again"
+        )
+
+
+def check_keys_and_streamers(directory, path: Path, size: int) -> None:
+    """DataError if a key of ``directory`` (recursively) or the streamers lie past ``size``."""
+    for name in directory.keys(recursive=True):
+        key = directory.key(name)
+        end = key.fSeekKey + key.fNbytes
+        if end > size:
+            raise DataError(
+                f"{path} is truncated: its key {name} ends at byte {end:,}, the file has "
+                f"{size:,} bytes; copy it again"
+            )
+    file = directory.file
+    if file.fSeekInfo + file.fNbytesInfo > size:
+        raise DataError(
+            f"{path} is truncated: its streamers end at byte {file.fSeekInfo + file.fNbytesInfo:,}"
+            f", the file has {size:,} bytes; copy it again"
+        )
+    file.streamers  # noqa: B018 - reads and parses the streamer record, raising if it is damaged
