@@ -51,8 +51,10 @@ def refusal_explainer(ctx: ServiceContext):
     """A function saying why this facility's storage refused a path to the caller's token."""
     from casa.auth.tokens import discover_token, explain_refusal
 
-    public = ctx.paths.keys / "issuer.pub.pem"
-    pem = public.read_bytes() if public.exists() else None
+    try:
+        pem = (ctx.paths.keys / "issuer.pub.pem").read_bytes()
+    except OSError:  # a user's account may not enter keys/: explain without the signature
+        pem = None
 
     def explain(path: str) -> str:
         return explain_refusal(
