@@ -77,6 +77,11 @@ def handle(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers must be at least 1 (got {args.workers})")
+    if args.chunksize is not None and args.chunksize < 1:
+        raise UsageError(
+            f"--chunksize must be at least 1 entry (got {args.chunksize}); leave it out for "
+            "the default of 500000"
+        )
     if args.adapt and args.cluster != "gateway":
         raise UsageError("--adapt works with --cluster gateway")
     if args.adapt and args.workers is not None:
@@ -118,7 +123,7 @@ def handle(args: argparse.Namespace) -> int:
             files,
             backend,
             workers=workers,
-            chunksize=args.chunksize or DEFAULT_CHUNKSIZE,
+            chunksize=DEFAULT_CHUNKSIZE if args.chunksize is None else args.chunksize,
             on_start=progress.start,
             on_progress=progress.update,
             explain_refusal=explain,

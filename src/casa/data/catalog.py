@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
+import pwd
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import ForeignKey, String, create_engine, event, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DatabaseError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from casa.config import private_database
@@ -107,9 +109,17 @@ class DatasetCatalog:
     """Named datasets in the facility's SQLite database."""
 
     def __init__(self, database: Path):
+        _check_can_open(database)
         self._engine = create_engine(private_database(database))
         event.listen(self._engine, "connect", _sqlite_pragmas)
-        _Base.metadata.create_all(self._engine)
+        try:
+            _Base.metadata.create_all(self._engine)
+        except DatabaseError as e:
+            self._engine.dispose()
+            raise DataError(
+                f"the catalog {database} cannot be opened ({e.orig}): check that it is a casa "
+                "catalog and that your account may read and write it"
+            ) from None
 
     def close(self) -> None:
         """Release the database connections."""
@@ -254,6 +264,43 @@ def _local_path(url: str) -> Path:
     if not path.exists():
         raise DataError(f"{url}: no such file")
     return path.resolve()
+
+
+def _check_can_open(database: Path) -> None:
+    """DataError in one sentence when this account may not open the catalog (or create it)."""
+    try:
+        if database.exists():
+            if not os.access(database, os.R_OK | os.W_OK):
+                raise DataError(_refused_catalog(database))
+            return
+        folder = next(p for p in [database.parent, *database.parent.parents] if p.exists())
+    except PermissionError:
+        folder = database.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DataError(
+            f"cannot create the catalog {database}: your account may not write in {folder}; "
+            "choose a facility folder of your own with --home or $CASA_HOME"
+        )
+
+
+def _refused_catalog(database: Path) -> str:
+    info = database.stat()
+    try:
+        owner = pwd.getpwuid(info.st_uid).pw_name
+    except KeyError:
+        owner = f"uid {info.st_uid}"
+    try:
+        me = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        me = f"uid {os.geteuid()}"
+    listing = database.parent / "services" / "hub" / "catalog.json"
+    see = f"; read the facility's datasets in {listing}" if os.access(listing, os.R_OK) else ""
+    return (
+        f"the catalog {database} is the facility's (owned by {owner}, mode "
+        f"{info.st_mode & 0o777:04o}) and your account {me} may not open it: ask a facility "
+        f"admin to add, change or export datasets{see}, or use a facility folder of your own "
+        "with --home or $CASA_HOME"
+    )
 
 
 def _to_dataset(row: _DatasetRow) -> Dataset:
