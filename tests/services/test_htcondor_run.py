@@ -100,7 +100,7 @@ def test_casa_run_on_htcondor_workers(new_facility, tmp_path):
     output = pickle.loads((out / "result.pkl").read_bytes())
     for key, h in reference.output.items():
         assert np.array_equal(output[key].values(flow=True), h.values(flow=True)), key
-    cached = ctx.paths.cache_disk / "store" / "data" / "d"
+    cached = ctx.paths.cache_disk / "store" / "data" / "d~"
     assert sorted(p.name for p in cached.glob("*.root")) == sorted(
         p.name for p in data.glob("*.root")
     )

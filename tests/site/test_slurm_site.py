@@ -151,7 +151,7 @@ def stored(site: NetnsSite):
     site.casa("head", "datasets", "add", "d", str(data), "--store")
     files = json.loads(site.casa("head", "datasets", "show", "d", "--json"))["files"]
     assert [f["url"] for f in files] == [
-        f"{CACHE_URL}//store/data/d/{p.name}" for p in sorted(data.glob("*.root"))
+        f"{CACHE_URL}//store/data/d~/{p.name}" for p in sorted(data.glob("*.root"))
     ]
     assert [f["events"] for f in files] == [f.events for f in local]
     return files, local, reference
@@ -226,7 +226,7 @@ def test_slurmcluster_workers_on_two_hosts_survive_a_host_stop(site: NetnsSite, 
     assert facts["env"] == [[token, CACHE_URL]]
     assert facts["stopped_before_end"], "n2 was stopped only after the run ended"
     assert facts["events_per_file"] == {f["url"]: f["events"] for f in files}
-    cached = site.cache_home / "cache" / "store" / "data" / "d"
+    cached = site.cache_home / "cache" / "store" / "data" / "d~"
     assert sorted(p.name for p in cached.glob("*.root")) == [f.url.rsplit("/", 1)[1]
                                                              for f in local]  # fmt: skip
     assert facts["chunks_repeated"] == [] and facts["skipped"] == []
@@ -337,7 +337,7 @@ def test_casa_run_on_gateway_clusters_of_slurm_jobs(site: NetnsSite, stored) -> 
     assert output.keys() == reference.output.keys()
     for key, h in reference.output.items():
         assert np.array_equal(output[key].values(flow=True), h.values(flow=True)), key
-    cached = site.cache_home / "cache" / "store" / "data" / "d"
+    cached = site.cache_home / "cache" / "store" / "data" / "d~"
     assert sorted(p.name for p in cached.glob("*.root")) == [f.url.rsplit("/", 1)[1]
                                                              for f in local]  # fmt: skip
     site.casa("head", "cluster", "stop", "--all")
