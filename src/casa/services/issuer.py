@@ -16,10 +16,9 @@ import json
 import os
 import pwd
 import socket
-import socketserver
-import struct
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -36,9 +35,12 @@ from casa.config import FacilityConfig, facility_paths, load_config
 from casa.data.storage import close_scope
 from casa.errors import ServiceError, UsageError
 from casa.services.base import Health, Service, ServiceContext, get_json
+from casa.services.issuer_socket import TokenSocketServer
 
 SOCKET_NAME = "issuer.sock"
 MAX_LIFETIME = 7 * 24 * 3600
+#: Seconds ``request_token`` waits for the issuer's answer.
+ANSWER_TIMEOUT = 10.0
 
 
 def socket_path(ctx: ServiceContext) -> Path:
@@ -90,39 +92,75 @@ def request_token(
     """Ask the running issuer for a token (for the caller, or ``user`` if allowed).
 
     ``kind`` is ``"data"`` (storage scopes) or ``"gateway"`` (Dask Gateway credentials).
+    ServiceError if the issuer is not running, refuses, or does not answer within
+    ``ANSWER_TIMEOUT`` seconds.
     """
     path = socket_path(ctx)
     request = {"user": user, "scopes": scopes, "lifetime": lifetime, "kind": kind}
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(10)
-            s.connect(str(path))
-            s.sendall(json.dumps(request).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+        data = _exchange(path, json.dumps(request).encode() + b"\n", ANSWER_TIMEOUT)
     except (FileNotFoundError, ConnectionRefusedError):
         raise ServiceError(
             "the token issuer is not running: start the facility with 'casa up'"
         ) from None
+    except TimeoutError:
+        raise ServiceError(
+            f"the token issuer did not answer within {ANSWER_TIMEOUT:g} s at {path}: see "
+            "'casa status' and the issuer's log, and restart it with 'casa up'"
+        ) from None
     except OSError as e:
         raise ServiceError(f"could not reach the token issuer at {path}: {e}") from None
-    answer = json.loads(data or b"{}")
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict) or not ("error" in answer or "token" in answer):
+        raise ServiceError(
+            f"the token issuer at {path} closed the connection without an answer: see its log "
+            "and 'casa status'"
+        )
     if "error" in answer:
         raise ServiceError(f"the issuer refused: {answer['error']}")
     return answer["token"]
 
 
+def _exchange(path: Path, request: bytes, timeout: float) -> bytes:
+    """Send one request line, read one answer line; TimeoutError past ``timeout`` in all."""
+    deadline = time.monotonic() + timeout
+    with _connect(path, deadline) as s:
+        s.sendall(request)
+        data = b""
+        while not data.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            s.settimeout(left)
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+def _connect(path: Path, deadline: float) -> socket.socket:
+    """A connection to the issuer, retried while its queue of waiting connections is full."""
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(max(deadline - time.monotonic(), 0.001))
+        try:
+            s.connect(str(path))
+            return s
+        except BlockingIOError:  # the listen queue is full (a flood): wait for room
+            s.close()
+            if time.monotonic() >= deadline:
+                raise TimeoutError from None
+            time.sleep(0.02)
+        except BaseException:
+            s.close()
+            raise
+
+
 # -- the issuer process --------------------------------------------------------------------
-
-
-def _peer_uid(conn: socket.socket) -> int:
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return uid
 
 
 def _mint_for_peer(issuer: TokenIssuer, config: FacilityConfig, uid: int, request: dict) -> dict:
@@ -173,6 +211,8 @@ def serve(home: str, config_file: str | None) -> None:
     }
 
     class HTTPHandler(BaseHTTPRequestHandler):
+        timeout = 5  # seconds without a byte before an idle connection is dropped
+
         def do_GET(self):  # noqa: N802 - http.server's naming
             routes = {
                 "/health": {"status": "ok", "issuer": config.issuer_url},
@@ -191,25 +231,13 @@ def serve(home: str, config_file: str | None) -> None:
         def log_message(self, fmt, *args):
             sys.stderr.write("issuer http: " + fmt % args + "\n")
 
-    class TokenHandler(socketserver.StreamRequestHandler):
-        def handle(self):
-            try:
-                request = json.loads(self.rfile.readline() or b"{}")
-                answer = _mint_for_peer(issuer, config, _peer_uid(self.request), request)
-            except Exception as e:  # never let one bad request stop the issuer
-                answer = {"error": f"bad request: {e}"}
-            sys.stderr.write(
-                f"issuer: uid {_peer_uid(self.request)} asked for {request.get('user')!r}: "
-                f"{'refused' if 'error' in answer else 'granted'}\n"
-            )
-            self.wfile.write(json.dumps(answer).encode() + b"\n")
-
     http = ThreadingHTTPServer((config.host_of("issuer"), config.issuer.port), HTTPHandler)
-    sock = socket_path(ctx)
-    sock.unlink(missing_ok=True)
-    unix = socketserver.ThreadingUnixStreamServer(str(sock), TokenHandler)
-    os.chmod(sock, 0o666)  # anyone may ask; SO_PEERCRED decides what they get
-    threading.Thread(target=unix.serve_forever, daemon=True).start()
+    unix = TokenSocketServer(
+        socket_path(ctx),
+        lambda uid, request: _mint_for_peer(issuer, config, uid, request),
+        privileged={0, os.geteuid()},
+    )
+    unix.start()
     sys.stderr.write(f"issuer {config.issuer_url} ready on port {config.issuer.port}\n")
     sys.stderr.flush()
     import signal
@@ -218,8 +246,7 @@ def serve(home: str, config_file: str | None) -> None:
     try:
         http.serve_forever()
     finally:
-        unix.shutdown()
-        sock.unlink(missing_ok=True)
+        unix.stop()
 
 
 def main() -> None:
