@@ -9,6 +9,7 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -218,3 +219,20 @@ def test_a_flood_from_one_account_does_not_stall_another(issuer):
     assert seen["connections"] > MAX_CONNECTIONS * 10, report  # it was a flood
     assert seen.get("errors", 0) > MAX_CONNECTIONS, report
     print(report)
+
+
+def test_a_frozen_issuer_is_one_sentence_after_the_timeout(issuer, monkeypatch):
+    from casa.errors import ServiceError
+    from casa.services import issuer as issuer_module
+
+    monkeypatch.setattr(issuer_module, "ANSWER_TIMEOUT", 1.0)
+    pid = issuer.issuer_supervisor.running_pid(IssuerService())
+    os.kill(pid, signal.SIGSTOP)  # it still accepts into the kernel's queue, but never answers
+    try:
+        started = time.monotonic()
+        with pytest.raises(ServiceError, match="the token issuer did not answer within 1 s"):
+            issuer_module.request_token(issuer.ctx())
+        assert time.monotonic() - started < 3
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert issuer_module.request_token(issuer.ctx())  # served again once it runs
