@@ -12,7 +12,7 @@ import secrets
 import sys
 from pathlib import Path
 
-from casa.services.base import ServiceContext
+from casa.services.base import PASSABLE_FOLDER, ServiceContext, write_file
 
 HUB_API_TOKEN_FILE = "hub-api-token"
 #: The JupyterHub service casa itself uses (status, tests, admin tasks).
@@ -56,11 +56,7 @@ def write_catalog_for_users(ctx: ServiceContext) -> Path:
 
     path = ctx.service_dir("hub") / "catalog.json"
     fileset = DatasetCatalog(ctx.paths.database).export_fileset()
-    tmp = path.with_name(".catalog.json.tmp")
-    tmp.write_text(json.dumps(fileset, indent=1))
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-    return path
+    return write_file(path, json.dumps(fileset, indent=1), mode=0o644)
 
 
 def configure(c, home: str, config_file: str | None = None) -> None:
@@ -72,7 +68,10 @@ def configure(c, home: str, config_file: str | None = None) -> None:
     host = ctx.config.host_of("hub")
     state = ctx.service_dir("hub")
     state.mkdir(parents=True, exist_ok=True)
-    os.chmod(state, 0o755)  # users' servers read catalog.json from here
+    os.chmod(state, PASSABLE_FOLDER)  # users' servers open catalog.json here by its name
+    database = state / "jupyterhub.sqlite"  # users, server ports, token hashes, OAuth secrets
+    if database.exists():
+        os.chmod(database, 0o600)  # also one an older casa left world-readable
 
     c.JupyterHub.bind_url = f"http://{host}:{hub.port}"
     c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{hub.api_port}"

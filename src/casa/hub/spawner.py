@@ -21,6 +21,7 @@ from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Integer, Unicode
 
 from casa.cluster.gateway import GATEWAY_TOKEN_FILE_ENV
+from casa.services.base import write_file
 
 CREDENTIALS_DIR = ".casa"
 EXAMPLES_DIR = "examples"
@@ -28,12 +29,7 @@ EXAMPLES_DIR = "examples"
 
 def write_private(path: Path, text: str, uid: int, gid: int) -> None:
     """Write ``text`` to ``path`` so that only the account ``uid`` can read it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
-    os.chown(tmp, uid, gid)
-    os.replace(tmp, path)
+    write_file(path, text + "\n", mode=0o600, owner=(uid, gid))
 
 
 class CasaSpawner(LocalProcessSpawner):

@@ -8,12 +8,13 @@ and workers talk TLS only.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 from casa.config import parse_size
 from casa.errors import ServiceError
-from casa.services.base import Health, Service, ServiceContext, get_json
+from casa.services.base import PASSABLE_FOLDER, Health, Service, ServiceContext, get_json
 from casa.services.processes import recorded_session_leaders
 
 CONFIG_TEMPLATE = """\
@@ -142,7 +143,9 @@ class GatewayService(Service):
         g = ctx.config.gateway
         directory = ctx.service_dir(self.name)
         clusters = directory / "clusters"
-        clusters.mkdir(parents=True, exist_ok=True, mode=0o711)
+        clusters.mkdir(parents=True, exist_ok=True)
+        # Each cluster's own folder in it is its user's alone (0700, made by the backend).
+        os.chmod(clusters, PASSABLE_FOLDER)
         bin_dir = cluster_env_prefix(ctx) / "bin"
         backend = gateway_backend(ctx)
         settings = ""
@@ -157,6 +160,10 @@ class GatewayService(Service):
                 python=str(bin_dir / "python"),
             )  # fmt: skip
             environment["CASA_CACHE_URL"] = ctx.config.worker_cache_url
+        else:
+            # Scratch and spill space inside the cluster's private working directory (the
+            # processes' current one), not in a /tmp folder any account could make first.
+            environment["DASK_TEMPORARY_DIRECTORY"] = "."
         max_memory = parse_size(g.max_memory_per_user)
         cores = g.max_cores_per_user
         self.config_file(ctx).write_text(

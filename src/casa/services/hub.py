@@ -73,9 +73,7 @@ class HubService(Service):
 
     def prepare(self, ctx: ServiceContext) -> None:
         """Write the configuration (the real work is in casa.hub.config.configure)."""
-        directory = ctx.service_dir(self.name)
-        directory.mkdir(parents=True, exist_ok=True)
-        os.chmod(directory, 0o755)
+        ctx.service_dir(self.name).mkdir(parents=True, exist_ok=True)
         self.config_file(ctx).write_text(
             CONFIG_TEMPLATE.format(
                 home=str(ctx.paths.home),

@@ -4,6 +4,13 @@ Each service runs as its own process group, started in the background with its o
 ``services/NAME/NAME.log`` and a PID file ``services/NAME/NAME.pid`` that records the
 process's start time, so a PID reused by another program after a crash is not mistaken
 for the service.
+
+``casa up`` and every service run with umask 077 (:data:`~casa.services.base.PRIVATE_UMASK`):
+whatever a service writes (logs, databases, generated configuration, the cache's files, Dask
+scratch space) is its own account's alone. Only what other accounts need is opened up, each
+where it is made: ``services/`` and each ``services/NAME/`` may be passed through but not
+listed, and ``NAME.pid`` is readable so that any account's ``casa status`` can report the
+services.
 """
 
 from __future__ import annotations
@@ -20,7 +27,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from casa.errors import ServiceError
-from casa.services.base import Health, Service, ServiceContext
+from casa.services.base import (
+    PASSABLE_FOLDER,
+    PRIVATE_UMASK,
+    Health,
+    Service,
+    ServiceContext,
+    private_umask,
+    write_file,
+)
 from casa.services.processes import start_ticks
 
 START_TIMEOUT = 30.0
@@ -124,6 +139,10 @@ class Supervisor:
         If a service fails to start, the services this call started are stopped again,
         so a failed ``casa up`` leaves the facility as it was.
         """
+        with private_umask():
+            return self._up(timeout)
+
+    def _up(self, timeout: float) -> dict[str, str]:
         report: dict[str, str] = {}
         started: list[Service] = []
         try:
@@ -138,6 +157,7 @@ class Supervisor:
                 self._pid_file(service).unlink(missing_ok=True)
                 service.preflight(self.ctx)
                 self._check_port_free(service)
+                self._service_dir(service)
                 service.prepare(self.ctx)
                 self._start(service)
                 started.append(service)
@@ -174,12 +194,22 @@ class Supervisor:
         if error is not None:
             raise ServiceError(f"cannot use port {port} for '{service.name}': {error}")
 
-    def _start(self, service: Service) -> None:
+    def _service_dir(self, service: Service) -> Path:
+        """``services/NAME``, which other accounts may pass through (to the PID file, the
+        issuer's socket, the users' catalog) but not list."""
         directory = self.ctx.service_dir(service.name)
         directory.mkdir(parents=True, exist_ok=True)
+        for folder in (directory.parent, directory):
+            os.chmod(folder, PASSABLE_FOLDER)
+        return directory
+
+    def _start(self, service: Service) -> None:
         log = self.log_file(service)
         env = {**os.environ, **service.environment(self.ctx)}
-        with open(log, "ab") as out:
+        # The log names users, clusters and datasets: the facility's account reads it.
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.fchmod(fd, 0o600)  # also a log left by a casa that wrote logs world-readable
+        with open(fd, "ab") as out:
             out.write(f"\n=== casa: starting {service.name} at {time.ctime()}\n".encode())
             out.flush()
             try:
@@ -191,6 +221,7 @@ class Supervisor:
                     stderr=subprocess.STDOUT,
                     env=env,
                     start_new_session=True,
+                    umask=PRIVATE_UMASK,
                 )
             except OSError as e:
                 raise ServiceError(f"could not start '{service.name}': {e}") from None
@@ -201,7 +232,8 @@ class Supervisor:
             "port": service.port(self.ctx),
             "command": service.command(self.ctx),
         }
-        self._pid_file(service).write_text(json.dumps(record) + "\n")
+        # Readable by every account, for 'casa status': a PID, a port and a command line.
+        write_file(self._pid_file(service), json.dumps(record) + "\n", mode=0o644)
         # The supervisor does not wait for its children; keep Python from warning about it.
         process.returncode = 0
 

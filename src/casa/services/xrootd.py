@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import glob
 import os
+import pwd
 import shutil
 import socket
+import stat
 import struct
 from pathlib import Path
 
@@ -108,6 +110,10 @@ class XRootDService(Service):
             str(self.config_file(ctx)),
             "-n",
             self.name,
+            # A PID file of its own: xrootd writes its environment file (PID, paths) next to
+            # it, and without one into /tmp, where every account could read it.
+            "-s",
+            str(self.working_dir(ctx) / "xrootd.pid"),
         ]
         if ctx.as_root:
             cmd += ["-R", ctx.config.xrootd.user]
@@ -126,6 +132,11 @@ class XRootDService(Service):
 
     def _token_config(self, ctx: ServiceContext) -> Path:
         return ctx.service_dir(self.name) / "scitokens.cfg"
+
+    def _generated_files(self, ctx: ServiceContext) -> list[Path]:
+        """The configuration casa writes for the daemon."""
+        directory = ctx.service_dir(self.name)
+        return [self.config_file(ctx), self._token_config(ctx), directory / "authdb"]
 
     def _authorization(self, ctx: ServiceContext) -> str:
         """Configuration lines that make every request need a valid facility token."""
@@ -146,24 +157,34 @@ class XRootDService(Service):
         )
 
     def _prepare_common(self, ctx: ServiceContext) -> None:
-        directory = ctx.service_dir(self.name)
-        directory.mkdir(parents=True, exist_ok=True, mode=0o755)
-        os.chmod(directory, 0o755)
+        ctx.service_dir(self.name).mkdir(parents=True, exist_ok=True)
         self.working_dir(ctx).mkdir(parents=True, exist_ok=True)
         jwks = issuer_jwks(ctx, self.name)
         preload_issuer_keys(self._xdg_cache(ctx), ctx.config.issuer_url, jwks)
         self._give_to_daemon(ctx, self.working_dir(ctx), self._xdg_cache(ctx))
 
     def _give_to_daemon(self, ctx: ServiceContext, *paths: Path) -> None:
-        """Under root, hand folders the daemon writes to over to its account."""
+        """Hand folders the daemon writes to over to its account, for its eyes only.
+
+        What is in them (storage, the cache's copies and ``.cinfo`` files, XRootD's admin
+        and PID files) names users and their private datasets; other accounts read data
+        through the servers, with a token. Files left by an older casa lose the permissions
+        other accounts had.
+        """
         account = ctx.daemon_account()
-        if account is None:
-            return
         for top in paths:
             for root, dirs, files in os.walk(top):
-                os.lchown(root, account.pw_uid, account.pw_gid)
+                _make_private(Path(root), account)
                 for name in dirs + files:
-                    os.lchown(os.path.join(root, name), account.pw_uid, account.pw_gid)
+                    _make_private(Path(root) / name, account)
+
+    def _let_daemon_read(self, ctx: ServiceContext, *files: Path) -> None:
+        """Generated configuration: written by the facility's account, read by the daemon's."""
+        account = ctx.daemon_account()
+        for path in files:
+            if account is not None:
+                os.chown(path, 0, account.pw_gid)
+            os.chmod(path, 0o640 if account is not None else 0o600)
 
     def health(self, ctx: ServiceContext) -> Health:
         """An XRootD protocol handshake: the server must answer as a data server."""
@@ -199,6 +220,7 @@ class OriginService(XRootDService):
             f"all.adminpath {run}\n"
             f"all.pidpath {run}\n" + self._authorization(ctx)
         )
+        self._let_daemon_read(ctx, *self._generated_files(ctx))
 
 
 class CacheService(XRootDService):
@@ -248,6 +270,7 @@ class CacheService(XRootDService):
             f"pfc.diskusage {c.disk_low:.4f} {c.disk_high:.4f}\n"
             f"pfc.prefetch {c.prefetch}\n" + self._authorization(ctx)
         )
+        self._let_daemon_read(ctx, *self._generated_files(ctx))
 
 
 def _migrate_storage_layout(ctx: ServiceContext) -> None:
@@ -268,6 +291,15 @@ def _migrate_storage_layout(ctx: ServiceContext) -> None:
         migrate_layout(ctx.paths.storage, catalog.rewrite_urls, servers)
     finally:
         catalog.close()
+
+
+def _make_private(path: Path, account: pwd.struct_passwd | None) -> None:
+    """``path`` owned by ``account`` (if given) and closed to group and others."""
+    info = path.lstat()
+    if account is not None and (info.st_uid, info.st_gid) != (account.pw_uid, account.pw_gid):
+        os.lchown(path, account.pw_uid, account.pw_gid)
+    if not stat.S_ISLNK(info.st_mode) and info.st_mode & 0o077:
+        os.chmod(path, stat.S_IMODE(info.st_mode) & 0o700)
 
 
 def _first_untraversable(path: Path) -> Path | None:
