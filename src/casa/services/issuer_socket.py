@@ -110,7 +110,7 @@ class BoundedLog:
         start, lines, dropped = self._window.get(uid, (now, 0, 0))
         if now - start >= LOG_WINDOW:
             if dropped:
-                self._line(f"{account_name(uid)}: {dropped} more refusal(s) not logged")
+                self._line(f"{account_name(uid)}: {dropped} more line(s) not logged")
             start, lines, dropped = now, 0, 0
         if lines < LOG_LINES_PER_WINDOW:
             self._line(text)
