@@ -468,7 +468,10 @@ def test_nothing_of_the_facility_is_readable_that_is_not_meant_to_be(
         site.home / "casa.toml": "the configuration: no secrets, every user's casa reads it",
         site.home / "keys" / "issuer.pub.pem": "the issuer's public key",
         site.home / "services" / "issuer" / "issuer.sock": "anyone may ask for their own token",
+        site.home / "services" / "hub" / "catalog.json": "the public datasets, for notebooks",
     }
+    # PIDs and start times, which ps shows anyone anyway: users' 'casa status' reads them.
+    public.update({pid: "a service's PID" for pid in site.home.glob("services/*/*.pid")})
     victim_home = Path(os.path.expanduser(f"~{VICTIM}"))
     # Every path, found as root: an attacker guesses names even where it cannot list them.
     paths = [site.home, victim_home]
