@@ -40,7 +40,7 @@ USER_ENV = Path("/opt/casa-user-env/bin")
 PUBLIC_FILES = {
     "casa.toml": "written by the admin; users' casa commands read it",
     "services/issuer/issuer.sock": "anyone may ask for their own token",
-    "services/hub/catalog.json": "the catalog notebooks read",
+    "services/hub/catalog.json": "the public datasets, for notebooks",
 }
 #: Folders any account may pass through (but not list) to reach the files above.
 PASSABLE = {"", "services", "services/gateway/clusters"}
@@ -94,12 +94,14 @@ def used(tmp_path_factory):
         data = tmp_path_factory.mktemp("file-modes-data")
         generate_dataset(data, 20_000, 1, seed=13, workers=1)
         f.casa("datasets", "add", "fmabs", data, "--store", "--user", "fmab", check=True)
+        f.casa("datasets", "add", "fmpub", data, "--store", check=True)
         up = f.casa("up")
         assert up.returncode == 0, up.stdout + up.stderr
         for name in USERS:
             _use_the_facility(f, name, data / "events_0000.root")
         f.admin = HubAdmin(f"http://127.0.0.1:{f.ports['hub']}", hub_api_token(f.ctx()))
-        f.admin.spawn("fma")
+        for name in USERS:
+            f.admin.spawn(name)
         yield f
     finally:
         f.casa("down")
@@ -219,6 +221,17 @@ def test_no_account_reads_what_the_services_wrote_for_another(used):
     assert {p.stat().st_uid for p in in_clusters} == {pwd.getpwnam(n).pw_uid for n in USERS}, (
         "each user's cluster keeps its scratch space in its own working directory"
     )
+
+
+def test_private_datasets_are_listed_for_their_owner_only(used):
+    public = json.loads((used.home / "services" / "hub" / "catalog.json").read_text())
+    assert set(public) == {"fmpub"}, "the catalog every account reads names a private dataset"
+    for name, expected in (("fma", {"fmpub"}), ("fmab", {"fmpub", "fmabs"})):
+        account = pwd.getpwnam(name)
+        own = Path(account.pw_dir) / ".casa" / "catalog.json"
+        assert set(json.loads(own.read_text())) == expected, name
+        info = own.stat()
+        assert (info.st_uid, info.st_mode & 0o777) == (account.pw_uid, 0o600), name
 
 
 def test_service_folders_can_be_passed_but_not_listed(used):

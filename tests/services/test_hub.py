@@ -118,17 +118,20 @@ def test_login_spawn_and_analysis_in_the_users_kernel(hub, tmp_path):
         assert "WORKERS 2" in result["stdout"]
         assert "RUN AS ['tcalice']" in result["stdout"], "workers must run as the user's account"
 
-        # alice's kernel cannot read bob's area.
+        # alice's catalog does not list bob's dataset, and her kernel cannot read it.
+        shown = json.loads(hub.casa("datasets", "show", "bobs", "--json", check=True).stdout)
         refused = kernel.execute(
             "import json, os, uproot\n"
             "from casa import datasets, uproot_options\n"
-            "url = list(datasets()['bobs']['files'])[0]\n"
+            "print('LISTED', sorted(datasets()))\n"
+            f"url = {shown['files'][0]['url']!r}\n"
             "try:\n"
             "    uproot.open(url, **uproot_options())\n"
             "    print('READ')\n"
             "except Exception as e:\n"
             "    print('REFUSED', e)"
         )
+        assert "LISTED ['demo']" in refused["stdout"], refused
         assert "REFUSED" in refused["stdout"] and "[3010]" in refused["stdout"]
         assert "Bearer%20" not in refused["stdout"], "tokens must not appear in error messages"
     finally:

@@ -50,13 +50,38 @@ def hub_api_token(ctx: ServiceContext) -> str:
     return secret_file(ctx, HUB_API_TOKEN_FILE).read_text().strip()
 
 
-def write_catalog_for_users(ctx: ServiceContext) -> Path:
-    """The dataset catalog as a world-readable coffea fileset (the database holds secrets)."""
+def dataset_owners(entry: dict) -> set[str]:
+    """The users whose private areas (``/store/user/NAME~/``) hold a fileset entry's files."""
+    from casa.data.storage import NAME_END, path_of_url
+
+    owners = set()
+    for url in entry.get("files", {}):
+        parts = (path_of_url(url) or "").strip("/").split("/")
+        if len(parts) > 2 and parts[:2] == ["store", "user"]:
+            owners.add(parts[2].removesuffix(NAME_END))
+    return owners
+
+
+def catalog_for(ctx: ServiceContext, user: str | None = None) -> dict:
+    """The catalog as a coffea fileset: the public datasets, and ``user``'s private ones."""
     from casa.data.catalog import DatasetCatalog
 
+    catalog = DatasetCatalog(ctx.paths.database)
+    try:
+        fileset = catalog.export_fileset()
+    finally:
+        catalog.close()
+    return {name: entry for name, entry in fileset.items() if dataset_owners(entry) <= {user}}
+
+
+def write_catalog_for_users(ctx: ServiceContext) -> Path:
+    """The public datasets as a world-readable coffea fileset (the database holds secrets).
+
+    A user's private datasets are not in it: their names and files are for that user only,
+    whose notebook server gets its own catalog (see :mod:`casa.hub.spawner`).
+    """
     path = ctx.service_dir("hub") / "catalog.json"
-    fileset = DatasetCatalog(ctx.paths.database).export_fileset()
-    return write_file(path, json.dumps(fileset, indent=1), mode=0o644)
+    return write_file(path, json.dumps(catalog_for(ctx), indent=1), mode=0o644)
 
 
 def configure(c, home: str, config_file: str | None = None) -> None:

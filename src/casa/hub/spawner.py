@@ -1,10 +1,12 @@
 """Each user's JupyterLab, run under their own Unix account, with credentials minted at spawn.
 
 Before the server starts, the hub (which may ask the issuer for any user) mints the user's
-data token and gateway token and writes them into ``~/.casa/`` (folder 0700, files 0600,
-owned by the user). The server's environment points WLCG discovery and Dask Gateway at
-them, so ``casa.connect()``, ``dask_gateway.Gateway()`` and ``root://`` reads just work.
-The tokens are renewed in place well before they expire, for as long as the server runs.
+data token and gateway token and writes them, with the catalog of the datasets the user may
+read, into ``~/.casa/`` (folder 0700, files 0600, owned by the user). The server's
+environment points WLCG discovery, Dask Gateway and ``casa.datasets()`` at them, so
+``casa.connect()``, ``dask_gateway.Gateway()`` and ``root://`` reads just work. The tokens
+(and the catalog) are renewed in place well before they expire, for as long as the server
+runs.
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Integer, Unicode
 
 from casa.cluster.gateway import GATEWAY_TOKEN_FILE_ENV
+from casa.hub.config import catalog_for
 from casa.services.base import write_file
 
 CREDENTIALS_DIR = ".casa"
+#: In ``~/.casa/``: the datasets this user may read (the public ones and their own).
+CATALOG_FILE = "catalog.json"
 EXAMPLES_DIR = "examples"
 
 
@@ -71,6 +76,9 @@ class CasaSpawner(LocalProcessSpawner):
         gateway = request_token(ctx, user=self.user.name, kind="gateway")
         write_private(folder / "bearer_token", data, account.pw_uid, account.pw_gid)
         write_private(folder / "gateway_token", gateway, account.pw_uid, account.pw_gid)
+        # The public datasets and the user's own, brought up to date with each renewal.
+        catalog = json.dumps(catalog_for(ctx, self.user.name), indent=1)
+        write_private(folder / CATALOG_FILE, catalog, account.pw_uid, account.pw_gid)
         return {"data": str(folder / "bearer_token"), "gateway": str(folder / "gateway_token")}
 
     def _copy_examples(self) -> None:
@@ -122,7 +130,7 @@ class CasaSpawner(LocalProcessSpawner):
                 "DASK_GATEWAY__AUTH__TYPE": "casa.cluster.gateway.FileTokenAuth",
                 "DASK_LABEXTENSION__FACTORY__MODULE": "dask_gateway",
                 "DASK_LABEXTENSION__FACTORY__CLASS": "GatewayCluster",
-                "CASA_CATALOG": str(ctx.service_dir("hub") / "catalog.json"),
+                "CASA_CATALOG": str(folder / CATALOG_FILE),
             }
         )
         return env
