@@ -145,7 +145,7 @@ class IssuerSection:
 
     port: int = field(default=21096, metadata={"check": _port, "help": "a TCP port, 1-65535"})
     token_lifetime: int = field(
-        default=12 * 3600, metadata={"help": "seconds a user token lives, at least 60"}
+        default=12 * 3600, metadata={"help": "seconds a user token lives, at least 30"}
     )
 
 
@@ -174,11 +174,16 @@ class GatewaySection:
         default=2, metadata={"check": lambda v: v >= 1, "help": "a whole number, at least 1"}
     )
     max_cores_per_user: int = field(
-        default=0, metadata={"check": lambda v: v >= 0, "help": "cores in all (0: no limit)"}
-    )
+        default=0,
+        metadata={"check": lambda v: v >= 0,
+                  "help": "cores of all of a user's workers together (0: the cores of the "
+                          "hosts that run workers)"},
+    )  # fmt: skip
     max_memory_per_user: str = field(
-        default="0", metadata={"help": "memory in all, such as 16g (0: no limit)"}
-    )
+        default="0",
+        metadata={"help": "memory of all of a user's workers together, such as 16g (0: the "
+                          "memory of the hosts that run workers)"},
+    )  # fmt: skip
     max_worker_cores: int = field(
         default=4, metadata={"check": lambda v: v >= 1, "help": "a whole number, at least 1"}
     )
@@ -456,6 +461,9 @@ class FacilityConfig:
         }
 
 
+#: The shortest ``issuer.token_lifetime``: renewals (a third of it apart) need some seconds.
+MIN_TOKEN_LIFETIME = 30
+
 _SIZE_SUFFIX = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -540,8 +548,8 @@ def _validate(config: FacilityConfig, errors: list[str]) -> None:
             parse_size(value)
         except ValueError:
             errors.append(f"gateway.{key} = {value!r} is not a size such as 8g")
-    if config.issuer.token_lifetime < 60:
-        errors.append("issuer.token_lifetime must be at least 60 seconds")
+    if config.issuer.token_lifetime < MIN_TOKEN_LIFETIME:
+        errors.append(f"issuer.token_lifetime must be at least {MIN_TOKEN_LIFETIME} seconds")
     seen: dict[int, str] = {}
     for service, port in config.ports().items():
         if port in seen:

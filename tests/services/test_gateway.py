@@ -150,10 +150,42 @@ def test_limits_are_enforced_with_their_names(new_facility):
         try:
             with pytest.raises(Exception, match="gateway.max_clusters_per_user"):
                 g.new_cluster(shutdown_on_close=False)
-            with pytest.raises(UsageError, match="exceed resource limit of 2 workers"):
+            # Refused whole (dask-gateway alone would start 3 and warn): no worker starts.
+            with pytest.raises(UsageError, match="ask for at most 3 workers") as refused:
                 apply_scaling(cluster, Scaling(workers=5))
+            assert "limit of 3 cores (gateway.max_cores_per_user in casa.toml)" in str(
+                refused.value
+            )
+            with pytest.raises(UsageError, match="gateway.max_cores_per_user"):
+                apply_scaling(cluster, Scaling(minimum=1, maximum=4))
+            time.sleep(1)
+            assert cluster.scheduler_info["workers"] == {}
+            apply_scaling(cluster, Scaling(workers=3))  # what the limit allows still works
         finally:
             cluster.shutdown()
+
+
+def test_default_limit_is_this_hosts_cores_and_a_request_above_it_is_refused_at_once(gw, tmp_path):
+    from casa.services.gateway import host_resources
+
+    cores, _ = host_resources()
+    status = json.loads(gw.casa("status", "--json", check=True).stdout)
+    [gateway] = [s for s in status if s["name"] == "gateway"]
+    assert f"each user's workers: {cores} cores and" in gateway["detail"]
+    data = tmp_path / "d"
+    generate_dataset(data, 1_000, 1, seed=3, workers=1)
+    gw.casa("datasets", "add", "gw-limit", data, check=True)
+    started = time.time()
+    run = gw.casa("run", "adl1", "--dataset", "gw-limit", "--cluster", "gateway", "--workers",
+                  str(cores * 25), "--out", tmp_path / "o")  # fmt: skip
+    assert time.time() - started < 20, "the refusal must come at once, not after a wait"
+    assert run.returncode == 2, run.stderr
+    message = " ".join(run.stderr.split())
+    assert f"limit of {cores} cores (gateway.max_cores_per_user in casa.toml" in message
+    assert f"ask for at most {cores} workers" in message and "Traceback" not in message
+    # Nothing of the refused request is left: no cluster, no worker.
+    assert json.loads(gw.casa("cluster", "list", "--json", check=True).stdout) == []
+    assert not (tmp_path / "o" / "summary.json").exists()
 
 
 def test_idle_clusters_are_culled(new_facility):

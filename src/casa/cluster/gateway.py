@@ -182,26 +182,39 @@ def _raise_on_limit(caught: list[warnings.WarningMessage]) -> None:
 
 
 def apply_scaling(cluster, scaling: Scaling) -> None:
-    """Scale or adapt a gateway cluster; a request over a limit is a UsageError naming it."""
+    """Scale or adapt a gateway cluster; a request over a limit is a UsageError naming it.
+
+    casa's gateway refuses such a request whole (no worker starts); a gateway that clamps
+    it instead (dask-gateway's own behaviour) warns, and that is refused here too.
+    """
+    from dask_gateway.client import GatewayClusterError
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if scaling.workers is not None:
-            cluster.scale(scaling.workers)
-        else:
-            cluster.adapt(minimum=scaling.minimum, maximum=scaling.maximum)
+        try:
+            if scaling.workers is not None:
+                cluster.scale(scaling.workers)
+            else:
+                cluster.adapt(minimum=scaling.minimum, maximum=scaling.maximum)
+        except GatewayClusterError as e:
+            raise UsageError(f"the gateway refused: {e}") from None
     _raise_on_limit(caught)
 
 
 def find_or_create_cluster(gateway, worker_cores: int = 1, worker_memory: float = 2.0):
-    """The caller's first running cluster, or a new one."""
+    """The caller's first running cluster, or a new one (``cluster.casa_created`` says which)."""
     from dask_gateway.client import GatewayClusterError
 
     for report in gateway.list_clusters():
-        return gateway.connect(report.name)
+        cluster = gateway.connect(report.name)
+        cluster.casa_created = False
+        return cluster
     try:
-        return gateway.new_cluster(
+        cluster = gateway.new_cluster(
             worker_cores=worker_cores, worker_memory=worker_memory, shutdown_on_close=False
         )
+        cluster.casa_created = True
+        return cluster
     except (GatewayClusterError, ValueError) as e:
         raise UsageError(f"the gateway refused a new cluster: {e}") from None
     except Exception as e:
@@ -274,13 +287,28 @@ class GatewayBackend(ComputeBackend):
                     # Debian one).
                     warnings.filterwarnings("ignore", message="Mismatched versions found")
                     client = cluster.get_client(set_as_default=False)
+                if not cluster.casa_created:
+                    refresh_worker_token(self.ctx, client)
             except BaseException:
-                cluster.close(shutdown=False)
+                # A cluster this request made goes with it (a refused scale leaves nothing).
+                cluster.close(shutdown=cluster.casa_created)
                 raise
         except BaseException:
             gateway.close()
             raise
         return _Connection(gateway, cluster, client, linked_at=time.monotonic())
+
+
+def refresh_worker_token(ctx: ServiceContext, client) -> None:
+    """Give a reused cluster's workers their owner's token, freshly minted.
+
+    The gateway renews it on its own schedule; a run connecting anew does not depend on
+    that (a gateway that was down, say, for longer than a token lives).
+    """
+    from casa.cluster.worker_token import push_to_client
+    from casa.services.issuer import request_token
+
+    push_to_client(client, request_token(ctx))
 
 
 @dataclass

@@ -7,7 +7,8 @@ Loaded by the gateway process through its generated configuration
   casa issuer, audience ``NAME-gateway``) and names the user after their ``sub`` claim;
 - :class:`CasaLocalBackend` runs each cluster's scheduler and workers as local processes,
   enforces casa's per-user limits (clusters, cores, memory), and gives every cluster the
-  data token of the user who owns it, minted for that user by the issuer;
+  data token of the user who owns it, minted for that user by the issuer and renewed
+  while the cluster runs (:class:`WorkerTokenRenewal`);
 - :class:`FixedLocalBackend` is dask-gateway's ``LocalBackend`` (processes under each
   user's own account) with its ``setup_working_directory`` bug fixed: the shipped method
   extends a list with a path string, so it later changes the owner of ``/``;
@@ -21,6 +22,7 @@ Each cluster's dashboard answers its owner and admins only (:mod:`casa.cluster.d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pwd
@@ -31,17 +33,18 @@ from pathlib import Path
 
 from dask_gateway_server.auth import Authenticator, User, unauthorized
 from dask_gateway_server.backends.base import PublicException
-from dask_gateway_server.backends.db_base import DBBackendBase
+from dask_gateway_server.backends.db_base import DBBackendBase, JobStatus
 from dask_gateway_server.backends.jobqueue.slurm import SlurmBackend
 from dask_gateway_server.backends.local import LocalBackend, UnsafeLocalBackend
 from dask_gateway_server.options import Float, Integer, Options
 from dask_gateway_server.traitlets import MemoryLimit
-from dask_gateway_server.utils import format_bytes
+from dask_gateway_server.utils import FrozenAttrDict, format_bytes
+from traitlets import Callable, Dict, Unicode
+from traitlets import Float as FloatTrait
 from traitlets import Integer as IntegerTrait
-from traitlets import Unicode
 
 from casa.cluster.dashboard import DashboardAccess
-from casa.services.processes import forget_process, record_process
+from casa.services.processes import forget_process, is_recorded, record_process
 
 GIB = 1 << 30
 
@@ -101,19 +104,37 @@ def cluster_options(
     )  # fmt: skip
 
 
+def _amount(value: float, unit: str) -> str:
+    """``1 core``, ``2.5 cores`` or ``2.00 GiB``."""
+    if unit == "memory":
+        return format_bytes(int(value))
+    return f"{value:g} core" + ("" if value == 1 else "s")
+
+
 class UserLimits(DBBackendBase):
-    """Per-user limits across all of a user's clusters (dask-gateway only limits one cluster)."""
+    """Per-user limits across all of a user's clusters (dask-gateway only limits one cluster).
+
+    Cores and memory count the workers of all of a user's clusters (schedulers are bounded
+    by ``max_clusters_per_user``). A request for more workers than the limits leave is
+    refused whole, naming the limit, before any worker starts: dask-gateway itself would
+    quietly start as many as fit.
+    """
 
     max_clusters_per_user = IntegerTrait(2, help="Active clusters one user may have.", config=True)
     max_cores_per_user = IntegerTrait(
-        0, help="Cores one user's clusters may use in all (0: no limit).", config=True
+        0, help="Cores all of one user's workers may use (0: no limit).", config=True
     )
     max_memory_per_user = MemoryLimit(
-        0, help="Memory one user's clusters may use in all (0: no limit).", config=True
+        0, help="Memory all of one user's workers may use (0: no limit).", config=True
+    )
+    limit_origins = Dict(
+        help="Where each limit comes from, by key, for messages (such as "
+        "{'max_cores_per_user': 'the default: this host's cores'}).",
+        config=True,
     )
 
     def _usage(self, username: str, exclude: str | None = None) -> tuple[float, int, int]:
-        """Cores, bytes and clusters in use by ``username``'s active clusters."""
+        """Cores, bytes and clusters in use by ``username``'s active clusters' workers."""
         cores = memory = count = 0
         for cluster in self.db.list_clusters(username=username):
             if cluster.name == exclude:
@@ -122,13 +143,48 @@ class UserLimits(DBBackendBase):
             cfg = cluster.config
             get = cfg.get if isinstance(cfg, dict) else partial(getattr, cfg)
             n = len(cluster.active_workers())
-            cores += get("scheduler_cores", 1) + n * get("worker_cores", 1)
-            memory += get("scheduler_memory", GIB) + n * get("worker_memory", 2 * GIB)
+            cores += n * get("worker_cores", 1)
+            memory += n * get("worker_memory", 2 * GIB)
         return cores, memory, count
+
+    def _bounds(self, username: str, exclude: str | None) -> list[tuple[str, float, float, str]]:
+        """(key, limit, in use by the user's other clusters, unit) of each limit that is set."""
+        cores, memory, _ = self._usage(username, exclude)
+        out = []
+        if self.max_cores_per_user:
+            out.append(("max_cores_per_user", self.max_cores_per_user, cores, "cores"))
+        if self.max_memory_per_user:
+            out.append(("max_memory_per_user", self.max_memory_per_user, memory, "memory"))
+        return out
+
+    def _room(self, cluster) -> list[tuple[str, float, float, str, float, int]]:
+        """Per limit set: key, limit, use by the owner's other clusters, unit, one worker's
+        share and how many workers of ``cluster`` fit."""
+        cfg = cluster.config
+        size = {"cores": cfg["worker_cores"], "memory": cfg["worker_memory"]}
+        return [
+            (key, limit, used, unit, size[unit], max(0, int((limit - used) // size[unit])))
+            for key, limit, used, unit in self._bounds(cluster.username, exclude=cluster.name)
+        ]
+
+    def _refusal(self, cluster, want: int) -> str | None:
+        """Why ``cluster`` may not have ``want`` workers, or None when it may."""
+        for key, limit, used, unit, share, fits in self._room(cluster):
+            if want <= fits:
+                continue
+            elsewhere = f", {_amount(used, unit)} used by other clusters" if used else ""
+            origin = f"; {self.limit_origins[key]}" if key in self.limit_origins else ""
+            return (
+                f"{want} workers of {_amount(share, unit)} each exceed user "
+                f"{cluster.username}'s limit of {_amount(limit, unit)} (gateway.{key} in "
+                f"casa.toml{origin}{elsewhere}): ask for at most {fits} workers, or raise "
+                f"gateway.{key}"
+            )
+        return None
 
     async def start_cluster(self, user, cluster_options):
         """Refuse a cluster over the user's limits, naming the limit."""
-        cores, memory, count = self._usage(user.name)
+        _, _, count = self._usage(user.name)
         if count >= self.max_clusters_per_user:
             raise PublicException(
                 f"user {user.name} has {count} active cluster(s), the limit "
@@ -140,28 +196,122 @@ class UserLimits(DBBackendBase):
     async def process_cluster_options(self, user, cluster_options):
         """Bound this cluster by what the user's limits leave after their other clusters."""
         options, config = await super().process_cluster_options(user, cluster_options)
-        cores, memory, _ = self._usage(user.name)
-        need_cores = config.scheduler_cores + config.worker_cores
-        need_memory = config.scheduler_memory + config.worker_memory
-        if self.max_cores_per_user:
-            left = self.max_cores_per_user - cores
-            if left < need_cores:
+        size = {"cores": config.worker_cores, "memory": config.worker_memory}
+        scheduler = {"cores": config.scheduler_cores, "memory": config.scheduler_memory}
+        for key, limit, used, unit in self._bounds(user.name, exclude=None):
+            left = limit - used
+            if left < size[unit]:
                 raise PublicException(
-                    f"user {user.name} uses {cores:g} of {self.max_cores_per_user} cores "
-                    f"(gateway.max_cores_per_user); a cluster needs at least {need_cores:g}"
+                    f"user {user.name}'s workers use {_amount(used, unit)} of "
+                    f"{_amount(limit, unit)} (gateway.{key}); a worker of this cluster needs "
+                    f"{_amount(size[unit], unit)}: stop or scale down another cluster first"
                 )
-            config.cluster_max_cores = float(left)
-        if self.max_memory_per_user:
-            left = self.max_memory_per_user - memory
-            if left < need_memory:
-                raise PublicException(
-                    f"user {user.name} uses {format_bytes(memory)} of "
-                    f"{format_bytes(self.max_memory_per_user)} memory "
-                    f"(gateway.max_memory_per_user); a cluster needs at least "
-                    f"{format_bytes(need_memory)}"
-                )
-            config.cluster_max_memory = int(left)
+            # dask-gateway's own cap (its heartbeat check) counts the scheduler too.
+            if unit == "cores":
+                config.cluster_max_cores = float(left + scheduler[unit])
+            else:
+                config.cluster_max_memory = int(left + scheduler[unit])
         return options, config
+
+    async def get_cluster(self, cluster_name, wait=False):
+        """The cluster, without the per-cluster worker cap its scale and adapt routes read.
+
+        Those routes would clamp a request to the cap; with it hidden the request reaches
+        :meth:`forward_message_to_scheduler`, which refuses it whole instead.
+        """
+        model = await super().get_cluster(cluster_name, wait=wait)
+        if model is not None and "cluster_max_workers" in model.config:
+            kept = {k: v for k, v in model.config.items() if k != "cluster_max_workers"}
+            model.config = FrozenAttrDict(kept)
+        return model
+
+    async def forward_message_to_scheduler(self, cluster, msg):
+        """Pass a scale or adapt request on, or refuse it whole when it exceeds a limit."""
+        internal = self.db.get_cluster(cluster.name)
+        want = 0
+        if msg.get("op") == "scale":
+            want = msg["count"]
+        elif msg.get("op") == "adapt" and msg.get("maximum") is None:
+            # No maximum asked: adapt up to what the limits allow (dask-gateway's default).
+            fits = [room[-1] for room in self._room(internal)]
+            cap = internal.config.get("cluster_max_workers")
+            msg = {**msg, "maximum": min(fits + ([cap] if cap is not None else []), default=None)}
+            want = msg.get("minimum") or 0
+        elif msg.get("op") == "adapt":
+            want = max(msg["maximum"], msg.get("minimum") or 0)
+        refusal = self._refusal(internal, want) if internal is not None else None
+        if refusal:
+            raise PublicException(refusal)
+        return await super().forward_message_to_scheduler(cluster, msg)
+
+
+class WorkerTokenRenewal(DBBackendBase):
+    """Renews the data token of every running cluster's workers, a third of its lifetime apart.
+
+    Workers start with their owner's token in their environment; it would expire after
+    ``issuer.token_lifetime`` and a reused cluster could read nothing more. The gateway runs
+    on the issuer's host and may mint for any user: it mints each owner's token again and
+    gives it to the cluster's workers as a worker plugin (:mod:`casa.cluster.worker_token`),
+    through the cluster's scheduler and with the cluster's own TLS credentials. A restarted
+    gateway renews at once the clusters its database lists.
+    """
+
+    data_token = Callable(
+        None, allow_none=True, help="Mints a user's data token: f(username) -> str.", config=True
+    )
+    token_renewal_period = FloatTrait(
+        0.0, help="Seconds between renewals of running clusters' tokens (0: never).", config=True
+    )
+
+    async def setup(self, app):
+        """Start as dask-gateway does, then the renewal loop."""
+        await super().setup(app)
+        self._renewal = None
+        if self.data_token is not None and self.token_renewal_period > 0:
+            self._renewal = asyncio.ensure_future(self._renew_forever())
+
+    async def cleanup(self):
+        """Stop the renewal loop, then clean up as dask-gateway does."""
+        renewal = getattr(self, "_renewal", None)
+        if renewal is not None:
+            renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewal
+        await super().cleanup()
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await self.renew_tokens()
+            await asyncio.sleep(self.token_renewal_period)
+
+    async def renew_tokens(self) -> None:
+        """Give every running cluster's workers a freshly minted token of their owner."""
+        from casa.cluster.worker_token import push_to_scheduler
+        from casa.data.sources import scrub
+
+        loop = asyncio.get_running_loop()
+        for cluster in list(self.db.active_clusters()):
+            if cluster.status != JobStatus.RUNNING or not cluster.scheduler_address:
+                continue
+            try:
+                # Minting asks the issuer over its socket: never on the gateway's loop.
+                token = await loop.run_in_executor(None, self.data_token, cluster.username)
+                await asyncio.wait_for(
+                    push_to_scheduler(
+                        cluster.scheduler_address, cluster.tls_cert.decode(),
+                        cluster.tls_key.decode(), token,
+                    ),
+                    timeout=30,
+                )  # fmt: skip
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self.log.warning(
+                    "Could not renew the data token of cluster %s: %s", cluster.name,
+                    scrub(str(e)) or type(e).__name__,
+                )  # fmt: skip
+            else:
+                self.log.info("Renewed the data token of cluster %s", cluster.name)
 
 
 class RecordedProcesses(LocalBackend):
@@ -185,17 +335,30 @@ class RecordedProcesses(LocalBackend):
         return pid
 
     async def stop_process(self, pid):
-        """Stop as LocalBackend does, then drop the record."""
+        """Stop as LocalBackend does, then drop the record.
+
+        After a restart the gateway's database names processes started by its previous run;
+        one that is gone (its PID perhaps reused by another program) is not signalled.
+        """
+        directory = Path(self.process_directory) if self.process_directory else None
+        if directory is not None and not is_recorded(directory, pid):
+            self.log.info("Process %d is no longer running", pid)
+            forget_process(directory, pid)
+            return
         await super().stop_process(pid)
-        if self.process_directory:
-            forget_process(Path(self.process_directory), pid)
+        if directory is not None:
+            forget_process(directory, pid)
 
 
-class CasaLocalBackend(DashboardAccess, UserLimits, RecordedProcesses, UnsafeLocalBackend):
+class CasaLocalBackend(
+    DashboardAccess, UserLimits, WorkerTokenRenewal, RecordedProcesses, UnsafeLocalBackend
+):
     """Clusters as local processes of the facility's account, within casa's per-user limits."""
 
 
-class FixedLocalBackend(DashboardAccess, UserLimits, RecordedProcesses, LocalBackend):
+class FixedLocalBackend(
+    DashboardAccess, UserLimits, WorkerTokenRenewal, RecordedProcesses, LocalBackend
+):
     """dask-gateway's LocalBackend (each user's own account) with its working-directory bug fixed."""
 
     def setup_working_directory(self, cluster):  # pragma: no cover - needs other accounts
@@ -231,7 +394,7 @@ class FixedLocalBackend(DashboardAccess, UserLimits, RecordedProcesses, LocalBac
             os.chown(p, account.pw_uid, account.pw_gid)
 
 
-class CasaSlurmBackend(DashboardAccess, UserLimits, SlurmBackend):
+class CasaSlurmBackend(DashboardAccess, UserLimits, WorkerTokenRenewal, SlurmBackend):
     """dask-gateway's SlurmBackend: each cluster's scheduler and workers are Slurm jobs.
 
     What casa changes:

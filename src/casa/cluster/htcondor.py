@@ -12,6 +12,7 @@ in ``casa.toml``:
   the submit description, its arguments or its environment;
 - on the worker, ``BEARER_TOKEN_FILE`` names the transferred token in the job's scratch
   directory, and ``CASA_CACHE_URL`` the site's XCache the worker reads ``root://`` through;
+  during a run the token is renewed through a worker plugin (:mod:`casa.cluster.worker_token`);
 - jobs carry the site's accounting group (``+AccountingGroup = "GROUP.USER"``).
 
 Nothing here needs HTCondor to build the job: ``cluster.job_script()`` is the submit
@@ -22,6 +23,7 @@ distributed are imported only when a cluster is built, so ``casa.config`` can im
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import os
@@ -30,11 +32,12 @@ import shutil
 import socket
 import tempfile
 import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from casa.cluster.base import ComputeBackend
+from casa.cluster.base import ComputeBackend, OpenBackend
 from casa.config import HTCondorSection
 from casa.errors import ConfigError, UsageError
 
@@ -446,11 +449,30 @@ class HTCondorBackend(ComputeBackend):
         self.wait_seconds = wait_seconds
         self.overrides = overrides
 
-    def open(self, workers: int):
-        """Submit ``workers`` jobs, wait until they connect, yield a DaskExecutor on them."""
-        from casa.cluster.local import on_job_cluster
+    @contextlib.contextmanager
+    def open(self, workers: int) -> Iterator[OpenBackend]:
+        """Submit ``workers`` jobs, wait until they connect, yield a DaskExecutor on them.
 
-        return on_job_cluster(
+        While the run lasts, the workers' token is renewed a third of its lifetime apart
+        (:func:`worker_token_source`).
+        """
+        from casa.cluster.local import on_job_cluster
+        from casa.cluster.worker_token import TokenRenewer, renewal_period
+
+        source = worker_token_source(self.ctx, self.overrides.get("token_file"))
+        period = renewal_period(self.ctx.config.issuer.token_lifetime)
+        with on_job_cluster(
             htcondor_cluster(self.ctx, **self.overrides), "HTCondor", workers,
             self.wait_seconds, "see condor_q -better-analyze and the jobs' logs",
-        )  # fmt: skip
+        ) as opened, TokenRenewer(opened.executor.client, source, period):  # fmt: skip
+            yield opened
+
+
+def worker_token_source(
+    ctx: ServiceContext, token_file: str | os.PathLike | None = None
+) -> Callable[[], str | None]:
+    """Where renewed tokens for the workers come from: the token file the caller named (they
+    keep it fresh), else the caller's own token from the issuer."""
+    from casa.cluster.worker_token import caller_token_source, file_token_source
+
+    return file_token_source(token_file) if token_file else caller_token_source(ctx)

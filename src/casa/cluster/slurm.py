@@ -8,7 +8,8 @@ to Slurm (``sbatch`` and ``scancel`` work there); each worker is one batch job:
   see (a shared filesystem, as at any Slurm site; jobs run as the submitting user);
 - the user's data token reaches the workers as ``BEARER_TOKEN`` in the environment that
   ``sbatch`` exports to the job: it is given to ``sbatch`` alone, never written into the job
-  script, its arguments or the scheduler's own environment;
+  script, its arguments or the scheduler's own environment; during a run it is renewed
+  through a worker plugin (:mod:`casa.cluster.worker_token`);
 - ``CASA_CACHE_URL`` names the site's XCache the workers read ``root://`` through;
 - ``interface`` names the workers' network interface and ``scheduler_interface`` the one the
   scheduler listens on, so hosts without a default route still find each other.
@@ -23,7 +24,7 @@ import shlex
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,7 @@ class SlurmBackend(ComputeBackend):
         workdir: str | os.PathLike | None = None,
         job_extra_directives: list[str] | None = None,
         wait_seconds: float = WORKER_WAIT_SECONDS,
+        token_source: Callable[[], str | None] | None = None,
     ):
         self.token = token
         self.cache_url = cache_url
@@ -90,16 +92,28 @@ class SlurmBackend(ComputeBackend):
         self.workdir = Path(workdir) if workdir else None
         self.job_extra_directives = list(job_extra_directives or [])
         self.wait_seconds = wait_seconds
+        self.token_source = token_source
+
+    def _token(self) -> str | None:
+        """The workers' token now: the one given, else the one WLCG discovery finds."""
+        from casa.auth.tokens import discover_token
+
+        if self.token is not None:
+            return self.token
+        found = discover_token()
+        return found.token if found else None
+
+    def renewal_source(self) -> Callable[[], str | None] | None:
+        """Where renewed tokens come from: ``token_source`` if given; with no token given,
+        WLCG discovery again (a file the hub or ``casa token issue`` renews); else none."""
+        if self.token_source is not None:
+            return self.token_source
+        return self._token if self.token is None else None
 
     def worker_environment(self) -> dict[str, str]:
         """The variables each worker job gets: the data token and the cache's URL."""
-        from casa.auth.tokens import discover_token
-
         env: dict[str, str] = {}
-        token = self.token
-        if token is None:
-            found = discover_token()
-            token = found.token if found else None
+        token = self._token()
         if token:
             env["BEARER_TOKEN"] = token
         if self.cache_url:
@@ -135,14 +149,27 @@ class SlurmBackend(ComputeBackend):
 
     @contextlib.contextmanager
     def open(self, workers: int) -> Iterator[OpenBackend]:
-        """Submit ``workers`` jobs, wait for them, yield a DaskExecutor; cancel them after."""
+        """Submit ``workers`` jobs, wait for them, yield a DaskExecutor; cancel them after.
+
+        While the run lasts, the workers' token is renewed a third of its lifetime apart
+        from :meth:`renewal_source`.
+        """
         folder = self.workdir or Path(tempfile.mkdtemp(prefix="casa-slurm-"))
         folder.mkdir(parents=True, exist_ok=True)
         try:
             where = f"see 'squeue' and the job logs in {folder / 'logs'}"
             with on_job_cluster(self.cluster(folder), "Slurm", workers, self.wait_seconds,
-                                where) as opened:  # fmt: skip
+                                where) as opened, self._renewing(opened):  # fmt: skip
                 yield opened
         finally:
             if self.workdir is None:
                 shutil.rmtree(folder, ignore_errors=True)
+
+    def _renewing(self, opened: OpenBackend) -> contextlib.AbstractContextManager:
+        """Renew the workers' token while ``opened`` is in use (nothing without a source)."""
+        from casa.cluster.worker_token import TokenRenewer, lifetime_of, renewal_period
+
+        source, token = self.renewal_source(), self._token()
+        if source is None or not token or lifetime_of(token) <= 0:
+            return contextlib.nullcontext()
+        return TokenRenewer(opened.executor.client, source, renewal_period(lifetime_of(token)))

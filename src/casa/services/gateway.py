@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from casa.config import parse_size
+from casa.config import parse_size, private_database
 from casa.errors import ServiceError
 from casa.services.base import PASSABLE_FOLDER, Health, Service, ServiceContext, get_json
 from casa.services.processes import recorded_session_leaders
@@ -46,6 +46,11 @@ c.ClusterConfig.idle_timeout = {idle_timeout}
 c.UserLimits.max_clusters_per_user = {max_clusters}
 c.UserLimits.max_cores_per_user = {max_cores}
 c.UserLimits.max_memory_per_user = {max_memory}
+c.UserLimits.limit_origins = {limit_origins!r}
+# Clusters outlive a restart of the gateway: its database is on disk, its secrets encrypted.
+c.DBBackendBase.db_url = {db_url!r}
+with open({db_key!r}) as key:
+    c.DBBackendBase.db_encrypt_keys = [key.read().strip()]
 {backend_settings}
 
 def user_token(username):
@@ -56,6 +61,9 @@ def user_token(username):
 c.Backend.cluster_options = cluster_options(
     user_token, {max_worker_cores}, {max_worker_memory}, {environment!r}
 )
+# Running clusters' workers get their owner's token again before it expires.
+c.WorkerTokenRenewal.data_token = user_token
+c.WorkerTokenRenewal.token_renewal_period = {renewal_period}
 """
 
 SLURM_SETTINGS = """
@@ -134,12 +142,28 @@ class GatewayService(Service):
         """Schedulers and workers of local clusters that outlived the gateway."""
         return recorded_session_leaders(self.process_directory(ctx))
 
+    def database(self, ctx: ServiceContext) -> Path:
+        """The gateway's database of clusters and workers (mode 0600), kept across restarts."""
+        return ctx.service_dir(self.name) / "gateway.sqlite"
+
+    def _forget_dead_clusters(self, ctx: ServiceContext) -> None:
+        """Start from an empty database when none of the local clusters it lists is alive.
+
+        After ``casa down`` (or a crash followed by it) every recorded scheduler and worker
+        is gone: the database's clusters would only be timed out one by one after the next
+        start. Slurm clusters are jobs, not recorded here: their database always stays.
+        """
+        if gateway_backend(ctx) != "slurm" and not self.strays(ctx):
+            self.database(ctx).unlink(missing_ok=True)
+
     def config_file(self, ctx: ServiceContext) -> Path:
         """The generated ``dask_gateway_config.py``."""
         return ctx.service_dir(self.name) / "dask_gateway_config.py"
 
     def prepare(self, ctx: ServiceContext) -> None:
         """Write the gateway configuration from casa.toml."""
+        from casa.cluster.worker_token import renewal_period
+
         g = ctx.config.gateway
         directory = ctx.service_dir(self.name)
         clusters = directory / "clusters"
@@ -164,8 +188,9 @@ class GatewayService(Service):
             # Scratch and spill space inside the cluster's private working directory (the
             # processes' current one), not in a /tmp folder any account could make first.
             environment["DASK_TEMPORARY_DIRECTORY"] = "."
-        max_memory = parse_size(g.max_memory_per_user)
-        cores = g.max_cores_per_user
+        self._forget_dead_clusters(ctx)
+        db_url = private_database(self.database(ctx))
+        cores, max_memory, origins = user_limits(ctx)
         self.config_file(ctx).write_text(
             CONFIG_TEMPLATE.format(
                 home=str(ctx.paths.home),
@@ -180,6 +205,8 @@ class GatewayService(Service):
                 backend_settings=settings,
                 environment=environment,
                 clusters=str(clusters),
+                db_url=db_url,
+                db_key=str(ensure_database_key(ctx.paths.keys)),
                 processes=str(self.process_directory(ctx)),
                 accounts=str(ctx.paths.database),
                 scheduler_cmd=str(bin_dir / "dask-scheduler"),
@@ -188,6 +215,8 @@ class GatewayService(Service):
                 max_clusters=g.max_clusters_per_user,
                 max_cores=int(cores),
                 max_memory=max_memory,
+                limit_origins=origins,
+                renewal_period=renewal_period(ctx.config.issuer.token_lifetime),
                 max_worker_cores=g.max_worker_cores,
                 max_worker_memory=parse_size(g.max_worker_memory),
             )
@@ -204,7 +233,68 @@ class GatewayService(Service):
             return failed
         if body.get("status") != "pass":
             return Health(False, f"gateway reports {body}")
-        return Health(True, "answers /api/health")
+        return Health(True, f"answers /api/health; {describe_limits(ctx)}")
+
+
+def host_resources() -> tuple[int, int]:
+    """This host's cores (those this process may run on) and physical memory in bytes."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores or 1, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def user_limits(ctx: ServiceContext) -> tuple[int, int, dict[str, str]]:
+    """Cores and bytes all of one user's workers may use (0: no limit), and, by casa.toml
+    key, where each limit not set there comes from.
+
+    ``gateway.max_cores_per_user`` and ``max_memory_per_user`` when set; otherwise, for
+    clusters on the gateway's host, that host's cores and memory. Slurm clusters run on
+    nodes the site's Slurm limits already share out: there only the set values apply.
+    """
+    g = ctx.config.gateway
+    cores, memory = g.max_cores_per_user, parse_size(g.max_memory_per_user)
+    if gateway_backend(ctx) == "slurm":
+        return cores, memory, {}
+    host_cores, host_memory = host_resources()
+    origins = {}
+    if not cores:
+        cores, origins["max_cores_per_user"] = host_cores, "the default: this host's cores"
+    if not memory:
+        memory, origins["max_memory_per_user"] = host_memory, "the default: this host's memory"
+    return cores, memory, origins
+
+
+def describe_limits(ctx: ServiceContext) -> str:
+    """The per-user limits in words, as ``casa status`` shows them."""
+    from dask_gateway_server.utils import format_bytes
+
+    cores, memory, origins = user_limits(ctx)
+    parts = [f"{cores} cores" if cores else "", format_bytes(memory) if memory else ""]
+    shown = " and ".join(p for p in parts if p) or "no cores or memory limit"
+    clusters = ctx.config.gateway.max_clusters_per_user
+    defaults = " and ".join(o.removeprefix("the default: this host's ") for o in origins.values())
+    return f"each user's workers: {shown} in all, {clusters} clusters" + (
+        f" (this host's {defaults})" if defaults else ""
+    )
+
+
+def ensure_database_key(keys_dir: Path) -> Path:
+    """The key that encrypts the gateway database's secrets, created once (mode 0600).
+
+    The database holds each cluster's TLS key and API token; with the key kept among the
+    facility's other keys, a restarted gateway reads them back.
+    """
+    import base64
+    import secrets
+
+    keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = keys_dir / "gateway-db.key"
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+        os.replace(tmp, path)
+    return path
 
 
 def cluster_env_prefix(ctx: ServiceContext) -> Path:

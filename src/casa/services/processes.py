@@ -40,6 +40,15 @@ def forget_process(directory: Path, pid: int) -> None:
         (directory / str(pid)).unlink()
 
 
+def is_recorded(directory: Path, pid: int) -> bool:
+    """Whether ``pid`` is the very process recorded in ``directory`` (not a reused PID)."""
+    try:
+        recorded = int((directory / str(pid)).read_text())
+    except (OSError, ValueError):
+        return False
+    return start_ticks(pid) == recorded
+
+
 def recorded_session_leaders(directory: Path) -> list[int]:
     """The recorded processes still alive that lead their own session; stale records go."""
     alive = []
