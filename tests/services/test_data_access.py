@@ -145,6 +145,12 @@ def test_second_read_is_served_from_the_cache(facility, stored):
     assert not cached.exists()
     assert _read_all(url, token)[0]
     assert cached.exists() and cached.with_name(name + ".cinfo").exists()
+    # XCache writes its copy after serving the read: wait for it, a while under load.
+    import time
+
+    deadline = time.monotonic() + 30
+    while cached.stat().st_size != (stored / name).stat().st_size and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert cached.stat().st_size == (stored / name).stat().st_size
     assert _read_all(url, token)[0]
 
