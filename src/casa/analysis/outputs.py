@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,24 +33,61 @@ def iter_histograms(output: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
 
 
 def prepare_out_dir(out: Path) -> Path:
-    """Create ``out`` (or accept an existing folder); UsageError if it is a file."""
+    """Check that a run's outputs can go into ``out`` (an existing folder, or one that can be
+    made); UsageError otherwise. Nothing is created: a run that fails leaves no trace."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    nearest = out
+    while not nearest.exists():
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        raise UsageError(f"--out {out} cannot be made: {nearest} is not a folder")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out} cannot be written: {nearest} is not writable for you")
     return out
 
 
 def write_outputs(
     out: Path, result: RunResult, analysis: str, dataset: str, plots: bool = True
 ) -> dict:
-    """Write every output file of a run into ``out``; returns the summary."""
+    """Write every output file of a run into ``out``; returns the summary.
+
+    The files are written into a staging folder first and then moved into ``out``
+    (summary.json last), so ``out`` never holds a half-written file or a partial set.
+    """
+    out = prepare_out_dir(out)
+    if out.exists():
+        staging = Path(tempfile.mkdtemp(prefix=".casa-staging-", dir=out))
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    try:
+        summary = _write_all(staging, result, analysis, dataset, plots)
+        _move_into_place(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return summary
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    """Rename a new ``out`` into place, or move each file into an existing one."""
+    if not out.exists():
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # mkdtemp made it 0700; a plain mkdir would not
+        staging.rename(out)
+        return
+    for name in sorted((p.name for p in staging.iterdir()), key=lambda n: (n == SUMMARY, n)):
+        os.replace(staging / name, out / name)  # summary.json last: it says the set is whole
+
+
+def _write_all(out: Path, result: RunResult, analysis: str, dataset: str, plots: bool) -> dict:
     import coffea
 
-    out = prepare_out_dir(out)
     histograms = list(iter_histograms(result.output))
     not_in_root = _write_root(out / HISTOGRAMS, histograms)
-    _atomic_write(out / RESULT, pickle.dumps(result.output, protocol=pickle.HIGHEST_PROTOCOL))
+    (out / RESULT).write_bytes(pickle.dumps(result.output, protocol=pickle.HIGHEST_PROTOCOL))
     pngs = _write_plots(out, histograms, analysis) if plots else []
     summary = {
         "analysis": analysis,
@@ -72,14 +111,8 @@ def write_outputs(
         "plots": [p.name for p in pngs],
         **result.extra,
     }
-    _atomic_write(out / SUMMARY, (json.dumps(summary, indent=2) + "\n").encode())
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _write_root(path: Path, histograms: list[tuple[str, Any]]) -> list[str]:
@@ -87,14 +120,12 @@ def _write_root(path: Path, histograms: list[tuple[str, Any]]) -> list[str]:
     import uproot
 
     skipped = []
-    tmp = path.with_name(f".{path.name}.tmp")
-    with uproot.recreate(tmp) as f:
+    with uproot.recreate(path) as f:
         for name, h in histograms:
             try:
                 f[name] = h
             except Exception:  # category axes and other shapes ROOT histograms cannot hold
                 skipped.append(name)
-    os.replace(tmp, path)
     return skipped
 
 

@@ -11,19 +11,27 @@ import contextlib
 import dataclasses
 import math
 import os
+import queue
 import threading
 import time
 import traceback
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from coffea.processor import ProcessorABC
 
-from casa.analysis.failures import ProcessorFailed, analysis_error, restore_user_frames
+from casa.analysis.failures import (
+    UnreadableData,
+    analysis_error,
+    chunk_failure,
+    cluster_lost,
+    is_connection_lost,
+    restore_user_frames,
+)
 from casa.cluster.base import ComputeBackend
 from casa.data.files import FileInfo
 from casa.data.sources import require_token, uproot_options_for
@@ -36,32 +44,27 @@ from casa.errors import AnalysisError, DataError
 DEFAULT_CHUNKSIZE = 500_000
 
 
-def _read_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean a chunk's data could not be read (what --skip-bad-files skips)."""
-    import lzma
-
-    from uproot.deserialization import DeserializationError
-
-    from casa.data.codecs import CorruptZlibData
-
-    return (OSError, EOFError, CorruptZlibData, lzma.LZMAError, DeserializationError)
-
-
-READ_ERRORS = _read_errors()
+#: What --skip-bad-files skips: chunks whose data cannot be read (a corrupt basket, a failed
+#: decompression, truncated data, an unreadable file), never a storage server that stopped
+#: answering (:func:`casa.analysis.failures.is_unreadable_data`).
+READ_ERRORS = (UnreadableData,)
 #: Warnings coffea's NanoAOD schema gives on files without NanoAOD's cross-reference indices
 #: (such as the ADL benchmark layout); they say nothing about the user's analysis.
 QUIET_WARNINGS = "ignore::RuntimeWarning:coffea.nanoevents.schemas.nanoaod"
-#: coffea warns on every retry of a failed chunk; casa reports the failure once, at the end.
+#: coffea warns on every retry of a failed chunk and on every chunk it skips; casa reports
+#: the failure once, at the end, and lists skipped chunks in the run's summary.
 QUIET_RETRIES = "ignore:Performed attempt:UserWarning"
+QUIET_SKIPS = "ignore:Skipping bad file:UserWarning"
 
 
 def quiet_schema_warnings() -> None:
     """Silence the schema's cross-reference warnings here and in worker processes started later."""
     warnings.filterwarnings("ignore", category=RuntimeWarning, module="coffea.nanoevents")
     warnings.filterwarnings("ignore", message="Performed attempt", category=UserWarning)
+    warnings.filterwarnings("ignore", message="Skipping bad file", category=UserWarning)
     # Workers are new processes: they take their warning filters from the environment.
     current = [x for x in os.environ.get("PYTHONWARNINGS", "").split(",") if x]
-    for rule in (QUIET_WARNINGS, QUIET_RETRIES):
+    for rule in (QUIET_WARNINGS, QUIET_RETRIES, QUIET_SKIPS):
         if rule not in current:
             current.append(rule)
     os.environ["PYTHONWARNINGS"] = ",".join(current)
@@ -118,6 +121,7 @@ class TrackedProcessor(ProcessorABC):
     def process(self, events):
         """Run the user's processor on one chunk and note which chunk it was."""
         quiet_schema_warnings()
+        failure = None
         try:
             if hasattr(self.inner, "process"):
                 out = self.inner.process(events)
@@ -129,7 +133,10 @@ class TrackedProcessor(ProcessorABC):
             # A retry of this chunk on this worker opens its file's tree afresh.
             forget(events.metadata["filename"])
             _kept_bytes()  # not this run's: the chunk's output is gone
-            raise ProcessorFailed(f"{type(e).__name__}: {e}", traceback.format_exc()) from e
+            failure = chunk_failure(e, traceback.format_exc())
+        if failure is not None:
+            # Raised outside the handler: no chain to unpicklable library exceptions.
+            raise failure
         meta = events.metadata
         n = len(events)
         if self.reporter is not None:
@@ -258,6 +265,7 @@ def run_analysis(
     on_progress: Callable[[int, int], None] | None = None,
     uproot_options: dict | None = None,
     explain_refusal: Callable[[str], str] | None = None,
+    servers: Mapping[str, str] | None = None,
     skip_bad_files: bool = False,
     column_cache: bool = True,
     tree_cache: bool = True,
@@ -266,7 +274,8 @@ def run_analysis(
 
     ``on_start(chunks, events, dashboard)`` is called once the workers are ready and
     ``on_progress(chunks_done, events_done)`` whenever chunks finish.
-    ``explain_refusal(path)`` says in words why the storage refused to serve ``path``.
+    ``explain_refusal(path)`` says in words why the storage refused to serve ``path``;
+    ``servers`` names storage servers by ``HOST:PORT`` for errors (``{"h:1094": "the cache"}``).
     With ``skip_bad_files``, chunks whose data cannot be read are left out and listed in
     ``RunResult.skipped`` instead of ending the run.
     With ``column_cache`` (and a backend whose workers hold casa's column cache: the Dask
@@ -291,7 +300,7 @@ def run_analysis(
         uproot_options = uproot_options_for([f.url for f in files])
         if uproot_options:
             require_token([f.url for f in files])
-    with backend.open(workers) as opened, _coffea_bars_hidden():
+    with backend.open(workers) as opened, _coffea_quiet():
         tracked = TrackedProcessor(processor, opened.channel.reporter())
         executor, cachestrategy = opened.executor, None
         if column_cache and opened.column_cache:
@@ -327,19 +336,14 @@ def run_analysis(
         started = time.perf_counter()
         thread = threading.Thread(target=work, name="casa-runner", daemon=True)
         thread.start()
-        done_chunks = done_events = 0
-        while thread.is_alive():
-            thread.join(0.1)
-            reports = opened.channel.drain()
-            if reports and on_progress is not None:
-                done_chunks += len(reports)
-                done_events += sum(reports)
-                on_progress(min(done_chunks, len(chunks)), min(done_events, total_events))
+        _watch(thread, opened, len(chunks), total_events, on_progress)
         wall = time.perf_counter() - started
         if "error" in outcome:
-            error = analysis_error(outcome["error"], explain_refusal)
+            if is_connection_lost(outcome["error"]) and not _connected(opened):
+                raise cluster_lost(opened.name, _scheduler_address(opened)) from outcome["error"]
+            error = analysis_error(outcome["error"], explain_refusal, servers)
             error.details = restore_user_frames(error.details, processor)
-            raise error from None
+            raise error from outcome["error"]  # the chain is for --debug
 
     wrapped = outcome["out"]
     out = wrapped["out"]
@@ -376,17 +380,128 @@ def run_analysis(
     )
 
 
-@contextlib.contextmanager
-def _coffea_bars_hidden() -> Iterator[None]:
-    """Hide coffea's own progress bars: casa shows one bar with chunks and events instead.
+#: Seconds a run goes on once its Dask client has lost the scheduler before it fails (the
+#: client itself would try to reconnect for 30 s, then leave coffea waiting on lost futures),
+#: and seconds the scheduler may leave a progress question unanswered.
+CLUSTER_LOST_SECONDS = 5.0
+SCHEDULER_SILENT_SECONDS = 10.0
 
-    (coffea's IterativeExecutor draws its bar even with ``status=False``.)
+
+class _ProgressPoller:
+    """Drains a run's progress channel every 0.1 s in a daemon thread of its own.
+
+    On Dask the channel is a queue held by the scheduler, and asking a scheduler that is
+    gone blocks for the client's connect timeout (30 s); here the run's thread sees how
+    long the channel has not answered instead (and the process can exit meanwhile).
     """
+
+    def __init__(self, channel: Any):
+        self._channel = channel
+        self._reports: queue.Queue[int] = queue.Queue()
+        self._stop = threading.Event()
+        self.answered = time.monotonic()
+        self.error: BaseException | None = None
+        threading.Thread(target=self._poll, name="casa-progress", daemon=True).start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.1):
+            try:
+                reports = self._channel.drain()
+            except Exception as e:
+                self.error = e
+                return
+            self.answered = time.monotonic()
+            for n in reports:
+                self._reports.put(n)
+
+    def take(self) -> list[int]:
+        """The reports received since the last call."""
+        out = []
+        while not self._reports.empty():
+            out.append(self._reports.get_nowait())
+        return out
+
+    def stop(self) -> None:
+        """Stop polling (a question under way is left to finish on its own)."""
+        self._stop.set()
+
+
+def _watch(
+    thread: threading.Thread,
+    opened: Any,
+    chunks: int,
+    events: int,
+    on_progress: Callable[[int, int], None] | None,
+) -> None:
+    """Report progress until ``thread`` ends; ServiceError once the Dask cluster is gone."""
+    poller = _ProgressPoller(opened.channel)
+    done_chunks = done_events = 0
+    lost_since = None
+    try:
+        while thread.is_alive():
+            thread.join(0.1)
+            if poller.error is not None and not is_connection_lost(poller.error):
+                raise poller.error
+            if poller.error is None and _connected(opened):
+                lost_since = None
+            else:
+                lost_since = lost_since or time.monotonic()
+            silent = time.monotonic() - poller.answered
+            if (lost_since and time.monotonic() - lost_since > CLUSTER_LOST_SECONDS) or (
+                _dask_client(opened) is not None and silent > SCHEDULER_SILENT_SECONDS
+            ):
+                raise cluster_lost(opened.name, _scheduler_address(opened))
+            reports = poller.take()
+            if reports and on_progress is not None:
+                done_chunks += len(reports)
+                done_events += sum(reports)
+                on_progress(min(done_chunks, chunks), min(done_events, events))
+    finally:
+        poller.stop()
+
+
+def _dask_client(opened: Any) -> Any:
+    """The ``distributed.Client`` a run's executor uses (None off Dask)."""
+    return getattr(opened.executor, "client", None)
+
+
+def _connected(opened: Any) -> bool:
+    """Whether the run's Dask client (if any) is still connected to its scheduler."""
+    client = _dask_client(opened)
+    return client is None or client.status == "running"
+
+
+def _scheduler_address(opened: Any) -> str:
+    """Where the run's Dask scheduler was reached (for errors)."""
+    client = _dask_client(opened)
+    try:
+        return str(client.scheduler.address)
+    except Exception:  # the client may be closed by now
+        return "?"
+
+
+@contextlib.contextmanager
+def _coffea_quiet() -> Iterator[None]:
+    """Hide coffea's own progress bars and tracebacks: casa shows one bar with chunks and
+    events, and a failed run's one sentence.
+
+    (coffea's IterativeExecutor draws its bar even with ``status=False``, and its
+    FuturesExecutor prints the traceback of a failed chunk to stderr before raising it:
+    coffea 2026.9.)
+    """
+    import types
+
+    from coffea.processor import executor as coffea_executor
     from coffea.util import coffea_console
 
-    quiet = coffea_console.quiet
+    quiet, tracebacks = coffea_console.quiet, coffea_executor.traceback
     coffea_console.quiet = True
+    coffea_executor.traceback = types.SimpleNamespace(
+        **{name: getattr(traceback, name) for name in traceback.__all__ if name != "print_exc"},
+        print_exc=lambda *args, **kwargs: None,
+    )
     try:
         yield
     finally:
         coffea_console.quiet = quiet
+        coffea_executor.traceback = tracebacks

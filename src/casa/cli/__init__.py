@@ -46,7 +46,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = args.handler(args) or 0
     except CasaError as e:
-        err_console.print(f"[bold red]casa: error:[/] {escape(str(e))}", highlight=False)
+        # One sentence on one line (soft_wrap: the terminal wraps it, rich inserts no breaks).
+        err_console.print(
+            f"[bold red]casa: error:[/] {escape(str(e))}", highlight=False, soft_wrap=True
+        )
         if e.details:
             err_console.print(e.details, highlight=False, markup=False)
         if args.debug:

@@ -110,13 +110,20 @@ def handle(args: argparse.Namespace) -> int:
     else:
         name = "files"
         files = [inspect_root_file(p, args.tree) for p in expand_paths(args.files)]
-    explain = None
+    explain = servers = None
     if any(f.url.startswith(("root://", "roots://")) for f in files):
         from casa.services.facility import facility_context, refusal_explainer
 
-        explain = refusal_explainer(facility_context(args.home, args.config))
+        ctx = facility_context(args.home, args.config)
+        explain, servers = refusal_explainer(ctx), storage_server_names(ctx.config)
     prepare_out_dir(args.out)
     with ChunkProgress(args.analysis, err_console) as progress:
+
+        def started(chunks: int, events: int, dashboard: str | None) -> None:
+            if not args.debug:
+                quiet_dask_logs()
+            progress.start(chunks, events, dashboard)
+
         result = run_analysis(
             processor,
             name,
@@ -124,9 +131,10 @@ def handle(args: argparse.Namespace) -> int:
             backend,
             workers=workers,
             chunksize=DEFAULT_CHUNKSIZE if args.chunksize is None else args.chunksize,
-            on_start=progress.start,
+            on_start=started,
             on_progress=progress.update,
             explain_refusal=explain,
+            servers=servers,
             skip_bad_files=args.skip_bad_files,
             column_cache=not args.no_column_cache,
             tree_cache=not args.no_tree_cache,
@@ -134,6 +142,25 @@ def handle(args: argparse.Namespace) -> int:
     summary = write_outputs(args.out, result, args.analysis, name, plots=not args.no_plots)
     print_summary(args.out, summary, result.output)
     return 0
+
+
+def quiet_dask_logs() -> None:
+    """Silence distributed's logs in this process (once it is imported: its import sets the
+    levels): a lost scheduler is logged there as ERROR tracebacks, and casa says what
+    happened in one sentence instead ('--debug' keeps them)."""
+    import logging
+    import sys
+
+    if "distributed" in sys.modules:
+        for name in ("distributed", "distributed.client", "dask_gateway"):
+            logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+
+
+def storage_server_names(config) -> dict[str, str]:
+    """``HOST:PORT`` of the facility's caches and origin, with what to call each in errors."""
+    names = {f"{host}:{config.cache.port}": "the cache" for host in config.cache_hosts()}
+    names[f"{config.host_of('origin')}:{config.origin.port}"] = "the origin"
+    return names
 
 
 def htcondor_backend(ctx):
@@ -177,9 +204,12 @@ def print_summary(out: str, summary: dict, output) -> None:
         f"with {summary['workers']} worker(s)"
     )
     if summary.get("chunks_skipped"):
+        first = summary["chunks_skipped"][0]
         console.print(
-            f"[yellow]skipped {len(summary['chunks_skipped'])} chunk(s) that could not be read "
-            "(listed in summary.json)[/]"
+            f"[yellow]skipped {len(summary['chunks_skipped'])} chunk(s) that could not be read, "
+            f"the first {first['file']} entries {first['entry_start']}-{first['entry_stop']} "
+            "(all listed in summary.json)[/]",
+            soft_wrap=True,
         )
     console.print(f"outputs in {out}: histograms.root, result.pkl, summary.json")
     for png in summary["plots"]:

@@ -51,6 +51,28 @@ def scrub(text: str) -> str:
     return _AUTHZ.sub("authz=<token>", text)
 
 
+#: How the XRootD client waits for a server that does not answer. Its defaults wait up to
+#: 10 minutes for a dead cache (5 connection attempts 120 s apart; timeouts checked every
+#: 15 s) and then refuse the server for 30 minutes (so a long-lived worker could not read
+#: from a restarted cache). An ``XRD_*`` variable in the environment wins over these.
+XROOTD_WAITS = {
+    "ConnectionWindow": 5,
+    "ConnectionRetry": 2,
+    "StreamErrorWindow": 5,
+    "TimeoutResolution": 1,
+}
+#: Seconds one XRootD request may take before the read fails (uproot's ``timeout``).
+XROOTD_REQUEST_TIMEOUT = 30
+
+
+def bound_xrootd_waits() -> None:
+    """Make this process's XRootD client give up on a dead server within seconds."""
+    from XRootD import client
+
+    for key, value in XROOTD_WAITS.items():
+        client.EnvPutInt(key, value)  # refused (False) when XRD_<KEY> was set by the user
+
+
 class TokenXRootDSource(uproot.source.xrootd.XRootDSource):
     """uproot's XRootD source, presenting the token WLCG discovery finds on this worker."""
 
@@ -63,20 +85,31 @@ class TokenXRootDSource(uproot.source.xrootd.XRootDSource):
             )
         file_path = via_site_cache(file_path, os.environ.get(SITE_CACHE_ENV))
         self._public_path = file_path
+        bound_xrootd_waits()
         try:
             super().__init__(with_token(file_path, found.token), **options)
         except Exception as e:  # uproot quotes the full URL: keep the token out of the message
             e.args = tuple(scrub(a) if isinstance(a, str) else a for a in e.args)
+            if isinstance(e, OSError) and "Server responded with an error" not in str(e):
+                # The server did not answer (uproot's server query leaves out the URL).
+                message = scrub(str(e))
+                if "XRootD error" not in message:
+                    message = f"XRootD error: {message} in file {file_path}"
+                raise ServerNotAnswering(message) from None
             raise
 
     def __repr__(self) -> str:
         return f"<TokenXRootDSource {self._public_path!r}>"
 
 
+class ServerNotAnswering(OSError):
+    """An XRootD server did not answer (connection refused or lost, request expired)."""
+
+
 def uproot_options_for(urls: list[str]) -> dict:
     """The uproot options a run needs to read these URLs."""
     if any(is_remote(u) for u in urls):
-        return {"handler": TokenXRootDSource}
+        return {"handler": TokenXRootDSource, "timeout": XROOTD_REQUEST_TIMEOUT}
     return {}
 
 
