@@ -95,3 +95,15 @@ def test_whole_files_still_add_and_the_cut_names_its_basket(casa, files):
     size = files["half"].stat().st_size
     assert f"the file has {size:,} bytes" in r.err.replace("\n", " ")
     assert r.code == 4
+
+
+def test_a_whole_rntuple_is_added(casa, tmp_path):
+    """The basket check is for TTrees; an RNTuple (uproot's default output) is still accepted."""
+    import numpy as np
+
+    path = tmp_path / "ntuple.root"
+    with uproot.recreate(path) as f:
+        f["Other"] = {"x": np.arange(100)}
+    casa("datasets", "add", "flat", path, "--tree", "Other", check=True)
+    shown = json.loads(casa("datasets", "show", "flat", "--json", check=True).out)
+    assert shown["files"][0]["events"] == 100

@@ -116,7 +116,9 @@ def _what_it_holds(f) -> str:
 
 def check_baskets_inside(tree, path: Path, size: int) -> None:
     """DataError naming the first basket of ``tree`` (a TTree) that ends past ``size`` bytes."""
-    if not hasattr(tree, "itervalues"):  # an RNTuple has no baskets
+    from uproot.behaviors.TTree import TTree
+
+    if not isinstance(tree, TTree):  # an RNTuple has pages, not baskets: its keys are checked
         return
     for branch in tree.itervalues(recursive=True):
         written = int(branch.member("fWriteBasket"))
