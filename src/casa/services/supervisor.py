@@ -21,6 +21,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import time
 from dataclasses import asdict, dataclass
@@ -201,7 +202,18 @@ class Supervisor:
         directory.mkdir(parents=True, exist_ok=True)
         for folder in (directory.parent, directory):
             os.chmod(folder, PASSABLE_FOLDER)
+        self._close_old_files(service, directory)
         return directory
+
+    def _close_old_files(self, service: Service, directory: Path) -> None:
+        """Take group and other permissions from the files in ``services/NAME`` (an older
+        casa wrote them world-readable); what others may read is opened again by its writer
+        as the service starts (the issuer's socket, the hub's public catalog)."""
+        for entry in directory.iterdir():
+            info = entry.lstat()
+            if stat.S_ISREG(info.st_mode) and info.st_mode & 0o077:
+                if entry != self._pid_file(service):
+                    os.chmod(entry, stat.S_IMODE(info.st_mode) & 0o700)
 
     def _start(self, service: Service) -> None:
         log = self.log_file(service)
