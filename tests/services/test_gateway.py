@@ -26,7 +26,7 @@ from casa.cluster.gateway import (
 from casa.cluster.local import IterativeBackend
 from casa.data.files import inspect_root_file
 from casa.data.generator import generate_dataset
-from casa.errors import UsageError
+from casa.errors import DataError, UsageError
 from casa.services.issuer import request_token
 
 pytestmark = pytest.mark.skipif(
@@ -267,9 +267,9 @@ def test_failing_chunk_names_file_and_range_or_is_skipped(gw, tmp_path):
     raw[seek + 100 : seek + 400] = b"\\x00" * 300
     path.write_bytes(bytes(raw))
     backend = GatewayBackend(gw.ctx(), Scaling(workers=1))
-    with pytest.raises(Exception) as failure:
+    with pytest.raises(DataError) as failure:  # a data problem (exit 4), not the processor's
         run_analysis(load_processor("adl1"), "d", [info], backend, chunksize=25_000)
-    assert "events_0000.root entries 50000-75000" in str(failure.value)
+    assert "events_0000.root entries 50000-75000 cannot be read" in str(failure.value)
     result = run_analysis(load_processor("adl1"), "d", [info], backend, chunksize=25_000,
                           skip_bad_files=True)  # fmt: skip
     assert result.skipped == [(str(path), 50_000, 75_000), (str(path), 75_000, 100_000)]

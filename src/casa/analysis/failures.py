@@ -121,12 +121,11 @@ def is_storage_fault(error: BaseException) -> bool:
     """
     if isinstance(error, StorageLost):
         return True
-    text = str(error)
-    return (
-        isinstance(error, OSError)
-        and "XRootD error" in text
-        and "Server responded with an error" not in text
-    )
+    return isinstance(error, OSError) and _names_storage_fault(str(error))
+
+
+def _names_storage_fault(text: str) -> bool:
+    return "XRootD error" in text and "Server responded with an error" not in text
 
 
 def is_unreadable_data(error: BaseException) -> bool:
@@ -193,6 +192,8 @@ def analysis_error(
     storage = _marked(chain, texts, StorageLost, STORAGE_MARK)
     if storage is None and any(is_storage_fault(e) for e in chain):
         storage = next(f"{type(e).__name__}: {e}" for e in chain if is_storage_fault(e))
+    if storage is None:  # coffea's text alone (the chain stayed on the worker)
+        storage = next((t for t in texts if _names_storage_fault(t)), None)
     if storage is not None:
         return _storage_lost(storage, texts, item, servers or {})
     unreadable = _marked(chain, texts, ChunkUnreadable, UNREADABLE_MARK)
