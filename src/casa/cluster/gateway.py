@@ -197,8 +197,15 @@ def apply_scaling(cluster, scaling: Scaling) -> None:
             else:
                 cluster.adapt(minimum=scaling.minimum, maximum=scaling.maximum)
         except GatewayClusterError as e:
+            if not _is_limit_refusal(str(e)):
+                raise  # such as a cluster that stopped meanwhile: the caller connects anew
             raise UsageError(f"the gateway refused: {e}") from None
     _raise_on_limit(caught)
+
+
+def _is_limit_refusal(text: str) -> bool:
+    """Whether the gateway's answer is a refusal over a limit (casa's UserLimits)."""
+    return "exceed" in text and "limit" in text
 
 
 def find_or_create_cluster(gateway, worker_cores: int = 1, worker_memory: float = 2.0):
