@@ -46,7 +46,7 @@ def test_up_twice_status_and_down(new_facility):
         assert s["healthy"] and s["running"] and s["pid"] and s["uptime"] >= 0, name
         assert s["port"] == f.ports[name]
         assert Path(s["log"]).exists()
-    assert status["gateway"]["detail"] == "answers /api/health"
+    assert status["gateway"]["detail"].startswith("answers /api/health; each user's workers: ")
     pids = [s["pid"] for s in status.values()]
     assert (f.home / "services" / "origin" / "origin.cfg").exists()
     assert (f.home / "keys" / "issuer.pem").stat().st_mode & 0o777 == 0o600
