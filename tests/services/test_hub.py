@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import pwd
+import re
 import shutil
 import subprocess
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import websocket
 
 from casa.auth.accounts import AccountStore
 from casa.data.generator import generate_dataset
@@ -211,6 +213,7 @@ def test_browser_runs_the_dimuon_example(hub, tmp_path):
 
 
 def test_dask_labextension_creates_a_gateway_cluster(hub):
+    _stop_clusters_of(hub, "tcalice")  # earlier tests' clusters hold the user's cores
     hub.admin.spawn("tcalice")
     token = hub.admin.user_token("tcalice")
     url = f"{hub.base}/user/tcalice/dask/clusters"
@@ -222,6 +225,53 @@ def test_dask_labextension_creates_a_gateway_cluster(hub):
     listed = requests.get(url, headers=headers, timeout=30).json()
     assert model["id"] in [c["id"] for c in listed]
     requests.delete(f"{url}/{model['id']}", headers=headers, timeout=60)
+
+
+def _stop_clusters_of(hub, user: str) -> None:
+    from casa.cluster.gateway import gateway_client
+    from casa.services.issuer import request_token
+
+    token = request_token(hub.ctx(), user=user, kind="gateway")
+    with gateway_client(hub.ctx(), token=token) as gateway:
+        for report in gateway.list_clusters():
+            gateway.stop_cluster(report.name)
+
+
+def test_the_lab_shows_the_users_own_dashboard_only(hub):
+    """dask-labextension's panels (through the user's server) reach the gateway cluster's
+    dashboard with the user's gateway token; another user's hub token gets nothing."""
+    _stop_clusters_of(hub, "tcalice")  # earlier tests' clusters hold the user's cores
+    hub.admin.spawn("tcalice")
+    hub.admin.spawn("tcbob")
+    alice = {"Authorization": f"token {hub.admin.user_token('tcalice')}"}
+    bob = {"Authorization": f"token {hub.admin.user_token('tcbob')}"}
+    clusters = f"{hub.base}/user/tcalice/dask/clusters"
+    model = requests.put(clusters, headers=alice, timeout=120).json()
+    try:
+        panels = f"{hub.base}/user/tcalice/dask/dashboard/{model['id']}"
+        plots = requests.get(f"{panels}/individual-plots.json", headers=alice, timeout=60)
+        assert plots.status_code == 200 and "Individual Task Stream" in plots.json(), plots.text[
+            :300
+        ]
+        status = requests.get(f"{panels}/status", headers=alice, timeout=60)
+        assert status.status_code == 200 and "bokeh" in status.text
+        bokeh_session = re.search(r'"token":"([^"]+)"', status.text).group(1)
+        ws = websocket.create_connection(
+            f"{panels.replace('http://', 'ws://')}/status/ws", timeout=60,
+            header=[f"Authorization: {alice['Authorization']}"],
+            subprotocols=["bokeh", bokeh_session],
+        )  # fmt: skip
+        try:
+            assert json.loads(ws.recv())["msgtype"] == "ACK"  # the plots' updates flow
+        finally:
+            ws.close()
+        stolen = requests.get(f"{panels}/status", headers=bob, timeout=60, allow_redirects=False)
+        assert stolen.status_code in (302, 403, 404)
+        assert "bokeh" not in stolen.text
+        direct = requests.get(model["dashboard_link"].partition("?")[0], headers=bob, timeout=60)
+        assert direct.status_code == 401
+    finally:
+        requests.delete(f"{clusters}/{model['id']}", headers=alice, timeout=60)
 
 
 def test_down_after_a_killed_hub_stops_its_proxy(hub):

@@ -36,11 +36,10 @@ from dask_gateway_server.backends.db_base import DBBackendBase, JobStatus
 from dask_gateway_server.models import Cluster
 from traitlets import Integer, Unicode
 
-from casa.cluster.dashboard_guard import KEY_HEADER
+from casa.cluster.dashboard_guard import GUARD_MODULE, KEY_HEADER, WORKER_ARGS
 
 TICKET_PARAM = "casa_ticket"
 SESSION_COOKIE = "casa-dashboard"
-DASHBOARD_GUARD = "casa.cluster.dashboard_guard"
 
 # Per-hop headers (RFC 9110 7.6.1) and what the gateway itself decides.
 NOT_FORWARDED = {
@@ -87,13 +86,13 @@ class DashboardAccess(DBBackendBase):
 
     def get_scheduler_command(self, cluster):
         """dask-gateway's scheduler command, its HTTP server guarded by the cluster's key."""
-        return super().get_scheduler_command(cluster) + ["--preload", DASHBOARD_GUARD]
+        return super().get_scheduler_command(cluster) + ["--preload", GUARD_MODULE]
 
     def get_worker_command(self, cluster, worker_name, scheduler_address=None):
         """dask-gateway's worker command: no dashboard (the scheduler's shows every worker)
         and its remaining HTTP server (``/metrics``, ``/health``) guarded by the key."""
         cmd = super().get_worker_command(cluster, worker_name, scheduler_address)
-        return cmd + ["--no-dashboard", "--preload", DASHBOARD_GUARD]
+        return cmd + WORKER_ARGS
 
     async def list_clusters(self, username=None, statuses=None):
         """dask-gateway's cluster reports, their dashboard links with a fresh ticket."""

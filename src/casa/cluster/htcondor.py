@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from casa.cluster.base import ComputeBackend, OpenBackend
+from casa.cluster.dashboard_guard import WORKER_ARGS, guard_this_process
 from casa.config import HTCondorSection
 from casa.errors import ConfigError, UsageError
 
@@ -330,6 +331,7 @@ def cluster_kwargs(
         "submit_command_extra": submit_extra + (["-spool"] if s.schedd else []),
         "cancel_command_extra": submit_extra,
         "job_name": f"casa-worker-{user}",
+        "worker_extra_args": WORKER_ARGS,
     }
 
 
@@ -358,6 +360,7 @@ def htcondor_cluster(
         token = job_token_file(token_file, spill=folder)
         kwargs = cluster_kwargs(ctx, tls, token, settings=s, user=user)
         kwargs.update(overrides)
+        guard_this_process()  # the dashboard answers the link casa prints only
         cluster = _cluster_class()(**kwargs)
     except BaseException:
         if not workdir:

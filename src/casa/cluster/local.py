@@ -197,6 +197,9 @@ class LocalDaskBackend(ComputeBackend):
         """Yield coffea's DaskExecutor on a fresh ``distributed.LocalCluster``."""
         from distributed import Client, LocalCluster
 
+        from casa.cluster.dashboard_guard import GUARD_MODULE, guard_this_process
+
+        guard_this_process()  # the dashboard answers the link casa prints only
         with (
             LocalCluster(
                 n_workers=workers,
@@ -204,6 +207,7 @@ class LocalDaskBackend(ComputeBackend):
                 processes=True,
                 dashboard_address="127.0.0.1:0",
                 host="127.0.0.1",
+                preload=[GUARD_MODULE],
                 # A failing chunk is reported once by casa, with the user's traceback; the
                 # workers' own error logs would print it again, less readably.
                 silence_logs=logging.CRITICAL,

@@ -32,6 +32,7 @@ from dask_jobqueue import SLURMCluster
 from dask_jobqueue.slurm import SLURMJob
 
 from casa.cluster.base import ComputeBackend, OpenBackend
+from casa.cluster.dashboard_guard import WORKER_ARGS, guard_this_process
 from casa.cluster.htcondor import CACHE_URL_ENV, write_cluster_certificate
 from casa.cluster.local import on_job_cluster
 
@@ -128,6 +129,7 @@ class SlurmBackend(ComputeBackend):
         scheduler_options: dict[str, Any] = {"dashboard_address": ":0"}
         if self.scheduler_interface:
             scheduler_options["interface"] = self.scheduler_interface
+        guard_this_process()  # the dashboard answers the link casa prints only
         return CasaSLURMCluster(
             queue=self.queue,
             cores=self.cores,
@@ -144,6 +146,7 @@ class SlurmBackend(ComputeBackend):
             job_extra_directives=self.job_extra_directives,
             job_name="casa-worker",
             submit_env=self.worker_environment(),
+            worker_extra_args=WORKER_ARGS,
             silence_logs=logging.CRITICAL,
         )
 

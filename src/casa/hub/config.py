@@ -12,6 +12,7 @@ import secrets
 import sys
 from pathlib import Path
 
+from casa.hub.lab_dashboards import EXTENSION as LAB_DASHBOARDS
 from casa.services.base import PASSABLE_FOLDER, ServiceContext, write_file
 
 HUB_API_TOKEN_FILE = "hub-api-token"
@@ -147,6 +148,7 @@ def configure(c, home: str, config_file: str | None = None) -> None:
     prefix = user_env_prefix(ctx)
     c.Spawner.cmd = [str(prefix / "bin" / "jupyterhub-singleuser")]
     c.Spawner.default_url = "/lab"
+    c.Spawner.args = [f"--ServerApp.jpserver_extensions={LAB_DASHBOARDS}=True"]
     c.Spawner.notebook_dir = "~"
     c.Spawner.start_timeout = 120
     c.Spawner.http_timeout = 90
