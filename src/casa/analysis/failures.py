@@ -196,8 +196,9 @@ def analysis_error(
         storage = next((t for t in texts if _names_storage_fault(t)), None)
     if storage is not None:
         return _storage_lost(storage, texts, item, servers or {})
+    opening = any("Failed to open file" in t for t in texts)
     unreadable = _marked(chain, texts, ChunkUnreadable, UNREADABLE_MARK)
-    if unreadable is None and any(is_unreadable_data(e) for e in chain):
+    if unreadable is None and not opening and any(is_unreadable_data(e) for e in chain):
         unreadable = next(scrub(f"{type(e).__name__}: {e}") for e in chain if is_unreadable_data(e))
     if unreadable is not None and item is not None:
         return _unreadable(unreadable, item)
@@ -208,10 +209,12 @@ def analysis_error(
             details = rest.partition(TB_END)[0]
             return AnalysisError(f"the processor raised {summary}{where}", details=details)
     root = chain[-1]
-    cause = scrub(str(root)).rpartition("The error was: ")[2].rstrip(".") or repr(root)
-    if unreadable is not None or any(
-        "Failed to open file" in t or "no bearer token found" in t for t in texts
-    ):
+    # coffea's own text says it best; below it a process pool puts the whole remote traceback
+    wrapped = next((t for t in texts if "The error was: " in t), scrub(str(root)))
+    cause = wrapped.rpartition("The error was: ")[2].rstrip(".") or repr(root)
+    if unreadable is not None or opening or any("no bearer token found" in t for t in texts):
+        # (uproot's FileNotFoundError goes on to explain how files may be named)
+        cause = cause.partition("Files may be specified as")[0].rstrip()
         return DataError(f"could not open a file{where}: {cause}")
     details = scrub("".join(traceback.format_exception(root)).rstrip())
     return AnalysisError(f"the run failed{where}: {cause}", details=details)
