@@ -1,9 +1,9 @@
 """A gateway cluster over several token lifetimes and a gateway crash: it keeps reading.
 
-One real facility with ``issuer.token_lifetime = 30``: the workers' first token is refused
-by the storage long before the second run. Every run reads files its workers have not
-opened before, so each presents the token the workers hold at that moment to the real
-XRootD cache. Then the gateway is killed and started again: the cluster is listed again,
+One real facility with ``issuer.token_lifetime = 30``: the second run waits until the
+storage refuses a token younger than the workers' first one. Every run reads files its
+workers have not opened before, so each presents the token the workers hold at that moment
+to the real XRootD cache. Then the gateway is killed and started again: the cluster is listed again,
 renewed again, runs again, and ``casa down`` leaves none of its processes.
 """
 
@@ -33,14 +33,25 @@ pytestmark = pytest.mark.skipif(
 )
 
 LIFETIME = 30
+#: Longer than XRootD keeps an unused token it accepted (and than LIFETIME).
+KEPT_SECONDS = 70
 EVENTS = 4_000
 
 
-def _store(f, tmp_path, name: str, seed: int) -> list:
+def _store(f, tmp_path, name: str, seed: int, n_files: int = 1) -> list:
     folder = tmp_path / name
-    generate_dataset(folder, EVENTS, 1, seed=seed, workers=1)
+    generate_dataset(folder, EVENTS * n_files, n_files, seed=seed, workers=1)
     f.casa("datasets", "add", name, folder, "--store", check=True)
     return list(DatasetCatalog(f.ctx().paths.database).get(name).files)
+
+
+def _refused(url: str, token: str) -> bool:
+    try:
+        uproot.open(with_token(url, token)).close()
+    except OSError as e:
+        assert "permission denied" in str(e)
+        return True
+    return False
 
 
 def _wait_until(t: float) -> None:
@@ -65,26 +76,28 @@ def test_cluster_reads_across_lifetimes_and_outlives_a_gateway_restart(
     f = new_facility(f'[gateway]\nbackend = "local"\n[issuer]\ntoken_lifetime = {LIFETIME}\n')
     f.supervisor().up()
     ctx = f.ctx()
-    files = [_store(f, tmp_path, f"life-{i}", seed=40 + i) for i in range(3)]
+    run0, used, probe, run1 = _store(f, tmp_path, "life", seed=40, n_files=4)
+    _store(f, tmp_path, "life-2", seed=43)
     # The client side needs a token only to know that reads are authorised at all.
     monkeypatch.setenv("BEARER_TOKEN", f.token())
     backend = GatewayBackend(ctx, Scaling(workers=1))
     adl1 = load_processor("adl1")
 
     close_kept_connections()
-    t0 = time.time()
-    first = request_token(ctx)  # as old as the workers' first token
-    assert run_analysis(adl1, "life-0", files[0], backend).events == EVENTS
+    assert run_analysis(adl1, "life", [run0], backend).events == EVENTS
     with gateway_client(ctx) as g:
         [cluster] = g.list_clusters()
-    # XRootD still accepts a token some seconds after its exp: wait until the storage
-    # refuses the first token for a file nobody opened yet, then read that file on the
-    # same connection (no token of the client's own is pushed on a kept connection):
-    # only the gateway's renewal lets the workers open it.
-    _wait_until(t0 + 2.5 * LIFETIME)
-    with pytest.raises(OSError, match="permission denied"):
-        uproot.open(with_token(files[1][0].url, first))
-    assert run_analysis(adl1, "life-1", files[1], backend).events == EVENTS
+    # A token younger than the workers' first one (minted when the cluster was created),
+    # used once after theirs was. XRootD keeps a token it accepted for about a minute after
+    # its last use, also past its exp (here: kept 5 s after exp, gone 35 s after a use
+    # 30 s earlier; kept while used every 2 s), so once this one is refused, theirs is.
+    first = request_token(ctx)
+    assert not _refused(used.url, first)  # (this process reopens a file it opened freely)
+    _wait_until(time.time() + KEPT_SECONDS)
+    assert _refused(probe.url, first), "the storage still accepts a token a run found stale"
+    # A new file on the same connection (no token of the client's own is pushed on a kept
+    # connection): only the gateway's renewal lets the workers open it.
+    assert run_analysis(adl1, "life", [run1], backend).events == EVENTS
     close_kept_connections()
 
     # The gateway crashes; its clusters live on; 'casa up' brings it back and it finds them.
