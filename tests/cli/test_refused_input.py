@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import shutil
 import subprocess
 import sys
@@ -13,6 +12,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
+from accounts import unix_account
 
 USER = "isk"
 USER_CASA = Path("/opt/casa-user-env/bin/casa")
@@ -38,11 +39,8 @@ def account():
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
-    subprocess.run(["userdel", "-r", USER], capture_output=True)
-    subprocess.run(["useradd", "--create-home", "--shell", "/usr/sbin/nologin", USER],
-                   check=True, capture_output=True)  # fmt: skip
-    yield pwd.getpwnam(USER)
-    subprocess.run(["userdel", "-r", USER], capture_output=True)
+    with unix_account(USER) as account:
+        yield account
 
 
 @pytest.fixture()

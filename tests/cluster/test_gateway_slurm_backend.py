@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pwd
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from accounts import unix_account
 from casa.cluster.gateway_server import CasaSlurmBackend
 
 USER = "tcslurm"
@@ -31,11 +30,8 @@ def account():
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
-    subprocess.run(["userdel", "-r", USER], capture_output=True)
-    subprocess.run(["useradd", "--create-home", "--shell", "/usr/sbin/nologin", USER],
-                   check=True, capture_output=True)  # fmt: skip
-    yield pwd.getpwnam(USER)
-    subprocess.run(["userdel", "-r", USER], capture_output=True)
+    with unix_account(USER) as account:
+        yield account
 
 
 def test_launcher_runs_as_the_user_and_keeps_their_files_private(account, tmp_path):

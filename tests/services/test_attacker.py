@@ -27,6 +27,7 @@ import pytest
 import requests
 from XRootD import client as xrd
 
+from accounts import remove_unix_account
 from casa.data.generator import generate_dataset
 
 pytestmark = [
@@ -64,11 +65,6 @@ class Ledger:
         )
 
 
-def _remove_account(name: str) -> None:
-    subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
-    subprocess.run(["userdel", "-r", name], capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """A facility as root, clusters under each user's own account, two users, four datasets:
@@ -77,7 +73,7 @@ def site(tmp_path_factory):
 
     f = new_facility_home('[gateway]\nbackend = "local-accounts"\n')
     for name in (ATTACKER, VICTIM):
-        _remove_account(name)
+        remove_unix_account(name)
         p = f.casa("user", "add", name, "--password-stdin", input_text=f"{name}-password")
         assert p.returncode == 0, p.stderr
     data = tmp_path_factory.mktemp("attack-data")
@@ -92,7 +88,7 @@ def site(tmp_path_factory):
     f.supervisor().down()
     stop_everything(f.home)
     for name in (ATTACKER, VICTIM):
-        _remove_account(name)
+        remove_unix_account(name)
 
 
 def _urls(site, dataset: str) -> list[str]:

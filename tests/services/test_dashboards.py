@@ -21,6 +21,7 @@ import psutil
 import pytest
 import requests
 
+from accounts import remove_unix_account
 from casa.cluster.dashboard import SESSION_COOKIE, TICKET_PARAM
 from casa.cluster.gateway import gateway_client
 from casa.data.generator import generate_dataset
@@ -53,11 +54,6 @@ print(json.dumps(out))
 """
 
 
-def _remove_unix_account(name: str) -> None:
-    subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
-    subprocess.run(["userdel", "-r", name], capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """The facility up, ``dshab``'s cluster with a worker, and root's from ``casa run``."""
@@ -65,7 +61,7 @@ def site(tmp_path_factory):
 
     f = new_facility_home('[gateway]\nbackend = "local-accounts"\n')
     for name in USERS:
-        _remove_unix_account(name)
+        remove_unix_account(name)
     try:
         for name, admin in USERS.items():
             flags = ["--admin"] if admin else []
@@ -88,7 +84,7 @@ def site(tmp_path_factory):
         f.casa("down")
         stop_everything(f.home)
         for name in USERS:
-            _remove_unix_account(name)
+            remove_unix_account(name)
 
 
 def _casa_run_link(f, tmp) -> tuple[str, str]:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from accounts import remove_unix_account
 from casa.data.catalog import DatasetCatalog
 from casa.data.generator import generate_dataset
 from casa.hub.config import hub_api_token
@@ -60,11 +61,6 @@ print(json.dumps(readable))
 """
 
 
-def _remove_unix_account(name: str) -> None:
-    subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
-    subprocess.run(["userdel", "-r", name], capture_output=True)
-
-
 def _as_user(name: str, *cmd: str, input_text: str | None = None, env: dict | None = None):
     home = pwd.getpwnam(name).pw_dir
     settings = [f"{k}={v}" for k, v in {"HOME": home, **(env or {})}.items()]
@@ -86,7 +82,7 @@ def used(tmp_path_factory):
 
     f = new_facility_home('[gateway]\nbackend = "local-accounts"\n')
     for name in USERS:
-        _remove_unix_account(name)
+        remove_unix_account(name)
     try:
         for name, password in USERS.items():
             f.casa("user", "add", name, "--password-stdin", input_text=password, check=True)
@@ -111,7 +107,7 @@ def used(tmp_path_factory):
             with contextlib.suppress(KeyError):
                 for stale in _scratch_in_tmp(pwd.getpwnam(name).pw_uid):
                     shutil.rmtree(stale, ignore_errors=True)
-            _remove_unix_account(name)
+            remove_unix_account(name)
 
 
 #: Run as a user: start their gateway cluster with one worker that reads their file, and

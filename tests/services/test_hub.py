@@ -17,6 +17,7 @@ import pytest
 import requests
 import websocket
 
+from accounts import remove_unix_account
 from casa.auth.accounts import AccountStore
 from casa.data.generator import generate_dataset
 from casa.hub.config import hub_api_token
@@ -33,11 +34,6 @@ pytestmark = [
 USERS = {"tcalice": "alice-password", "tcbob": "bob-password"}
 
 
-def _remove_unix_account(name: str) -> None:
-    subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
-    subprocess.run(["userdel", "-r", name], capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     """A whole facility with two users, the demo-like dataset stored, the hub up."""
@@ -45,7 +41,7 @@ def hub(tmp_path_factory):
 
     f = new_facility_home("[hub]\ntoken_renewal = 3\n")
     for name in USERS:
-        _remove_unix_account(name)
+        remove_unix_account(name)
     for name, password in USERS.items():
         p = f.casa("user", "add", name, "--password-stdin", input_text=password)
         assert p.returncode == 0, p.stderr
@@ -63,7 +59,7 @@ def hub(tmp_path_factory):
     f.casa("down")
     stop_everything(f.home)
     for name in USERS:
-        _remove_unix_account(name)
+        remove_unix_account(name)
 
 
 def test_up_prints_the_hub_url(hub):

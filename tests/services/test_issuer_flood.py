@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from accounts import remove_unix_account
 from casa.services.issuer import IssuerService, socket_path
 from casa.services.issuer_socket import (
     LOG_LINES_PER_WINDOW,
@@ -76,11 +77,6 @@ print(json.dumps(results))
 """
 
 
-def _remove_account(name: str) -> None:
-    subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
-    subprocess.run(["userdel", "-r", name], capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def issuer():
     """A facility home with only its issuer running, and the two accounts."""
@@ -88,7 +84,7 @@ def issuer():
 
     f = new_facility_home()
     for name in (ATTACKER, VICTIM):
-        _remove_account(name)
+        remove_unix_account(name)
         subprocess.run(["useradd", "--create-home", "--shell", "/usr/sbin/nologin", name],
                        check=True, capture_output=True)  # fmt: skip
     supervisor = Supervisor(f.ctx(), [IssuerService()])
@@ -100,7 +96,7 @@ def issuer():
     supervisor.down()
     stop_everything(f.home)
     for name in (ATTACKER, VICTIM):
-        _remove_account(name)
+        remove_unix_account(name)
 
 
 def _as(account: str, *cmd: str, **kwargs) -> subprocess.CompletedProcess:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from XRootD import client
 
+from accounts import remove_unix_account
 from casa.data.catalog import DatasetCatalog
 from casa.data.generator import generate_dataset
 
@@ -44,7 +45,7 @@ def site(tmp_path_factory):
 
     f = new_facility_home()
     for name in USERS:
-        subprocess.run(["userdel", "-r", name], capture_output=True)
+        remove_unix_account(name)
         f.casa("user", "add", name, "--password-stdin", input_text=f"{name}-password", check=True)
     f.supervisor_of = lambda services: Supervisor(f.ctx(), services)
     everything = f.supervisor_of([IssuerService(), OriginService(), CacheService(),
@@ -64,7 +65,7 @@ def site(tmp_path_factory):
         everything.down()
         stop_everything(f.home)
         for name in USERS:
-            subprocess.run(["userdel", "-r", name], capture_output=True)
+            remove_unix_account(name)
 
 
 def _url(site, dataset: str, server: str = "cache") -> str:

@@ -1,0 +1,26 @@
+"""Real Unix accounts for the tests that play several users on one host (root only)."""
+
+from __future__ import annotations
+
+import pwd
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+def remove_unix_account(name: str) -> None:
+    """Kill ``name``'s processes and delete the account with its home (if it exists)."""
+    subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
+    subprocess.run(["userdel", "-r", name], capture_output=True)
+
+
+@contextmanager
+def unix_account(name: str) -> Iterator[pwd.struct_passwd]:
+    """A fresh account ``name`` with a home and no login shell, removed afterwards."""
+    remove_unix_account(name)
+    subprocess.run(["useradd", "--create-home", "--shell", "/usr/sbin/nologin", name],
+                   check=True, capture_output=True)  # fmt: skip
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        remove_unix_account(name)
