@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import pwd
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 
 def remove_unix_account(name: str) -> None:
-    """Kill ``name``'s processes and delete the account with its home (if it exists)."""
-    subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
-    subprocess.run(["userdel", "-r", name], capture_output=True)
+    """Kill ``name``'s processes and delete the account with its home (if it exists).
+
+    userdel refuses while the account still has a process, and killed ones take a moment to
+    go: try again for a few seconds."""
+    for _ in range(50):
+        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
+        done = subprocess.run(["userdel", "-r", name], capture_output=True)
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            return
+        if done.returncode not in (0, 8):  # 8: the account is still logged in (has processes)
+            return
+        time.sleep(0.1)
 
 
 @contextmanager
