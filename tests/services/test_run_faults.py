@@ -14,6 +14,7 @@ import time
 import pytest
 
 from casa.data.generator import generate_dataset
+from casa.data.sources import XROOTD_WAITS
 
 pytestmark = pytest.mark.skipif(
     shutil.which("xrootd") is None and not os.environ.get("CI"),
@@ -107,6 +108,9 @@ def _assert_one_sentence(code: int, stderr: str, seconds: float, says: str) -> N
 
 def _runs_again(facility, slow_run, out, *extra: str) -> None:
     facility.casa("up", check=True)
+    # A gateway cluster's workers outlive the failed run: their XRootD client refuses the
+    # server it lost for its stream error window, as it does for any user rerunning at once.
+    time.sleep(XROOTD_WAITS["StreamErrorWindow"] + 1)
     done = subprocess.run(slow_run(out, *extra), env=slow_run.env, capture_output=True,
                           text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
