@@ -124,7 +124,7 @@ def coffea_samples() -> Path:
 @pytest.fixture(scope="session")
 def small_nanoaod(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A generated 20 000-event file in the layout of the ADL benchmark file (seed 7)."""
-    from casa.data.generator import generate_file
+    from casa.generate.generator import generate_file
 
     path = tmp_path_factory.mktemp("generated") / "small_nanoaod.root"
     generate_file(path, n_events=20000, seed=7)

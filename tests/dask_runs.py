@@ -10,10 +10,10 @@ import numpy as np
 
 from casa.analysis.registry import load_processor
 from casa.analysis.runner import RunResult, run_analysis
-from casa.cluster.base import ComputeBackend
-from casa.cluster.local import on_dask_client
+from casa.compute.base import ComputeBackend
+from casa.compute.local import on_dask_client
 from casa.data.files import FileInfo, inspect_root_file
-from casa.data.generator import generate_dataset
+from casa.generate.generator import generate_dataset
 
 
 class ClientBackend(ComputeBackend):

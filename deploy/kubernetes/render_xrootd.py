@@ -26,8 +26,8 @@ from pathlib import Path
 
 from casa.auth.tokens import ensure_signing_key
 from casa.config import FacilityPaths, parse_config, tomllib
-from casa.services.base import ServiceContext
-from casa.services.xrootd import CacheService, OriginService
+from casa.facility import Facility
+from casa.services.xrootd.service import CacheService, OriginService
 
 #: Where the pods keep casa's state, and where the ConfigMap is mounted.
 STATE = "/var/lib/casa"
@@ -39,7 +39,7 @@ HEADER = "# Rendered by deploy/kubernetes/render_xrootd.py from casa.toml.\n"
 
 
 @dataclass(frozen=True)
-class PodContext(ServiceContext):
+class PodContext(Facility):
     """The facility as the XRootD pods see it: daemons that are not root."""
 
     @property

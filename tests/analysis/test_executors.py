@@ -7,10 +7,10 @@ import pytest
 
 from casa.analysis.registry import load_processor
 from casa.analysis.runner import plan_chunks, run_analysis
-from casa.cluster.local import FuturesBackend, IterativeBackend, LocalDaskBackend, local_backend
+from casa.compute.local import FuturesBackend, IterativeBackend, LocalDaskBackend, local_backend
 from casa.data.files import inspect_root_file
-from casa.data.generator import generate_dataset
 from casa.errors import UsageError
+from casa.generate.generator import generate_dataset
 
 ANALYSES = ["dimuon", "adl1", "adl5", "adl6", "adl7", "adl8"]
 

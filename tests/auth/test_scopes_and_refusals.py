@@ -25,15 +25,10 @@ from casa.auth.tokens import (
 from casa.config import parse_config
 from casa.data.catalog import DatasetCatalog
 from casa.data.files import FileInfo, inspect_root_file
-from casa.data.storage import (
-    FacilityStorage,
-    close_scope,
-    dataset_area,
-    migrate_layout,
-    storage_path,
-)
+from casa.data.storage import FacilityStorage, migrate_layout
 from casa.errors import DataError, UsageError
-from casa.services.issuer import _mint_for_peer
+from casa.names import close_scope, dataset_area, storage_path
+from casa.services.issuer.service import _mint_for_peer
 
 ISSUER = "https://127.0.0.1:1/casa"
 

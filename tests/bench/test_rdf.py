@@ -33,10 +33,10 @@ from casa.bench.rdf import (
     run_rdf_queries_subprocess,
     run_rdf_subprocess,
 )
-from casa.cluster.local import IterativeBackend
+from casa.compute.local import IterativeBackend
 from casa.data.files import inspect_root_file
-from casa.data.generator import generate_dataset
 from casa.errors import DataError, UsageError
+from casa.generate.generator import generate_dataset
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Missing cross-reference:RuntimeWarning",

@@ -20,8 +20,8 @@ from casa.bench.readlimit import (
     plan_baskets,
     split_baskets,
 )
-from casa.data.generator import BASKET_EVENTS, generate_dataset, generate_file
 from casa.errors import DataError, UsageError
+from casa.generate.generator import BASKET_EVENTS, generate_dataset, generate_file
 
 pytestmark = pytest.mark.filterwarnings(
     # NanoAODSchema on the generated layout: no cross-references, Photon_mass rebuilt.

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from casa.data.generator import generate_dataset
+from casa.generate.generator import generate_dataset
 
 
 @dataclass

@@ -8,7 +8,7 @@ import json
 import pytest
 import uproot
 
-from casa.data.generator import generate_file
+from casa.generate.generator import generate_file
 
 #: The generator writes baskets of 50,000 entries: 60,000 events make a second basket of
 #: 10,000, exactly one chunk of 10,000 entries.

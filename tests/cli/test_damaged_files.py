@@ -11,7 +11,7 @@ import pytest
 import uproot
 
 from casa.data.catalog import DatasetCatalog
-from casa.data.generator import generate_dataset
+from casa.generate.generator import generate_dataset
 
 #: Three baskets per branch (the generator writes 50,000 events a basket).
 EVENTS = 150_000

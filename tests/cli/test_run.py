@@ -10,7 +10,7 @@ import hist
 import numpy as np
 import uproot
 
-from casa.data.generator import generate_file
+from casa.generate.generator import generate_file
 
 USER_PROCESSOR = '''
 import awkward as ak

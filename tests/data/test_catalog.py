@@ -8,8 +8,8 @@ import shutil
 import pytest
 
 from casa.data.catalog import DatasetCatalog
-from casa.data.generator import generate_dataset
 from casa.errors import DataError, UsageError
+from casa.generate.generator import generate_dataset
 
 
 @pytest.fixture(scope="module")

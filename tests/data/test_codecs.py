@@ -11,7 +11,7 @@ import uproot
 from uproot import compression
 
 from casa.data.codecs import CorruptZlibData, use_fastest_zlib, zlib_library
-from casa.data.generator import generate_dataset
+from casa.generate.generator import generate_dataset
 
 
 @pytest.fixture

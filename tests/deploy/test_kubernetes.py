@@ -27,7 +27,8 @@ import pytest
 import yaml
 
 from casa.config import parse_config, parse_size, tomllib
-from casa.services.xrootd import INSTALL_HINT, CacheService
+from casa.facility import Facility
+from casa.services.xrootd.service import INSTALL_HINT, CacheService
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = ROOT / "deploy" / "kubernetes"
@@ -512,7 +513,7 @@ def test_gateway_uses_kubernetes_backend_and_casa_tokens(build, tmp_path, monkey
     c, ns = _run_config(text, env, monkeypatch)
     assert c.DaskGateway.backend_class == "dask_gateway_server.backends.kubernetes.KubeBackend"
     assert importlib.util.find_spec("dask_gateway_server.backends.kubernetes") is not None
-    assert c.DaskGateway.authenticator_class == "casa.cluster.gateway_server.CasaAuthenticator"
+    assert c.DaskGateway.authenticator_class == "casa.services.gateway.server.CasaAuthenticator"
     assert c.CasaAuthenticator.issuer == config.issuer_url
     assert c.KubeClusterConfig.image == "example/casa:1"
     assert c.KubeClusterConfig.worker_extra_pod_config["securityContext"]["runAsNonRoot"] is True
@@ -525,7 +526,10 @@ def test_gateway_uses_kubernetes_backend_and_casa_tokens(build, tmp_path, monkey
     assert api["ports"][0]["containerPort"] == config.gateway.api_port
     # Each cluster gets its owner's data token, asked of the issuer beside the gateway.
     asked = []
-    ns["request_token"] = lambda ctx, user, **kw: asked.append((user, kw)) or f"token-of-{user}"
+    monkeypatch.setattr(
+        Facility, "request_token",
+        lambda ctx, user, **kw: asked.append((user, kw)) or f"token-of-{user}",
+    )  # fmt: skip
     options = c.Backend.cluster_options
     values = options.get_specification()
     assert {v["field"] for v in values} == {"worker_cores", "worker_memory"}
@@ -598,7 +602,9 @@ def test_hub_spawns_pods_with_the_users_tokens(build, tmp_path, monkeypatch):
         AccountStore(tmp_path / "home" / "casa.sqlite").add("alice", "a long password")
         authenticator = c.JupyterHub.authenticator_class(config=c)
         assert authenticator.check_allowed("alice") and not authenticator.check_allowed("bob")
-    ns["request_token"] = lambda ctx, user, kind="data": f"{kind}-token-of-{user}"
+    monkeypatch.setattr(
+        Facility, "request_token", lambda ctx, user, kind="data": f"{kind}-token-of-{user}"
+    )
 
     class Spawner:
         user = type("U", (), {"name": "alice"})()
@@ -612,7 +618,7 @@ def test_hub_spawns_pods_with_the_users_tokens(build, tmp_path, monkeypatch):
     assert env["PATH"] == "/opt/casa/bin"
     assert env["BEARER_TOKEN"] == "data-token-of-alice"
     assert env["DASK_GATEWAY__AUTH__KWARGS__TOKEN"] == "gateway-token-of-alice"
-    assert env["DASK_GATEWAY__AUTH__TYPE"] == "casa.cluster.gateway.CasaGatewayAuth"
+    assert env["DASK_GATEWAY__AUTH__TYPE"] == "casa.compute.gateway.CasaGatewayAuth"
     assert env["DASK_GATEWAY__ADDRESS"] == f"http://casa-gateway.casa:{config.gateway.port}"
     gateway_service = find(objects, "Service", "casa-gateway")
     assert {p["port"] for p in gateway_service["spec"]["ports"]} == {

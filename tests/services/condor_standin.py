@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from casa.cluster.htcondor import submit_directives, submit_environment, worker_command
+from casa.compute.htcondor import submit_directives, submit_environment, worker_command
 
 
 def _state() -> Path:

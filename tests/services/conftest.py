@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from casa.services.facility import facility_context, facility_supervisor
+from casa.facility import facility_context
+from casa.services.facility import facility_supervisor
 from casa.services.processes import recorded_session_leaders
 
 

@@ -28,7 +28,7 @@ import requests
 from XRootD import client as xrd
 
 from accounts import remove_unix_account
-from casa.data.generator import generate_dataset
+from casa.generate.generator import generate_dataset
 
 pytestmark = [
     pytest.mark.skipif(
@@ -314,9 +314,8 @@ def test_a_flood_of_connections_does_not_stall_the_issuer_for_others(site):
 
 
 def _gateway_token(site, user: str) -> str:
-    from casa.services.issuer import request_token
 
-    return request_token(site.ctx(), user=user, kind="gateway")
+    return site.ctx().request_token(user=user, kind="gateway")
 
 
 def _api(site, method: str, path: str, token: str | None, body: dict | None = None) -> int:
@@ -329,7 +328,7 @@ def _api(site, method: str, path: str, token: str | None, body: dict | None = No
 @pytest.fixture(scope="module")
 def victim_cluster(site):
     """atab's running gateway cluster with one worker (run under atab's account)."""
-    from casa.cluster.gateway import gateway_client
+    from casa.compute.gateway import gateway_client
 
     gateway = gateway_client(site.ctx(), _gateway_token(site, VICTIM))
     cluster = gateway.new_cluster()
@@ -430,7 +429,7 @@ def _tls_session_answers(port: int) -> bool:
 @pytest.fixture(scope="module")
 def victim_server(site):
     """atab's JupyterLab server, spawned by the hub under atab's account."""
-    from casa.hub.config import hub_api_token
+    from casa.services.hub.config import hub_api_token
     from hub_client import HubAdmin
 
     base = f"http://127.0.0.1:{site.ports['hub']}"

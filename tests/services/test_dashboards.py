@@ -22,10 +22,9 @@ import pytest
 import requests
 
 from accounts import remove_unix_account
-from casa.cluster.dashboard import SESSION_COOKIE, TICKET_PARAM
-from casa.cluster.gateway import gateway_client
-from casa.data.generator import generate_dataset
-from casa.services.issuer import request_token
+from casa.compute.gateway import gateway_client
+from casa.generate.generator import generate_dataset
+from casa.services.gateway.dashboards import SESSION_COOKIE, TICKET_PARAM
 
 pytestmark = [
     pytest.mark.skipif(
@@ -70,7 +69,7 @@ def site(tmp_path_factory):
         up = f.casa("up")
         assert up.returncode == 0, up.stdout + up.stderr
         f.gateway_url = f"http://127.0.0.1:{f.ports['gateway']}"
-        f.tokens = {n: request_token(f.ctx(), user=n, kind="gateway") for n in USERS}
+        f.tokens = {n: f.ctx().request_token(user=n, kind="gateway") for n in USERS}
         with gateway_client(f.ctx(), token=f.tokens["dshab"]) as gateway:
             cluster = gateway.new_cluster(shutdown_on_close=False)
             cluster.scale(1)

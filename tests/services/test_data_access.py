@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from XRootD import client
 
-from casa.data.generator import generate_dataset
+from casa.generate.generator import generate_dataset
 
 pytestmark = pytest.mark.skipif(
     shutil.which("xrootd") is None and not os.environ.get("CI"),

@@ -22,8 +22,8 @@ import pytest
 
 from accounts import remove_unix_account
 from casa.data.catalog import DatasetCatalog
-from casa.data.generator import generate_dataset
-from casa.hub.config import hub_api_token
+from casa.generate.generator import generate_dataset
+from casa.services.hub.config import hub_api_token
 from hub_client import HubAdmin
 
 pytestmark = [
@@ -141,7 +141,6 @@ def _use_the_facility(f, name: str, events: Path) -> None:
     """As ``name``: a job on their own gateway cluster, and fmab's private data through the
     cache (its copy and ``.cinfo`` there name fmab's private dataset)."""
     from casa.services.base import write_file
-    from casa.services.issuer import request_token
 
     account = pwd.getpwnam(name)
     owner = (account.pw_uid, account.pw_gid)
@@ -151,7 +150,7 @@ def _use_the_facility(f, name: str, events: Path) -> None:
     tokens = {}
     for kind in ("data", "gateway"):
         tokens[kind] = Path(account.pw_dir) / f"{kind}_token"
-        write_file(tokens[kind], request_token(ctx, user=name, kind=kind), owner=owner)
+        write_file(tokens[kind], ctx.request_token(user=name, kind=kind), owner=owner)
     g = ctx.config.gateway
     job = _as_user(
         name, str(USER_ENV / "python"), "-c", CLUSTER_JOB, f"http://127.0.0.1:{g.port}",

@@ -15,7 +15,7 @@ import pytest
 from casa.analysis.registry import load_processor
 from casa.analysis.runner import run_analysis
 from casa.auth.tokens import unverified_claims
-from casa.cluster.gateway import (
+from casa.compute.gateway import (
     KEPT,
     GatewayBackend,
     Scaling,
@@ -23,11 +23,10 @@ from casa.cluster.gateway import (
     close_kept_connections,
     gateway_client,
 )
-from casa.cluster.local import IterativeBackend
+from casa.compute.local import IterativeBackend
 from casa.data.files import inspect_root_file
-from casa.data.generator import generate_dataset
 from casa.errors import DataError, UsageError
-from casa.services.issuer import request_token
+from casa.generate.generator import generate_dataset
 
 pytestmark = pytest.mark.skipif(
     shutil.which("xrootd") is None and not os.environ.get("CI"),
@@ -41,7 +40,7 @@ LOCAL = 'backend = "local"\n'
 
 def _gateway_for(facility, user):
     ctx = facility.ctx()
-    return gateway_client(ctx, token=request_token(ctx, user=user, kind="gateway"))
+    return gateway_client(ctx, token=ctx.request_token(user=user, kind="gateway"))
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +101,7 @@ def test_clusters_start_scale_stop_and_users_are_isolated(gw):
 
 def test_no_token_or_data_token_is_refused(gw):
     ctx = gw.ctx()
-    data_token = request_token(ctx, user="alice")
+    data_token = ctx.request_token(user="alice")
     with (
         gateway_client(ctx, token=data_token) as g,
         pytest.raises(Exception, match="401|Unauthorized"),
@@ -166,7 +165,7 @@ def test_limits_are_enforced_with_their_names(new_facility):
 
 
 def test_default_limit_is_this_hosts_cores_and_a_request_above_it_is_refused_at_once(gw, tmp_path):
-    from casa.services.gateway import host_resources
+    from casa.services.gateway.service import host_resources
 
     cores, _ = host_resources()
     status = json.loads(gw.casa("status", "--json", check=True).stdout)

@@ -21,11 +21,10 @@ import uproot
 from casa.analysis.registry import load_processor
 from casa.analysis.runner import run_analysis
 from casa.auth.tokens import unverified_claims
-from casa.cluster.gateway import GatewayBackend, Scaling, close_kept_connections, gateway_client
+from casa.compute.gateway import GatewayBackend, Scaling, close_kept_connections, gateway_client
 from casa.data.catalog import DatasetCatalog
-from casa.data.generator import generate_dataset
 from casa.data.sources import with_token
-from casa.services.issuer import request_token
+from casa.generate.generator import generate_dataset
 
 pytestmark = pytest.mark.skipif(
     shutil.which("xrootd") is None and not os.environ.get("CI"),
@@ -91,7 +90,7 @@ def test_cluster_reads_across_lifetimes_and_outlives_a_gateway_restart(
     # used once after theirs was. XRootD keeps a token it accepted for about a minute after
     # its last use, also past its exp (here: kept 5 s after exp, gone 35 s after a use
     # 30 s earlier; kept while used every 2 s), so once this one is refused, theirs is.
-    first = request_token(ctx)
+    first = ctx.request_token()
     assert not _refused(used.url, first)  # (this process reopens a file it opened freely)
     _wait_until(time.time() + KEPT_SECONDS)
     assert _refused(probe.url, first), "the storage still accepts a token a run found stale"

@@ -21,12 +21,12 @@ import numpy as np
 
 from casa.analysis.registry import load_processor
 from casa.analysis.runner import run_analysis
-from casa.cluster.local import IterativeBackend
+from casa.compute.local import IterativeBackend
 from casa.data.files import inspect_root_file
-from casa.data.generator import generate_dataset
-from casa.services.issuer import IssuerService
+from casa.generate.generator import generate_dataset
+from casa.services.issuer.service import IssuerService
 from casa.services.supervisor import Supervisor
-from casa.services.xrootd import CacheService, OriginService
+from casa.services.xrootd.service import CacheService, OriginService
 
 STANDIN = Path(__file__).with_name("condor_standin.py")
 

@@ -19,8 +19,8 @@ import websocket
 
 from accounts import remove_unix_account
 from casa.auth.accounts import AccountStore
-from casa.data.generator import generate_dataset
-from casa.hub.config import hub_api_token
+from casa.generate.generator import generate_dataset
+from casa.services.hub.config import hub_api_token
 from hub_client import HubAdmin, HubClient, Kernel
 
 pytestmark = [
@@ -224,10 +224,9 @@ def test_dask_labextension_creates_a_gateway_cluster(hub):
 
 
 def _stop_clusters_of(hub, user: str) -> None:
-    from casa.cluster.gateway import gateway_client
-    from casa.services.issuer import request_token
+    from casa.compute.gateway import gateway_client
 
-    token = request_token(hub.ctx(), user=user, kind="gateway")
+    token = hub.ctx().request_token(user=user, kind="gateway")
     with gateway_client(hub.ctx(), token=token) as gateway:
         for report in gateway.list_clusters():
             gateway.stop_cluster(report.name)

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import requests
 
-from casa.hub.config import hub_api_token
+from casa.services.hub.config import hub_api_token
 from oidc_provider import OIDCProvider, browserless_login
 
 pytestmark = pytest.mark.skipif(

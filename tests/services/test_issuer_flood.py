@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from accounts import remove_unix_account
-from casa.services.issuer import IssuerService, socket_path
-from casa.services.issuer_socket import (
+from casa.services.issuer.service import IssuerService, socket_path
+from casa.services.issuer.unix_socket import (
     LOG_LINES_PER_WINDOW,
     LOG_WINDOW,
     MAX_CONNECTIONS,
@@ -60,15 +60,14 @@ for line in sys.argv[2:]:
 VICTIM_LOOP = """
 import json, sys, time
 from casa.auth.tokens import unverified_claims
-from casa.services.facility import facility_context
-from casa.services.issuer import request_token
+from casa.facility import facility_context
 ctx = facility_context()
 end = time.monotonic() + float(sys.argv[1])
 results = []
 while time.monotonic() < end:
     started = time.monotonic()
     try:
-        sub = unverified_claims(request_token(ctx))["sub"]
+        sub = unverified_claims(ctx.request_token())["sub"]
     except Exception as e:
         sub = repr(e)
     results.append([time.monotonic() - started, sub])
@@ -219,7 +218,7 @@ def test_a_flood_from_one_account_does_not_stall_another(issuer):
 
 def test_a_frozen_issuer_is_one_sentence_after_the_timeout(issuer, monkeypatch):
     from casa.errors import ServiceError
-    from casa.services import issuer as issuer_module
+    from casa.services.issuer import service as issuer_module
 
     monkeypatch.setattr(issuer_module, "ANSWER_TIMEOUT", 1.0)
     pid = issuer.issuer_supervisor.running_pid(IssuerService())

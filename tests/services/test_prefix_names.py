@@ -20,7 +20,7 @@ from XRootD import client
 
 from accounts import remove_unix_account
 from casa.data.catalog import DatasetCatalog
-from casa.data.generator import generate_dataset
+from casa.generate.generator import generate_dataset
 
 pytestmark = [
     pytest.mark.skipif(
@@ -37,10 +37,10 @@ USER_PYTHON = Path("/opt/casa-user-env/bin/python")
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """Issuer, origin, cache and gateway; rela and relab with a dataset each; pu and pub."""
-    from casa.services.gateway import GatewayService
-    from casa.services.issuer import IssuerService
+    from casa.services.gateway.service import GatewayService
+    from casa.services.issuer.service import IssuerService
     from casa.services.supervisor import Supervisor
-    from casa.services.xrootd import CacheService, OriginService
+    from casa.services.xrootd.service import CacheService, OriginService
     from conftest import new_facility_home, stop_everything
 
     f = new_facility_home()
@@ -157,10 +157,10 @@ GATEWAY_RUN = textwrap.dedent(
     import json, sys
     from casa.analysis.registry import load_processor
     from casa.analysis.runner import run_analysis
-    from casa.cluster.gateway import GatewayBackend, Scaling
+    from casa.compute.gateway import GatewayBackend, Scaling
     from casa.data.files import FileInfo
     from casa.errors import CasaError
-    from casa.services.facility import facility_context, refusal_explainer
+    from casa.facility import facility_context, refusal_explainer
 
     ctx = facility_context()
     backend = GatewayBackend(ctx, Scaling(workers=1), worker_memory=1.0)
@@ -205,10 +205,9 @@ def test_relas_gateway_cluster_cannot_read_relabs_data(site):
 def test_wrong_audience_refusals_through_casa_run(site, tmp_path):
     """The storage refuses a gateway token and another audience's token; casa says which."""
     from casa.auth.tokens import TokenIssuer, default_scopes
-    from casa.services.issuer import request_token
 
     ctx = site.ctx()
-    gateway = request_token(ctx, user="rela", kind="gateway")
+    gateway = ctx.request_token(user="rela", kind="gateway")
     other = TokenIssuer(ctx.paths.keys / "issuer.pem", ctx.config.issuer_url, "elsewhere")
     foreign = other.mint("rela", default_scopes("rela"), 600)
     expected = {
@@ -270,7 +269,7 @@ def test_remove_deletes_stored_files_and_the_name_can_be_stored_again(site, tmp_
 
 def test_casa_up_moves_old_storage_into_the_layout(site):
     """Storage and catalog as an older casa wrote them are renamed, not copied, at start."""
-    from casa.services.xrootd import OriginService
+    from casa.services.xrootd.service import OriginService
 
     site.casa("datasets", "add", "legacy", site.data / "events_0001.root", "--store", check=True)
     storage = site.home / "storage" / "store" / "data"

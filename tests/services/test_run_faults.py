@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from casa.data.generator import generate_dataset
 from casa.data.sources import XROOTD_WAITS
+from casa.generate.generator import generate_dataset
 
 pytestmark = pytest.mark.skipif(
     shutil.which("xrootd") is None and not os.environ.get("CI"),

@@ -13,8 +13,9 @@ import pytest
 
 from casa.config import is_this_host, parse_config
 from casa.errors import ConfigError
-from casa.services.facility import elsewhere, facility_context, facility_supervisor
-from casa.services.gateway import GatewayService
+from casa.facility import facility_context
+from casa.services.facility import elsewhere, facility_supervisor
+from casa.services.gateway.service import GatewayService
 
 #: An address of TEST-NET-1 (RFC 5737): never one of this machine's own.
 ELSEWHERE = "192.0.2.10"
@@ -113,7 +114,7 @@ def test_slurm_workers_make_the_gateway_submit_slurm_jobs(tmp_path):
     gateway = GatewayService()
     gateway.prepare(ctx)
     text = gateway.config_file(ctx).read_text()
-    assert "c.DaskGateway.backend_class = 'casa.cluster.gateway_server.CasaSlurmBackend'" in text
+    assert "c.DaskGateway.backend_class = 'casa.services.gateway.server.CasaSlurmBackend'" in text
     for line in (
         "c.CasaSlurmBackend.slurm_conf = '/etc/site/slurm.conf'",
         "c.CasaSlurmBackend.interface = 'ib0'",

@@ -9,7 +9,7 @@ workers read through; ``s1`` (partition ``sched``) takes Dask schedulers and ``n
   and workers as Slurm jobs (dask-gateway's SlurmBackend); the test checks where they run,
   that workers read through c1 with the user's token over TLS, stops n2 mid-run and still
   gets exact counts and the local run's histograms.
-- dask-jobqueue's SLURMCluster from head (``casa.cluster.slurm``), with the same checks.
+- dask-jobqueue's SLURMCluster from head (``casa.compute.slurm``), with the same checks.
 
 Needs root and Debian's ``slurm-wlm`` and ``munge``; skipped without them except in CI.
 """
@@ -30,9 +30,9 @@ import pytest
 from casa.analysis.registry import load_processor
 from casa.analysis.runner import run_analysis
 from casa.auth.tokens import unverified_claims
-from casa.cluster.local import IterativeBackend
+from casa.compute.local import IterativeBackend
 from casa.data.files import inspect_root_file
-from casa.data.generator import generate_dataset
+from casa.generate.generator import generate_dataset
 
 sys.path.insert(0, str(Path(__file__).parent))
 from netns_site import CACHE_IP, CACHE_PORTS, HEAD_IP, NetnsSite, missing_tools  # noqa: E402
@@ -48,8 +48,8 @@ from pathlib import Path
 from coffea.processor import ProcessorABC
 from casa.analysis.registry import load_processor
 from casa.analysis.runner import run_analysis
-from casa.cluster.base import ComputeBackend
-from casa.cluster.slurm import SlurmBackend
+from casa.compute.base import ComputeBackend
+from casa.compute.slurm import SlurmBackend
 from casa.data.files import FileInfo
 
 work = Path(sys.argv[1])

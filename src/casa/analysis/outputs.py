@@ -8,10 +8,10 @@ import pickle
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import casa
 from casa.analysis.runner import RunResult
 from casa.errors import UsageError
 
@@ -105,7 +105,7 @@ def _write_all(out: Path, result: RunResult, analysis: str, dataset: str, plots:
         "executor": result.executor,
         "workers": result.workers,
         "dashboard": result.dashboard,
-        "versions": {"casa": casa.__version__, "coffea": coffea.__version__},
+        "versions": {"casa": version("casa"), "coffea": coffea.__version__},
         "histograms": [name for name, _ in histograms],
         "histograms_not_in_root_file": not_in_root,
         "plots": [p.name for p in pngs],

@@ -32,7 +32,7 @@ from casa.analysis.failures import (
     is_connection_lost,
     restore_user_frames,
 )
-from casa.cluster.base import ComputeBackend
+from casa.compute.base import ComputeBackend
 from casa.data.files import FileInfo
 from casa.data.sources import require_token, uproot_options_for
 from casa.errors import AnalysisError, DataError
@@ -100,7 +100,7 @@ def _kept_bytes() -> int:
     """What this thread read through the tree cache's kept files (0 where it is not used)."""
     import sys
 
-    tree_cache = sys.modules.get("casa.cluster.tree_cache")  # imported where trees are kept
+    tree_cache = sys.modules.get("casa.worker.tree_cache")  # imported where trees are kept
     return tree_cache.take_thread_bytes() if tree_cache is not None else 0
 
 
@@ -128,7 +128,7 @@ class TrackedProcessor(ProcessorABC):
             else:
                 out = self.inner(events)
         except Exception as e:
-            from casa.cluster.tree_cache import forget
+            from casa.worker.tree_cache import forget
 
             # A retry of this chunk on this worker opens its file's tree afresh.
             forget(events.metadata["filename"])
@@ -280,9 +280,9 @@ def run_analysis(
     ``RunResult.skipped`` instead of ending the run.
     With ``column_cache`` (and a backend whose workers hold casa's column cache: the Dask
     ones), each chunk goes to the same worker every time and the columns it reads stay
-    there for later runs (:mod:`casa.cluster.column_cache`).
+    there for later runs (:mod:`casa.worker.column_cache`).
     With ``tree_cache`` (same backends), workers keep each file's tree between chunks
-    instead of reading its metadata for every chunk (:mod:`casa.cluster.tree_cache`).
+    instead of reading its metadata for every chunk (:mod:`casa.worker.tree_cache`).
     """
     from coffea import processor as coffea_processor
     from coffea.nanoevents import NanoAODSchema
@@ -312,7 +312,7 @@ def run_analysis(
             cachestrategy = "dask-worker"
         kept = tree_cache and opened.tree_cache
         if kept:  # only Dask backends hold the plugin: distributed is imported by then
-            from casa.cluster.tree_cache import tree_cache_options
+            from casa.worker.tree_cache import tree_cache_options
 
             uproot_options = {**uproot_options, **tree_cache_options()}
         runner = coffea_processor.Runner(

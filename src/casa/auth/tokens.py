@@ -22,7 +22,7 @@ GATEWAY_SCOPES = ["compute.create", "compute.read", "compute.modify", "compute.c
 
 def default_scopes(user: str) -> list[str]:
     """What a facility user may read: public data and their own area (as storage spells it)."""
-    from casa.data.storage import close_scope
+    from casa.names import close_scope
 
     return [
         close_scope("storage.read:/store/data"),
@@ -227,9 +227,9 @@ def unverified_claims(token: str, source: str | None = None) -> dict:
 def scope_covers(scope: str, path: str, action: str = "storage.read") -> bool:
     """Whether a WLCG ``scope`` string grants ``action`` on ``path``, decided as the installed
     XRootD decides: the canonical path starts with the scope's canonical path. Storage spells
-    every user's and dataset's folder with a terminator (:func:`casa.data.storage.storage_path`),
+    every user's and dataset's folder with a terminator (:func:`casa.names.storage_path`),
     so for the scopes casa mints this is also a match at path-component boundaries."""
-    from casa.data.storage import storage_path
+    from casa.names import storage_path
 
     try:
         target = storage_path(path)

@@ -16,9 +16,9 @@ import time
 import warnings
 from typing import Any
 
-from casa.cluster.gateway import close_kept_connections, gateway_client
+from casa.compute.gateway import close_kept_connections, gateway_client
 from casa.errors import ServiceError
-from casa.services.base import ServiceContext
+from casa.facility import Facility
 
 #: Seconds to wait for a cluster to reach a number of workers.
 WAIT_SECONDS = 180.0
@@ -66,7 +66,7 @@ def _warm_imports() -> bool:
 class ClusterProbe:
     """Creates, scales, warms and measures the caller's gateway cluster."""
 
-    def __init__(self, ctx: ServiceContext):
+    def __init__(self, ctx: Facility):
         import sys
 
         import cloudpickle
@@ -142,7 +142,7 @@ class ClusterProbe:
     def zlib_libraries(self) -> str:
         """The ZLIB libraries the workers decompress with (after a run registered casa's
         plugins): ``isal`` where it is installed."""
-        from casa.cluster.decompression import worker_zlib_libraries
+        from casa.worker.decompression import worker_zlib_libraries
 
         return ", ".join(sorted(set(worker_zlib_libraries(self.client).values())))
 
@@ -153,13 +153,13 @@ class ClusterProbe:
 
     def clear_column_cache(self) -> None:
         """Empty the column cache on every worker."""
-        from casa.cluster.column_cache import clear_column_cache
+        from casa.worker.column_cache import clear_column_cache
 
         clear_column_cache(self.client)
 
     def column_cache_totals(self) -> dict[str, int]:
         """Hits, misses, columns and bytes of the column cache, summed over the workers."""
-        from casa.cluster.column_cache import column_cache_stats
+        from casa.worker.column_cache import column_cache_stats
 
         stats = [s for s in column_cache_stats(self.client).values() if s is not None]
         return {k: sum(s[k] for s in stats) for k in ("hits", "misses", "columns", "bytes")}

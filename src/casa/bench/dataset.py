@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from casa.data.files import FileInfo, inspect_root_file
-from casa.data.generator import MANIFEST, generate_dataset
+from casa.generate.generator import MANIFEST, generate_dataset
 
 TREE = "Events"
 

@@ -114,7 +114,7 @@ def run_casa(
     """
     from casa.analysis.registry import load_processor
     from casa.analysis.runner import run_analysis
-    from casa.cluster.gateway import GatewayBackend, Scaling
+    from casa.compute.gateway import GatewayBackend, Scaling
 
     marks: dict[str, float] = {}
 

@@ -24,10 +24,10 @@ from casa.data.catalog import DatasetCatalog
 from casa.data.files import FileInfo
 from casa.data.storage import FacilityStorage
 from casa.errors import ServiceError
-from casa.services.base import ServiceContext
-from casa.services.facility import facility_context, facility_services
+from casa.facility import Facility, facility_context
+from casa.services.facility import facility_services
 from casa.services.supervisor import Supervisor
-from casa.services.xrootd import CacheService, OriginService
+from casa.services.xrootd.service import CacheService, OriginService
 
 #: The catalog name of the bench's dataset in its private facility.
 DATASET = "bench"
@@ -95,7 +95,7 @@ class BenchFacility:
     def __init__(self, home: Path, link: WanLink | None = None):
         self.home = home
         self.link = link
-        self.ctx: ServiceContext = facility_context(home)
+        self.ctx: Facility = facility_context(home)
         services = facility_services()
         if link is not None:
             services = [
@@ -137,9 +137,8 @@ class BenchFacility:
 
     def token(self) -> str:
         """A data token for the calling account, from the facility's issuer."""
-        from casa.services.issuer import request_token
 
-        return request_token(self.ctx)
+        return self.ctx.request_token()
 
     def cold_cache(self) -> float:
         """Stop the cache, empty its disk, start it again; seconds until it is healthy.

@@ -26,8 +26,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from casa.errors import ServiceError, UsageError
-from casa.services.base import Health, ServiceContext
-from casa.services.xrootd import CacheService, OriginService, xrootd_handshake
+from casa.facility import Facility
+from casa.services.base import Health
+from casa.services.xrootd.service import CacheService, OriginService, xrootd_handshake
 
 #: Where the link's /30 is taken from (the first one no host route or address overlaps).
 WAN_POOL = ipaddress.ip_network("10.253.0.0/16")
@@ -180,11 +181,11 @@ class WanOriginService(OriginService):
     def __init__(self, link: WanLink):
         self.link = link
 
-    def command(self, ctx: ServiceContext) -> list[str]:
+    def command(self, ctx: Facility) -> list[str]:
         """``ip netns exec NS xrootd ...`` (``ip`` execs xrootd: the PID stays the same)."""
         return ["ip", "netns", "exec", self.link.namespace, *super().command(ctx)]
 
-    def health(self, ctx: ServiceContext) -> Health:
+    def health(self, ctx: Facility) -> Health:
         """The XRootD handshake, across the link."""
         return xrootd_handshake(self.link.namespace_address, self.port(ctx))
 
@@ -195,7 +196,7 @@ class WanCacheService(CacheService):
     def __init__(self, link: WanLink):
         self.link = link
 
-    def prepare(self, ctx: ServiceContext) -> None:
+    def prepare(self, ctx: Facility) -> None:
         """The cache's usual configuration with ``pss.origin`` on the far side of the link."""
         super().prepare(ctx)
         path = self.config_file(ctx)

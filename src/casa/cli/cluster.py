@@ -30,8 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _gateway(args: argparse.Namespace):
-    from casa.cluster.gateway import gateway_client
-    from casa.services.facility import facility_context
+    from casa.compute.gateway import gateway_client
+    from casa.facility import facility_context
 
     return gateway_client(facility_context(args.home, args.config))
 
@@ -82,7 +82,7 @@ def _workers(gateway, name: str) -> int:
 
 def handle_scale(args: argparse.Namespace) -> int:
     """Scale one of the caller's clusters."""
-    from casa.cluster.gateway import Scaling, apply_scaling
+    from casa.compute.gateway import Scaling, apply_scaling
 
     if args.workers < 0:
         raise UsageError("the number of workers cannot be negative")
@@ -105,7 +105,7 @@ def handle_stop(args: argparse.Namespace) -> int:
         names = [c.name for c in gateway.list_clusters()] if args.all else [args.name]
         if not args.all:
             _known(gateway, args.name)
-        from casa.cluster.gateway import close_kept_connections
+        from casa.compute.gateway import close_kept_connections
 
         close_kept_connections()
         for name in names:

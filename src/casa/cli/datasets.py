@@ -121,7 +121,7 @@ def handle_show(args: argparse.Namespace) -> int:
 
 def handle_remove(args: argparse.Namespace) -> int:
     """Remove a dataset from the catalog, and from facility storage if casa stored it there."""
-    from casa.data.storage import dataset_area
+    from casa.names import dataset_area
 
     catalog = open_catalog(args)
     dataset = catalog.get(args.name)
@@ -156,7 +156,7 @@ def handle_remove(args: argparse.Namespace) -> int:
 def _facility_storage(args: argparse.Namespace):
     """This facility's storage (owned by the XRootD account under root) and cache disk."""
     from casa.data.storage import FacilityStorage
-    from casa.services.facility import facility_context
+    from casa.facility import facility_context
 
     ctx = facility_context(args.home, args.config)
     account = ctx.daemon_account() if ctx.as_root else None
@@ -173,7 +173,7 @@ def _check_storage_user(args: argparse.Namespace, ctx) -> None:
     import pwd
 
     from casa.auth.accounts import AccountStore, current_account
-    from casa.data.storage import check_storage_name
+    from casa.names import check_storage_name
 
     check_storage_name(args.user, "--user")
     if AccountStore(ctx.paths.database).get(args.user) is not None:
@@ -236,7 +236,7 @@ def _add_stored(args: argparse.Namespace, catalog: DatasetCatalog):
     """Check the files, copy them into storage, register their root:// URLs; undo on failure."""
     from casa.data.catalog import _validate_name
     from casa.data.files import expand_paths, inspect_root_file
-    from casa.services.facility import facility_context
+    from casa.facility import facility_context
 
     _validate_name(args.name)
     if args.name in {d.name for d in catalog.list()}:

@@ -48,12 +48,9 @@ def handle(args: argparse.Namespace) -> int:
     from casa.analysis.registry import load_processor
     from casa.analysis.runner import run_analysis
     from casa.cli.run import print_summary
-    from casa.cluster.gateway import GatewayBackend, Scaling
-    from casa.services.facility import (
-        facility_context,
-        facility_supervisor,
-        refusal_explainer,
-    )
+    from casa.compute.gateway import GatewayBackend, Scaling
+    from casa.facility import facility_context, refusal_explainer
+    from casa.services.facility import facility_supervisor
 
     ctx = facility_context(args.home, args.config)
     report = facility_supervisor(ctx).up()
@@ -90,7 +87,6 @@ def _ensure_token(ctx) -> None:
         token_store_path,
         unverified_claims,
     )
-    from casa.services.issuer import request_token
 
     found = discover_token()
     if found is not None:
@@ -101,15 +97,15 @@ def _ensure_token(ctx) -> None:
         ):
             console.print(f"using the token in {found.source}")
             return
-    path = store_token(request_token(ctx), token_store_path())
+    path = store_token(ctx.request_token(), token_store_path())
     console.print(f"new token stored in {path}")
 
 
 def _ensure_dataset(ctx, args: argparse.Namespace):
     """The demo dataset in facility storage, generated and copied in on first use."""
     from casa.data.files import expand_paths, inspect_root_file
-    from casa.data.generator import MANIFEST, generate_dataset
     from casa.data.storage import FacilityStorage
+    from casa.generate.generator import MANIFEST, generate_dataset
 
     catalog = DatasetCatalog(ctx.paths.database)
     cache_url = ctx.config.cache_url() + "/"

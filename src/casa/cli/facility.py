@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _supervisor(args: argparse.Namespace):
-    from casa.services.facility import facility_context, facility_supervisor
+    from casa.facility import facility_context
+    from casa.services.facility import facility_supervisor
 
     ctx = facility_context(args.home, args.config)
     return ctx, facility_supervisor(ctx)

@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     """Generate the files and print where they are."""
-    from casa.data.generator import generate_dataset, parse_codec
+    from casa.generate.generator import generate_dataset, parse_codec
 
     parse_codec(args.codec)
     with event_progress("Generating", args.events, err_console) as advance:

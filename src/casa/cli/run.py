@@ -72,7 +72,7 @@ def handle(args: argparse.Namespace) -> int:
     from casa.analysis.outputs import prepare_out_dir, write_outputs
     from casa.analysis.registry import load_processor
     from casa.analysis.runner import DEFAULT_CHUNKSIZE, run_analysis
-    from casa.cluster.local import local_backend
+    from casa.compute.local import local_backend
     from casa.data.files import expand_paths, inspect_root_file
 
     if args.workers is not None and args.workers < 1:
@@ -87,15 +87,15 @@ def handle(args: argparse.Namespace) -> int:
     if args.adapt and args.workers is not None:
         raise UsageError("give either --workers or --adapt, not both")
     if args.cluster == "gateway":
-        from casa.cluster.gateway import GatewayBackend, Scaling
-        from casa.services.facility import facility_context
+        from casa.compute.gateway import GatewayBackend, Scaling
+        from casa.facility import facility_context
 
         scaling = Scaling.parse(args.workers or (None if args.adapt else 2), args.adapt)
         backend = GatewayBackend(facility_context(args.home, args.config), scaling,
                                  worker_memory=args.worker_memory)  # fmt: skip
         workers = scaling.wait_for
     elif args.cluster == "htcondor":
-        from casa.services.facility import facility_context
+        from casa.facility import facility_context
 
         backend = htcondor_backend(facility_context(args.home, args.config))
         workers = args.workers or 2
@@ -112,7 +112,7 @@ def handle(args: argparse.Namespace) -> int:
         files = [inspect_root_file(p, args.tree) for p in expand_paths(args.files)]
     explain = servers = None
     if any(f.url.startswith(("root://", "roots://")) for f in files):
-        from casa.services.facility import facility_context, refusal_explainer
+        from casa.facility import facility_context, refusal_explainer
 
         ctx = facility_context(args.home, args.config)
         explain, servers = refusal_explainer(ctx), storage_server_names(ctx.config)
@@ -173,7 +173,7 @@ def htcondor_backend(ctx):
             "run casa on a host of the HTCondor pool (see docs/deployment.md), or use "
             "--cluster gateway"
         )
-    from casa.cluster.htcondor import HTCondorBackend
+    from casa.compute.htcondor import HTCondorBackend
 
     return HTCondorBackend(ctx)
 

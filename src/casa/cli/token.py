@@ -45,12 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def handle_issue(args: argparse.Namespace) -> int:
     """Ask the issuer, store the token where WLCG discovery finds it."""
     from casa.auth.tokens import store_token, token_store_path, unverified_claims
-    from casa.services.facility import facility_context
-    from casa.services.issuer import request_token
+    from casa.facility import facility_context
 
     ctx = facility_context(args.home, args.config)
     lifetime = parse_lifetime(args.lifetime) if args.lifetime else None
-    token = request_token(ctx, user=args.user, scopes=args.scope, lifetime=lifetime)
+    token = ctx.request_token(user=args.user, scopes=args.scope, lifetime=lifetime)
     if args.print:
         print(token)
         return 0

@@ -7,7 +7,7 @@ zlib's 270-510 MB/s (1.2-1.5x). :func:`use_fastest_zlib` switches the process th
 files to the fastest one that decompresses a test stream correctly (uproot 5.7 calls
 libdeflate with a keyword that deflate 0.7 and later refuse, so it is skipped there). casa
 calls it wherever files are read: the run's own process, local worker processes, every
-Dask worker (:class:`casa.cluster.decompression.FastestZlib`), and the bench's
+Dask worker (:class:`casa.worker.decompression.FastestZlib`), and the bench's
 decompression limit, so the limit stays the least time any engine here can take.
 """
 

@@ -6,13 +6,13 @@ import abc
 import contextlib
 import json
 import os
-import pwd
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from casa.config import FacilityConfig, FacilityPaths, is_this_host
+from casa.config import is_this_host
+from casa.facility import Facility
 
 #: The umask of ``casa up`` and of every service it starts: what a service writes is its
 #: account's alone unless casa opens it up on purpose (see docs/facility.md).
@@ -55,30 +55,6 @@ def write_file(
 
 
 @dataclass(frozen=True)
-class ServiceContext:
-    """What a service needs to know about the facility it belongs to."""
-
-    config: FacilityConfig
-    paths: FacilityPaths
-    config_file: Path | None = None
-
-    def service_dir(self, name: str) -> Path:
-        """``$CASA_HOME/services/NAME``: generated configuration, log and PID file."""
-        return self.paths.services / name
-
-    @property
-    def as_root(self) -> bool:
-        """Whether the facility runs as root (daemons then drop to their own accounts)."""
-        return os.geteuid() == 0
-
-    def daemon_account(self) -> pwd.struct_passwd | None:
-        """The account XRootD runs as under root, or None when casa is not root."""
-        if not self.as_root:
-            return None
-        return pwd.getpwnam(self.config.xrootd.user)
-
-
-@dataclass(frozen=True)
 class Health:
     """The result of a protocol-level health check."""
 
@@ -110,47 +86,47 @@ class Service(abc.ABC):
     name: str
 
     @abc.abstractmethod
-    def port(self, ctx: ServiceContext) -> int:
+    def port(self, ctx: Facility) -> int:
         """The TCP port the service listens on."""
 
-    def ports(self, ctx: ServiceContext) -> dict[str, int]:
+    def ports(self, ctx: Facility) -> dict[str, int]:
         """Every port the service listens on, by its casa.toml key."""
         return {"port": self.port(ctx)}
 
-    def hosts(self, ctx: ServiceContext) -> list[str]:
+    def hosts(self, ctx: Facility) -> list[str]:
         """The hosts that run this service (``[site]`` in casa.toml)."""
         return [ctx.config.host_of(self.name)]
 
-    def host(self, ctx: ServiceContext) -> str:
+    def host(self, ctx: Facility) -> str:
         """The service's address here: the first of its hosts that is this machine's own."""
         hosts = self.hosts(ctx)
         return next((h for h in hosts if is_this_host(h)), hosts[0])
 
-    def runs_here(self, ctx: ServiceContext) -> bool:
+    def runs_here(self, ctx: Facility) -> bool:
         """Whether ``casa up`` on this machine starts the service."""
         return any(is_this_host(h) for h in self.hosts(ctx))
 
-    def preflight(self, ctx: ServiceContext) -> None:
+    def preflight(self, ctx: Facility) -> None:
         """Raise ServiceError, with what to install or change, if the service cannot start."""
         return None
 
-    def prepare(self, ctx: ServiceContext) -> None:
+    def prepare(self, ctx: Facility) -> None:
         """Write generated configuration and create the folders the service needs."""
         return None
 
     @abc.abstractmethod
-    def command(self, ctx: ServiceContext) -> list[str]:
+    def command(self, ctx: Facility) -> list[str]:
         """The program and arguments that run the service in the foreground."""
 
-    def environment(self, ctx: ServiceContext) -> dict[str, str]:
+    def environment(self, ctx: Facility) -> dict[str, str]:
         """Extra environment variables for the service process."""
         return {}
 
-    def working_dir(self, ctx: ServiceContext) -> Path:
+    def working_dir(self, ctx: Facility) -> Path:
         """The folder the service runs in."""
         return ctx.service_dir(self.name)
 
-    def strays(self, ctx: ServiceContext) -> list[int]:
+    def strays(self, ctx: Facility) -> list[int]:
         """Processes the service started in sessions of their own, alive now.
 
         Stopping the service's process group misses them; after the service itself was
@@ -159,5 +135,5 @@ class Service(abc.ABC):
         return []
 
     @abc.abstractmethod
-    def health(self, ctx: ServiceContext) -> Health:
+    def health(self, ctx: Facility) -> Health:
         """Ask the service, in its own protocol, whether it is working."""

@@ -28,12 +28,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from casa.errors import ServiceError
+from casa.facility import Facility
 from casa.services.base import (
     PASSABLE_FOLDER,
     PRIVATE_UMASK,
     Health,
     Service,
-    ServiceContext,
     private_umask,
     write_file,
 )
@@ -73,7 +73,7 @@ def _boot_time() -> float:
 class Supervisor:
     """Runs a facility's services in order; stops them in reverse order."""
 
-    def __init__(self, ctx: ServiceContext, services: list[Service]):
+    def __init__(self, ctx: Facility, services: list[Service]):
         self.ctx = ctx
         self.services = services
 
@@ -280,7 +280,7 @@ class Supervisor:
         """Stop every service, in reverse order; return the names of those stopped."""
         if any(service.name == "gateway" for service in self.services):
             # This process's connections to the gateway's clusters end with it.
-            from casa.cluster.gateway import close_kept_connections
+            from casa.compute.gateway import close_kept_connections
 
             close_kept_connections()
         stopped = []

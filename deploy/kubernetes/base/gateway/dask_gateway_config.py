@@ -10,10 +10,9 @@
 import os
 
 from casa.auth.tokens import gateway_audience
-from casa.cluster.gateway_server import cluster_options
 from casa.config import facility_paths, load_config, parse_size
-from casa.services.base import ServiceContext
-from casa.services.issuer import request_token
+from casa.facility import Facility
+from casa.services.gateway.server import cluster_options
 
 HOME = os.environ.get("CASA_HOME", "/var/lib/casa")
 CONFIG = os.environ.get("CASA_CONFIG", "/etc/casa/casa.toml")
@@ -22,13 +21,13 @@ NAMESPACE = os.environ["POD_NAMESPACE"]
 INSTANCE = "casa"
 CLUSTER_UID = 1000
 
-ctx = ServiceContext(load_config(facility_paths(HOME), CONFIG), facility_paths(HOME))
+ctx = Facility(load_config(facility_paths(HOME), CONFIG), facility_paths(HOME))
 g = ctx.config.gateway
 
 c.DaskGateway.address = f":{g.api_port}"
 c.DaskGateway.log_level = "INFO"
 
-c.DaskGateway.authenticator_class = "casa.cluster.gateway_server.CasaAuthenticator"
+c.DaskGateway.authenticator_class = "casa.services.gateway.server.CasaAuthenticator"
 c.CasaAuthenticator.issuer = ctx.config.issuer_url
 c.CasaAuthenticator.audience = gateway_audience(ctx.config.facility.name)
 c.CasaAuthenticator.public_key_file = "/etc/casa-issuer/public/issuer.pub.pem"
@@ -62,7 +61,7 @@ c.KubeClusterConfig.worker_extra_container_config = _container
 
 def user_token(username):
     """The data token of the user who owns the cluster, minted for that user only."""
-    return request_token(ctx, user=username)
+    return ctx.request_token(user=username)
 
 
 c.Backend.cluster_options = cluster_options(

@@ -1,6 +1,6 @@
 # casa's JupyterHub on Kubernetes (mounted from the ConfigMap casa-hub).
 #
-# casa.hub.config.configure sets the hub up as on one machine (facility accounts or OpenID
+# casa.services.hub.config.configure sets the hub up as on one machine (facility accounts or OpenID
 # Connect from casa.toml, the database and secrets under /var/lib/casa, the proxy); this
 # file changes what differs here: the hub listens on every interface of its pod, users'
 # servers are pods (KubeSpawner), and each server receives its user's data and gateway
@@ -11,10 +11,9 @@
 import asyncio
 import os
 
-from casa.hub.authenticator import CasaAuthenticator
-from casa.hub.config import configure
-from casa.services.facility import facility_context
-from casa.services.issuer import request_token
+from casa.facility import facility_context
+from casa.services.hub.authenticator import CasaAuthenticator
+from casa.services.hub.config import configure
 
 HOME = os.environ.get("CASA_HOME", "/var/lib/casa")
 CONFIG = os.environ.get("CASA_CONFIG", "/etc/casa/casa.toml")
@@ -79,8 +78,8 @@ async def give_credentials(spawner):
     """Mint the user's data and gateway tokens and hand them to the server's environment."""
     user = spawner.user.name
     loop = asyncio.get_running_loop()
-    data = await loop.run_in_executor(None, lambda: request_token(ctx, user=user))
-    token = await loop.run_in_executor(None, lambda: request_token(ctx, user=user, kind="gateway"))
+    data = await loop.run_in_executor(None, lambda: ctx.request_token(user=user))
+    token = await loop.run_in_executor(None, lambda: ctx.request_token(user=user, kind="gateway"))
     address = f"casa-gateway.{NAMESPACE}"
     spawner.environment = {
         **spawner.environment,
@@ -91,7 +90,7 @@ async def give_credentials(spawner):
         "DASK_GATEWAY__ADDRESS": f"http://{address}:{gateway.port}",
         "DASK_GATEWAY__PROXY_ADDRESS": f"gateway://{address}:{gateway.scheduler_port}",
         "DASK_GATEWAY__PUBLIC_ADDRESS": f"http://{address}:{gateway.port}",
-        "DASK_GATEWAY__AUTH__TYPE": "casa.cluster.gateway.CasaGatewayAuth",
+        "DASK_GATEWAY__AUTH__TYPE": "casa.compute.gateway.CasaGatewayAuth",
         "DASK_GATEWAY__AUTH__KWARGS__TOKEN": token,
         "DASK_LABEXTENSION__FACTORY__MODULE": "dask_gateway",
         "DASK_LABEXTENSION__FACTORY__CLASS": "GatewayCluster",

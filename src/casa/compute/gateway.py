@@ -1,0 +1,400 @@
+"""Work on the caller's Dask Gateway cluster: create or reuse it, scale it, run coffea on it.
+
+The caller's gateway credential is a facility token of audience ``NAME-gateway`` that the
+issuer mints for the calling account on request, so no manual step is needed. The cluster's
+workers receive the owner's data token from the gateway (see
+:mod:`casa.services.gateway.server`), never the caller's local files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import os
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from dask_gateway.auth import GatewayAuth
+
+from casa.compute.base import ComputeBackend, OpenBackend
+from casa.compute.local import on_dask_client
+from casa.errors import ServiceError, UsageError
+from casa.facility import Facility
+
+WORKER_WAIT_SECONDS = 120
+#: How long a printed dashboard link stays fresh (half the gateway's ticket lifetime).
+DASHBOARD_LINK_SECONDS = 300
+
+
+#: Where a notebook server finds its gateway token (set by the hub at spawn).
+GATEWAY_TOKEN_FILE_ENV = "CASA_GATEWAY_TOKEN_FILE"
+
+
+class CasaGatewayAuth(GatewayAuth):
+    """dask-gateway client authentication with a facility gateway token."""
+
+    def __init__(self, token: str):
+        self.token = token
+
+    def pre_request(self, resp):
+        """Send the token as a Bearer credential."""
+        return {"Authorization": f"Bearer {self.token}"}, None
+
+
+class FileTokenAuth(GatewayAuth):
+    """A gateway token read from a file at each request, so renewed tokens are picked up.
+
+    The hub points ``gateway.auth.type`` at this class and ``$CASA_GATEWAY_TOKEN_FILE`` at
+    the token it keeps fresh, so plain ``dask_gateway.Gateway()`` works in a notebook.
+    """
+
+    def __init__(self, path: str | None = None):
+        self.path = path or os.environ.get(GATEWAY_TOKEN_FILE_ENV, "")
+        if not self.path:
+            raise ValueError(f"no gateway token file: set ${GATEWAY_TOKEN_FILE_ENV}")
+
+    def pre_request(self, resp):
+        """Send the file's current token as a Bearer credential."""
+        with open(self.path) as f:
+            return {"Authorization": f"Bearer {f.read().strip()}"}, None
+
+
+def _on_own_loop(obj) -> asyncio.AbstractEventLoop | None:
+    """The running loop, if this is the (shared) event loop thread of ``obj``'s gateway."""
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    if obj.asynchronous or running is not _loop_of(obj):
+        return None
+    return running
+
+
+def _loop_of(obj) -> asyncio.AbstractEventLoop | None:
+    """The asyncio loop of ``obj``'s gateway; None once that loop has stopped (asking
+    distributed for a stopped loop raises)."""
+    try:
+        return obj.loop.asyncio_loop
+    except RuntimeError:
+        return None
+
+
+def _safe_gateway_close() -> None:
+    """Make ``Gateway.close`` safe to call twice, and both closes safe on the gateway's loop.
+
+    dask-gateway 2026.3 closes its client again from ``__del__``; with distributed 2025.3
+    the second close asks a stopped loop for its state and prints a RuntimeError on exit.
+    And ``__del__`` (of a ``Gateway`` or a ``GatewayCluster``) runs wherever the garbage
+    collector happens to run: on the event loop thread that all gateway clients of a
+    process share, the close waited for that very loop and the process hung for good
+    (seen in the test suite, once in a few runs). There, the closing coroutine is now
+    started on the loop instead of waited for.
+    """
+    from dask_gateway import client
+
+    if getattr(client.Gateway.close, "_casa_safe", False):
+        return
+    gateway_close = client.Gateway.close
+    cluster_close = client.GatewayCluster.close
+
+    def close_gateway(self):
+        if getattr(self, "_casa_closed", False):
+            return None
+        self._casa_closed = True
+        loop = _on_own_loop(self)
+        if loop is not None:
+            loop.create_task(self._cleanup())
+            return None
+        return gateway_close(self)
+
+    def close_cluster(self, shutdown=None):
+        if not self.asynchronous and _loop_of(self) is None:
+            return None  # the loop is gone: nothing is left to close through it
+        loop = _on_own_loop(self)
+        if loop is not None and self.status != "closed":
+            loop.create_task(self._stop_internal(shutdown=shutdown))
+            return None
+        return cluster_close(self, shutdown=shutdown)
+
+    close_gateway._casa_safe = True
+    client.Gateway.close = close_gateway
+    client.GatewayCluster.close = close_cluster
+
+
+def gateway_client(ctx: Facility, token: str | None = None):
+    """A ``dask_gateway.Gateway`` for this facility, authenticated as the caller."""
+    from dask_gateway import Gateway
+
+    _safe_gateway_close()
+    if token is None:
+        token = ctx.request_token(kind="gateway")
+    auth = CasaGatewayAuth(token)
+    g = ctx.config.gateway
+    host = ctx.config.host_of("gateway")
+    return Gateway(
+        address=f"http://{host}:{g.port}",
+        proxy_address=f"gateway://{host}:{g.scheduler_port}",
+        auth=auth,
+        asynchronous=False,
+    )
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """How many workers: a fixed number, or adaptive between two bounds."""
+
+    workers: int | None = None
+    minimum: int | None = None
+    maximum: int | None = None
+
+    @classmethod
+    def parse(cls, workers: int | None, adapt: str | None) -> Scaling:
+        """From ``--workers N`` or ``--adapt MIN:MAX``."""
+        if adapt:
+            lo, sep, hi = adapt.partition(":")
+            try:
+                minimum, maximum = int(lo), int(hi)
+            except ValueError:
+                raise UsageError(f"--adapt {adapt!r} is not MIN:MAX, such as 1:4") from None
+            if not sep or minimum < 0 or maximum < max(minimum, 1):
+                raise UsageError(f"--adapt {adapt!r} needs 0 <= MIN <= MAX and MAX >= 1")
+            return cls(minimum=minimum, maximum=maximum)
+        return cls(workers=workers or 1)
+
+    @property
+    def wait_for(self) -> int:
+        """Workers to wait for before the run starts."""
+        return self.workers if self.workers is not None else max(self.minimum or 0, 1)
+
+
+def _raise_on_limit(caught: list[warnings.WarningMessage]) -> None:
+    for w in caught:
+        text = str(w.message)
+        if "exceed resource limit" in text:
+            raise UsageError(f"the gateway refused: {text}")
+
+
+def apply_scaling(cluster, scaling: Scaling) -> None:
+    """Scale or adapt a gateway cluster; a request over a limit is a UsageError naming it.
+
+    casa's gateway refuses such a request whole (no worker starts); a gateway that clamps
+    it instead (dask-gateway's own behaviour) warns, and that is refused here too.
+    """
+    from dask_gateway.client import GatewayClusterError
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if scaling.workers is not None:
+                cluster.scale(scaling.workers)
+            else:
+                cluster.adapt(minimum=scaling.minimum, maximum=scaling.maximum)
+        except GatewayClusterError as e:
+            if not _is_limit_refusal(str(e)):
+                raise  # such as a cluster that stopped meanwhile: the caller connects anew
+            raise UsageError(f"the gateway refused: {e}") from None
+    _raise_on_limit(caught)
+
+
+def _is_limit_refusal(text: str) -> bool:
+    """Whether the gateway's answer is a refusal over a limit (casa's UserLimits)."""
+    return "exceed" in text and "limit" in text
+
+
+def find_or_create_cluster(gateway, worker_cores: int = 1, worker_memory: float = 2.0):
+    """The caller's first running cluster, or a new one (``cluster.casa_created`` says which)."""
+    from dask_gateway.client import GatewayClusterError
+
+    for report in gateway.list_clusters():
+        cluster = gateway.connect(report.name)
+        cluster.casa_created = False
+        return cluster
+    try:
+        cluster = gateway.new_cluster(
+            worker_cores=worker_cores, worker_memory=worker_memory, shutdown_on_close=False
+        )
+        cluster.casa_created = True
+        return cluster
+    except (GatewayClusterError, ValueError) as e:
+        raise UsageError(f"the gateway refused a new cluster: {e}") from None
+    except Exception as e:
+        if "Unprocessable" in str(e) or "422" in str(e):
+            raise UsageError(f"the gateway refused a new cluster: {e}") from None
+        raise
+
+
+class GatewayBackend(ComputeBackend):
+    """coffea's DaskExecutor on the caller's Dask Gateway cluster (reused between runs)."""
+
+    name = "gateway"
+
+    def __init__(self, ctx: Facility, scaling: Scaling, worker_memory: float = 2.0):
+        self.ctx = ctx
+        self.scaling = scaling
+        self.worker_memory = worker_memory
+
+    @contextlib.contextmanager
+    def open(self, workers: int) -> Iterator[OpenBackend]:
+        """Connect to (or create) the cluster, scale it, yield a DaskExecutor on it.
+
+        The connection stays open for the next run in this process (a notebook's runs
+        follow each other on one cluster): reconnecting costs about 40 ms a run here.
+        """
+        g = self.ctx.config.gateway
+        key = (self.ctx.config.host_of("gateway"), g.port, os.geteuid(), self.worker_memory)
+        conn = KEPT.take(key)
+        if conn is not None:
+            try:
+                apply_scaling(conn.cluster, self.scaling)
+            except UsageError:
+                KEPT.give_back(key, conn)
+                raise
+            except Exception:  # the cluster or the gateway went away: connect afresh
+                conn.close()
+                conn = None
+        if conn is None:
+            conn = self._connect()
+        try:
+            try:
+                conn.client.wait_for_workers(self.scaling.wait_for, timeout=WORKER_WAIT_SECONDS)
+            except TimeoutError:
+                raise ServiceError(
+                    f"cluster {conn.cluster.name} did not get {self.scaling.wait_for} worker(s) "
+                    f"within {WORKER_WAIT_SECONDS} s; see 'casa cluster list'"
+                ) from None
+            yield on_dask_client(conn.client, f"gateway:{conn.cluster.name}", conn.dashboard_link())
+        finally:
+            if conn.usable():
+                KEPT.give_back(key, conn)
+            else:
+                conn.close()
+
+    def _connect(self) -> _Connection:
+        gateway = gateway_client(self.ctx)
+        try:
+            try:
+                cluster = find_or_create_cluster(gateway, worker_memory=self.worker_memory)
+            except OSError as e:
+                raise ServiceError(
+                    f"cannot reach the gateway at {gateway.address}: {e}; is the facility up "
+                    "('casa status')?"
+                ) from None
+            try:
+                apply_scaling(cluster, self.scaling)
+                with warnings.catch_warnings():
+                    # casa and the cluster come from one pyproject (same packages), but may
+                    # run on different Python patch releases (casa's venv and the users'
+                    # Debian one).
+                    warnings.filterwarnings("ignore", message="Mismatched versions found")
+                    client = cluster.get_client(set_as_default=False)
+                if not cluster.casa_created:
+                    refresh_worker_token(self.ctx, client)
+            except BaseException:
+                # A cluster this request made goes with it (a refused scale leaves nothing).
+                cluster.close(shutdown=cluster.casa_created)
+                raise
+        except BaseException:
+            gateway.close()
+            raise
+        return _Connection(gateway, cluster, client, linked_at=time.monotonic())
+
+
+def refresh_worker_token(ctx: Facility, client) -> None:
+    """Give a reused cluster's workers their owner's token, freshly minted.
+
+    The gateway renews it on its own schedule; a run connecting anew does not depend on
+    that (a gateway that was down, say, for longer than a token lives).
+    """
+    from casa.worker.token import push_to_client
+
+    push_to_client(client, ctx.request_token())
+
+
+@dataclass
+class _Connection:
+    """A gateway, the caller's cluster on it and a client of the cluster."""
+
+    gateway: Any
+    cluster: Any
+    client: Any
+    linked_at: float = 0.0
+
+    def dashboard_link(self) -> str | None:
+        """The cluster's dashboard link, asked again once half its ticket's time is gone.
+
+        The gateway signs each link for the cluster's owner; it opens the dashboard for
+        ``dashboard_ticket_seconds`` (see :mod:`casa.services.gateway.dashboards`).
+        """
+        if time.monotonic() - self.linked_at > DASHBOARD_LINK_SECONDS:
+            with contextlib.suppress(Exception):
+                report = self.gateway.get_cluster(self.cluster.name)
+                self.cluster.dashboard_link = report.dashboard_link
+            self.linked_at = time.monotonic()
+        return self.cluster.dashboard_link
+
+    def usable(self) -> bool:
+        """Whether the client is still connected to the cluster's scheduler."""
+        return self.client.status == "running"
+
+    def close(self) -> None:
+        """Disconnect; the cluster keeps running."""
+        for close in (self.client.close, lambda: self.cluster.close(shutdown=False)):
+            with contextlib.suppress(Exception):
+                close()
+        with contextlib.suppress(Exception):
+            self.gateway.close()
+
+
+class _KeptConnections:
+    """Connections to gateway clusters kept between runs in this process, one per key.
+
+    A run takes its connection out while it runs, so concurrent runs never share one;
+    all are closed when the process exits.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: dict[tuple, _Connection] = {}
+        atexit.register(self.close_all)
+
+    def take(self, key: tuple) -> _Connection | None:
+        """The idle connection for ``key``, if it is still connected."""
+        with self._lock:
+            conn = self._idle.pop(key, None)
+        if conn is not None and not conn.usable():
+            conn.close()
+            return None
+        return conn
+
+    def give_back(self, key: tuple, conn: _Connection) -> None:
+        """Keep ``conn`` for the next run (closed if another is kept for ``key`` already)."""
+        with self._lock:
+            other = self._idle.setdefault(key, conn)
+        if other is not conn:
+            conn.close()
+
+    def idle(self) -> list[_Connection]:
+        """The connections kept now (none of them in use)."""
+        with self._lock:
+            return list(self._idle.values())
+
+    def close_all(self) -> None:
+        """Close every idle connection."""
+        with self._lock:
+            idle, self._idle = list(self._idle.values()), {}
+        for conn in idle:
+            conn.close()
+
+
+#: This process's kept connections (:meth:`GatewayBackend.open`).
+KEPT = _KeptConnections()
+
+
+def close_kept_connections() -> None:
+    """Close the connections this process kept to gateway clusters (before stopping them)."""
+    KEPT.close_all()

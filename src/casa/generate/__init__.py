@@ -1,0 +1,1 @@
+"""The synthetic-data generator: NanoAOD-like files of known physics."""

@@ -1,1 +1,0 @@
-"""JupyterHub for casa: login, each user's JupyterLab, credentials minted at spawn."""

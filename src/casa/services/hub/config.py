@@ -1,0 +1,158 @@
+"""JupyterHub's configuration, derived from casa.toml.
+
+The generated ``services/hub/jupyterhub_config.py`` only calls :func:`configure`, so the
+whole hub setup lives here, in code, next to the authenticator and the spawner.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from casa.facility import Facility
+from casa.lab.dashboards import EXTENSION as LAB_DASHBOARDS
+from casa.services.base import PASSABLE_FOLDER, write_file
+
+HUB_API_TOKEN_FILE = "hub-api-token"
+#: The JupyterHub service casa itself uses (status, tests, admin tasks).
+CASA_SERVICE = "casa"
+
+
+def user_env_prefix(ctx: Facility) -> Path:
+    """The Python environment users' notebook servers run from."""
+    if ctx.config.hub.user_env:
+        return Path(ctx.config.hub.user_env)
+    if os.geteuid() == 0:
+        return Path("/opt/casa-user-env")
+    return Path(sys.prefix)
+
+
+def proxy_command() -> str:
+    """configurable-http-proxy, as installed by the Makefile next to casa's environment."""
+    local = Path(sys.prefix) / "node" / "node_modules" / ".bin" / "configurable-http-proxy"
+    return str(local) if local.exists() else "configurable-http-proxy"
+
+
+def secret_file(ctx: Facility, name: str, nbytes: int = 32) -> Path:
+    """A random secret under ``keys/`` (mode 0600), created once."""
+    path = ctx.paths.keys / name
+    if not path.exists():
+        ctx.paths.keys.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(nbytes))
+    return path
+
+
+def hub_api_token(ctx: Facility) -> str:
+    """The token of casa's own JupyterHub service (admin over users and servers)."""
+    return secret_file(ctx, HUB_API_TOKEN_FILE).read_text().strip()
+
+
+def dataset_owners(entry: dict) -> set[str]:
+    """The users whose private areas (``/store/user/NAME~/``) hold a fileset entry's files."""
+    from casa.names import NAME_END, path_of_url
+
+    owners = set()
+    for url in entry.get("files", {}):
+        parts = (path_of_url(url) or "").strip("/").split("/")
+        if len(parts) > 2 and parts[:2] == ["store", "user"]:
+            owners.add(parts[2].removesuffix(NAME_END))
+    return owners
+
+
+def catalog_for(ctx: Facility, user: str | None = None) -> dict:
+    """The catalog as a coffea fileset: the public datasets, and ``user``'s private ones."""
+    from casa.data.catalog import DatasetCatalog
+
+    catalog = DatasetCatalog(ctx.paths.database)
+    try:
+        fileset = catalog.export_fileset()
+    finally:
+        catalog.close()
+    return {name: entry for name, entry in fileset.items() if dataset_owners(entry) <= {user}}
+
+
+def write_catalog_for_users(ctx: Facility) -> Path:
+    """The public datasets as a world-readable coffea fileset (the database holds secrets).
+
+    A user's private datasets are not in it: their names and files are for that user only,
+    whose notebook server gets its own catalog (see :mod:`casa.services.hub.spawner`).
+    """
+    path = ctx.service_dir("hub") / "catalog.json"
+    return write_file(path, json.dumps(catalog_for(ctx), indent=1), mode=0o644)
+
+
+def configure(c, home: str, config_file: str | None = None) -> None:
+    """Fill JupyterHub's config object ``c`` for the facility in ``home``."""
+    from casa.facility import facility_context
+
+    ctx = facility_context(home, config_file)
+    hub = ctx.config.hub
+    host = ctx.config.host_of("hub")
+    state = ctx.service_dir("hub")
+    state.mkdir(parents=True, exist_ok=True)
+    os.chmod(state, PASSABLE_FOLDER)  # users' servers open catalog.json here by its name
+    database = state / "jupyterhub.sqlite"  # users, server ports, token hashes, OAuth secrets
+    if database.exists():
+        os.chmod(database, 0o600)  # also one an older casa left world-readable
+
+    c.JupyterHub.bind_url = f"http://{host}:{hub.port}"
+    c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{hub.api_port}"
+    c.JupyterHub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
+    c.JupyterHub.cookie_secret_file = str(secret_file(ctx, "hub-cookie-secret"))
+    c.JupyterHub.pid_file = str(state / "jupyterhub.pid")
+    c.JupyterHub.cleanup_servers = True
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{hub.proxy_api_port}"
+    c.ConfigurableHTTPProxy.command = [proxy_command()]
+    c.ConfigurableHTTPProxy.auth_token = secret_file(ctx, "hub-proxy-token").read_text().strip()
+    c.ConfigurableHTTPProxy.pid_file = str(state / "proxy.pid")
+
+    c.JupyterHub.services = [{"name": CASA_SERVICE, "api_token": hub_api_token(ctx)}]
+    c.JupyterHub.load_roles = [
+        {
+            "name": "casa-admin",
+            "scopes": ["admin:users", "admin:servers", "tokens", "read:hub", "access:servers"],
+            "services": [CASA_SERVICE],
+        }
+    ]
+
+    if hub.auth == "oidc":
+        c.JupyterHub.authenticator_class = "generic-oauth"
+        c.GenericOAuthenticator.authorize_url = hub.oidc_authorize_url
+        c.GenericOAuthenticator.token_url = hub.oidc_token_url
+        c.GenericOAuthenticator.userdata_url = hub.oidc_userdata_url
+        c.GenericOAuthenticator.client_id = hub.oidc_client_id
+        c.GenericOAuthenticator.client_secret = (
+            Path(hub.oidc_client_secret_file).read_text().strip()
+        )
+        c.GenericOAuthenticator.oauth_callback_url = f"http://{host}:{hub.port}/hub/oauth_callback"
+        c.GenericOAuthenticator.scope = list(hub.oidc_scope)
+        c.GenericOAuthenticator.username_claim = hub.oidc_username_claim
+        c.GenericOAuthenticator.manage_groups = True
+        c.GenericOAuthenticator.auth_state_groups_key = f"oauth_user.{hub.oidc_groups_claim}"
+        c.GenericOAuthenticator.allowed_groups = set(hub.oidc_allowed_groups)
+        c.GenericOAuthenticator.admin_groups = set(hub.oidc_admin_groups)
+        c.GenericOAuthenticator.allow_all = not hub.oidc_allowed_groups
+    else:
+        c.JupyterHub.authenticator_class = "casa.services.hub.authenticator.CasaAuthenticator"
+        c.CasaAuthenticator.database = str(ctx.paths.database)
+
+    c.JupyterHub.spawner_class = "casa.services.hub.spawner.CasaSpawner"
+    c.CasaSpawner.casa_home = str(ctx.paths.home)
+    c.CasaSpawner.casa_config_file = str(ctx.config_file or "")
+    c.CasaSpawner.failures_file = str(state / "spawn-failures.json")
+    c.CasaSpawner.renew_every = hub.token_renewal
+    prefix = user_env_prefix(ctx)
+    c.Spawner.cmd = [str(prefix / "bin" / "jupyterhub-singleuser")]
+    c.Spawner.default_url = "/lab"
+    c.Spawner.args = [f"--ServerApp.jpserver_extensions={LAB_DASHBOARDS}=True"]
+    c.Spawner.notebook_dir = "~"
+    c.Spawner.start_timeout = 120
+    c.Spawner.http_timeout = 90
+    c.Spawner.ip = "127.0.0.1"
+    c.Spawner.environment = {"PATH": f"{prefix / 'bin'}:/usr/local/bin:/usr/bin:/bin"}
+    write_catalog_for_users(ctx)

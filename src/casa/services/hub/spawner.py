@@ -1,0 +1,172 @@
+"""Each user's JupyterLab, run under their own Unix account, with credentials minted at spawn.
+
+Before the server starts, the hub (which may ask the issuer for any user) mints the user's
+data token and gateway token and writes them, with the catalog of the datasets the user may
+read, into ``~/.casa/`` (folder 0700, files 0600, owned by the user). The server's
+environment points WLCG discovery, Dask Gateway and ``casa.datasets()`` at them, so
+``casa.connect()``, ``dask_gateway.Gateway()`` and ``root://`` reads just work. The tokens
+(and the catalog) are renewed in place well before they expire, for as long as the server
+runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import pwd
+import time
+from importlib import resources
+from pathlib import Path
+
+from jupyterhub.spawner import LocalProcessSpawner
+from traitlets import Integer, Unicode
+
+from casa.compute.gateway import GATEWAY_TOKEN_FILE_ENV
+from casa.facility import Facility, facility_context
+from casa.services.base import write_file
+from casa.services.hub.config import catalog_for
+
+CREDENTIALS_DIR = ".casa"
+#: In ``~/.casa/``: the datasets this user may read (the public ones and their own).
+CATALOG_FILE = "catalog.json"
+EXAMPLES_DIR = "examples"
+
+
+def write_private(path: Path, text: str, uid: int, gid: int) -> None:
+    """Write ``text`` to ``path`` so that only the account ``uid`` can read it."""
+    write_file(path, text + "\n", mode=0o600, owner=(uid, gid))
+
+
+@functools.cache
+def _facility(home: str, config_file: str | None) -> Facility:
+    return facility_context(home, config_file)
+
+
+class CasaSpawner(LocalProcessSpawner):
+    """LocalProcessSpawner plus casa's credentials, example notebooks and failure reports."""
+
+    casa_home = Unicode(help="The facility state directory.", config=True)
+    casa_config_file = Unicode("", help="casa.toml, if not in casa_home.", config=True)
+    failures_file = Unicode(
+        help="Where spawn failures are recorded for 'casa status'.", config=True
+    )
+    renew_every = Integer(
+        0, help="Seconds between token renewals (0: half the token lifetime).", config=True
+    )
+
+    def _ctx(self):
+        """The facility, with casa.toml parsed once per hub process (not on every spawn)."""
+        return _facility(self.casa_home, self.casa_config_file or None)
+
+    def _account(self) -> pwd.struct_passwd:
+        try:
+            return pwd.getpwnam(self.user.name)
+        except KeyError:
+            raise RuntimeError(
+                f"there is no Unix account {self.user.name!r} on this machine: the facility "
+                f"admin creates it with 'casa user add {self.user.name}'"
+            ) from None
+
+    def _write_credentials(self) -> dict[str, str]:
+
+        ctx = self._ctx()
+        account = self._account()
+        folder = Path(account.pw_dir) / CREDENTIALS_DIR
+        folder.mkdir(mode=0o700, exist_ok=True)
+        os.chown(folder, account.pw_uid, account.pw_gid)
+        os.chmod(folder, 0o700)
+        data = ctx.request_token(user=self.user.name)
+        gateway = ctx.request_token(user=self.user.name, kind="gateway")
+        write_private(folder / "bearer_token", data, account.pw_uid, account.pw_gid)
+        write_private(folder / "gateway_token", gateway, account.pw_uid, account.pw_gid)
+        # The public datasets and the user's own, brought up to date with each renewal.
+        catalog = json.dumps(catalog_for(ctx, self.user.name), indent=1)
+        write_private(folder / CATALOG_FILE, catalog, account.pw_uid, account.pw_gid)
+        return {"data": str(folder / "bearer_token"), "gateway": str(folder / "gateway_token")}
+
+    def _copy_examples(self) -> None:
+        account = self._account()
+        target = Path(account.pw_dir) / EXAMPLES_DIR
+        if target.exists():
+            return
+        target.mkdir()
+        source = resources.files("casa.lab") / "notebooks"
+        for item in source.iterdir():
+            if item.name.endswith(".ipynb"):
+                (target / item.name).write_bytes(item.read_bytes())
+        for path in [target, *target.iterdir()]:
+            os.chown(path, account.pw_uid, account.pw_gid)
+
+    def _record_failure(self, reason: str) -> None:
+        if not self.failures_file:
+            return
+        path = Path(self.failures_file)
+        try:
+            failures = json.loads(path.read_text())
+        except (OSError, ValueError):
+            failures = {}
+        failures[self.user.name] = {"time": time.time(), "reason": reason}
+        path.write_text(json.dumps(failures, indent=1))
+
+    def _clear_failure(self) -> None:
+        path = Path(self.failures_file) if self.failures_file else None
+        if path is None or not path.exists():
+            return
+        failures = json.loads(path.read_text() or "{}")
+        if failures.pop(self.user.name, None) is not None:
+            path.write_text(json.dumps(failures, indent=1))
+
+    def get_env(self):
+        """The server's environment: token locations, the gateway, the dataset catalog."""
+        env = super().get_env()
+        ctx = self._ctx()
+        g = ctx.config.gateway
+        host = ctx.config.host_of("gateway")
+        folder = Path(self._account().pw_dir) / CREDENTIALS_DIR
+        env.update(
+            {
+                "BEARER_TOKEN_FILE": str(folder / "bearer_token"),
+                GATEWAY_TOKEN_FILE_ENV: str(folder / "gateway_token"),
+                "DASK_GATEWAY__ADDRESS": f"http://{host}:{g.port}",
+                "DASK_GATEWAY__PROXY_ADDRESS": f"gateway://{host}:{g.scheduler_port}",
+                "DASK_GATEWAY__PUBLIC_ADDRESS": f"http://{host}:{g.port}",
+                "DASK_GATEWAY__AUTH__TYPE": "casa.compute.gateway.FileTokenAuth",
+                "DASK_LABEXTENSION__FACTORY__MODULE": "dask_gateway",
+                "DASK_LABEXTENSION__FACTORY__CLASS": "GatewayCluster",
+                "CASA_CATALOG": str(folder / CATALOG_FILE),
+            }
+        )
+        return env
+
+    async def start(self):
+        """Mint credentials, copy examples, start the server; record why if anything fails."""
+        try:
+            # Minting asks the issuer over its socket: off the hub's event loop.
+            await asyncio.get_running_loop().run_in_executor(None, self._write_credentials)
+            self._copy_examples()
+            result = await super().start()
+        except Exception as e:
+            self._record_failure(str(e))
+            raise
+        self._clear_failure()
+        self._renewal = asyncio.ensure_future(self._renew_tokens())
+        return result
+
+    async def stop(self, now=False):
+        """Stop renewing, then stop the server."""
+        renewal = getattr(self, "_renewal", None)
+        if renewal is not None:
+            renewal.cancel()
+        return await super().stop(now=now)
+
+    async def _renew_tokens(self) -> None:
+        period = self.renew_every or max(30, self._ctx().config.issuer.token_lifetime // 2)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self._write_credentials)
+                self.log.info("Renewed the tokens of %s", self.user.name)
+            except Exception as e:  # keep the server; try again next period
+                self.log.warning("Could not renew the tokens of %s: %s", self.user.name, e)

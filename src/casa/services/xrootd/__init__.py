@@ -1,0 +1,1 @@
+"""The XRootD daemons: the origin and the XCache proxy."""
