@@ -207,3 +207,20 @@ def test_split_events():
     assert split_events(10, 3) == [4, 3, 3]
     assert sum(split_events(1_000_003, 7)) == 1_000_003
 
+
+def test_same_bytes_after_this_process_switched_its_zlib_reader(tmp_path):
+    """A process that read data first (use_fastest_zlib) still writes stock-zlib files."""
+    from uproot import compression
+
+    from casa.data.codecs import use_fastest_zlib
+
+    before = generate_dataset(tmp_path / "before", 20_000, 1, seed=9, workers=1)
+    saved = compression._DecompressZLIB.library
+    try:
+        library = use_fastest_zlib()
+        if library == "zlib":
+            pytest.skip("no faster ZLIB library than zlib is installed")
+        after = generate_dataset(tmp_path / "after", 20_000, 1, seed=9, workers=1)
+    finally:
+        compression._DecompressZLIB.library = saved
+    assert before["files"][0]["sha256"] == after["files"][0]["sha256"]

@@ -101,6 +101,11 @@ def generate_file(
     """
     path = Path(path)
     compression = parse_codec(codec)
+    if isinstance(compression, uproot.ZLIB):
+        # Stock zlib, whatever this process reads with: ZLIB's library is a class attribute
+        # that casa.data.codecs.use_fastest_zlib sets for decompression, and it would change
+        # these bytes too (the same seed must give the same file in any process).
+        compression.library = "zlib"
     rng = np.random.default_rng(np.random.SeedSequence([seed, file_index]))
     # The UUID names the content (column caches key on it): files that differ in any input
     # that shapes their bytes get different UUIDs.
