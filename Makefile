@@ -66,8 +66,11 @@ $(USER_STAMP): pyproject.toml $(shell find src -name '*.py' -o -name '*.ipynb')
 demo: install
 	$(BIN)/casa demo
 
+# Two test processes (pytest-xdist), each module in one of them: most tests wait on servers
+# they started, so two share two cores well. TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(BIN)/ruff check src tests

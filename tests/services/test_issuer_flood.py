@@ -218,16 +218,16 @@ def test_a_flood_from_one_account_does_not_stall_another(issuer):
 
 def test_a_frozen_issuer_is_one_sentence_after_the_timeout(issuer, monkeypatch):
     from casa.errors import ServiceError
-    from casa.services.issuer import service as issuer_module
+    from casa.auth import issuer_client
 
-    monkeypatch.setattr(issuer_module, "ANSWER_TIMEOUT", 1.0)
+    monkeypatch.setattr(issuer_client, "ANSWER_TIMEOUT", 1.0)
     pid = issuer.issuer_supervisor.running_pid(IssuerService())
     os.kill(pid, signal.SIGSTOP)  # it still accepts into the kernel's queue, but never answers
     try:
         started = time.monotonic()
         with pytest.raises(ServiceError, match="the token issuer did not answer within 1 s"):
-            issuer_module.request_token(issuer.ctx())
+            issuer.ctx().request_token()
         assert time.monotonic() - started < 3
     finally:
         os.kill(pid, signal.SIGCONT)
-    assert issuer_module.request_token(issuer.ctx())  # served again once it runs
+    assert issuer.ctx().request_token()  # served again once it runs
