@@ -217,8 +217,8 @@ def test_a_flood_from_one_account_does_not_stall_another(issuer):
 
 
 def test_a_frozen_issuer_is_one_sentence_after_the_timeout(issuer, monkeypatch):
-    from casa.errors import ServiceError
     from casa.auth import issuer_client
+    from casa.errors import ServiceError
 
     monkeypatch.setattr(issuer_client, "ANSWER_TIMEOUT", 1.0)
     pid = issuer.issuer_supervisor.running_pid(IssuerService())
