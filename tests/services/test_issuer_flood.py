@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from accounts import remove_unix_account
-from casa.services.issuer.service import IssuerService, socket_path
+from casa.services.issuer.service import IssuerService
 from casa.services.issuer.unix_socket import (
     LOG_LINES_PER_WINDOW,
     LOG_WINDOW,
@@ -88,7 +88,7 @@ def issuer():
                        check=True, capture_output=True)  # fmt: skip
     supervisor = Supervisor(f.ctx(), [IssuerService()])
     supervisor.up()
-    f.socket = str(socket_path(f.ctx()))
+    f.socket = str(f.ctx().issuer_socket)
     f.log = supervisor.log_file(IssuerService())
     f.issuer_supervisor = supervisor
     yield f
