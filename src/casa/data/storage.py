@@ -1,11 +1,8 @@
 """Facility storage: files copied under ``/store`` and served through the cache as ``root://``.
 
-Public data go to ``/store/data/DATASET~/``, a user's own to ``/store/user/NAME~/DATASET~/``.
-Every folder casa makes for a name ends in :data:`NAME_END`, a character no user or dataset
-name may hold: Debian's XRootD 5.5.3 grants a token's scope to every path that merely starts
-with it (``/store/user/ann`` would read ``/store/user/anna/...``; fixed upstream in xrootd
-PR #2152), so no scope path casa mints may be a string prefix of another name's paths.
-:func:`storage_path` is the one place that turns a path a person writes into this spelling.
+Public data go to ``/store/data/DATASET~/``, a user's own to ``/store/user/NAME~/DATASET~/``,
+spelled by :func:`casa.names.storage_path` (:mod:`casa.names` says why every name ends in
+``~``).
 
 A copy is checked against the original's SHA-256 before anything is registered; if any
 file fails, every copy made by that command is removed again.
