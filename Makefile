@@ -19,7 +19,7 @@ APT_PACKAGES := xrootd-server xrootd-client xrootd-server-plugins xrootd-scitoke
                 xrootd-client-plugins python3-venv python3-dev chromium passwd \
                 slurm-wlm munge iproute2 util-linux
 
-.PHONY: install system-packages user-env demo test lint clean
+.PHONY: install system-packages user-env demo test lint docs clean
 
 install: system-packages $(STAMP) $(NODE_STAMP) $(if $(IS_ROOT),$(USER_STAMP))
 
@@ -76,6 +76,12 @@ lint: install
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	$(BIN)/lint-imports
+
+# docs/configuration.md, rendered from casa.toml's model (tests/test_configuration_reference.py
+# fails when the two differ).
+docs: $(STAMP)
+	$(BIN)/python -m casa.config.reference > docs/configuration.md.tmp
+	mv docs/configuration.md.tmp docs/configuration.md
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache tests/browser/node_modules

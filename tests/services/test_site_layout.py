@@ -1,4 +1,4 @@
-"""The site layout in casa.toml: which host runs which service, and where workers come from.
+"""The site layout in casa.toml: which host runs which service, and where clusters run.
 
 The multi-host run itself (head, a cache host and Slurm nodes in network namespaces) is in
 tests/site; these tests check the layout's rules and what each host's ``casa up`` picks.
@@ -35,15 +35,15 @@ def test_layout_rules_are_checked_and_named():
                     "gateway": ELSEWHERE,
                     "worker_cache": "10.1.1.1",
                     "caches": ["10.2.2.2"],
-                    "workers": "pbs",
-                }
+                },
+                "gateway": {"backend": "pbs"},
             }
         )
     text = str(e.value)
     assert "site.gateway = '192.0.2.10' differs from the issuer's host '127.0.0.1'" in text
     assert "site.worker_cache = '10.1.1.1' runs no cache" in text
     assert "127.0.0.1, 10.2.2.2" in text
-    assert "site.workers = 'pbs' is not valid" in text
+    assert "gateway.backend = 'pbs' is not valid" in text
     assert "unknown key slurm.queue" in str(_error({"slurm": {"queue": "x"}}))
 
 
@@ -107,7 +107,7 @@ def test_slurm_workers_make_the_gateway_submit_slurm_jobs(tmp_path):
     home = tmp_path / "casa"
     home.mkdir()
     (home / "casa.toml").write_text(
-        '[site]\nworkers = "slurm"\n[slurm]\nconf = "/etc/site/slurm.conf"\ninterface = "ib0"\n'
+        '[gateway]\nbackend = "slurm"\n[slurm]\nconf = "/etc/site/slurm.conf"\ninterface = "ib0"\n'
         'partition = "short"\nscheduler_partition = "service"\nsetup = "module load casa"\n'
     )
     ctx = facility_context(home)
@@ -128,14 +128,38 @@ def test_slurm_workers_make_the_gateway_submit_slurm_jobs(tmp_path):
     compile(text, str(gateway.config_file(ctx)), "exec")
 
 
-def test_kubernetes_workers_refuse_a_local_gateway(tmp_path):
+def test_kubernetes_backend_refuses_a_local_gateway(tmp_path):
     from casa.errors import ServiceError
 
     home = tmp_path / "casa"
     home.mkdir()
-    (home / "casa.toml").write_text('[site]\nworkers = "kubernetes"\n')
-    with pytest.raises(ServiceError, match="runs inside the Kubernetes cluster"):
+    (home / "casa.toml").write_text('[gateway]\nbackend = "kubernetes"\n')
+    with pytest.raises(
+        ServiceError, match="gateway.backend = 'kubernetes': the gateway runs inside"
+    ):
         GatewayService().preflight(facility_context(home))
+
+
+@pytest.mark.parametrize("backend", ["auto", "local", "local-accounts", "slurm", "kubernetes"])
+def test_gateway_backend_alone_chooses_where_clusters_run(tmp_path, backend):
+    from casa.services.gateway.service import gateway_backend, user_limits
+
+    home = tmp_path / "casa"
+    home.mkdir()
+    (home / "casa.toml").write_text(f'[gateway]\nbackend = "{backend}"\n')
+    ctx = facility_context(home)
+    auto = "local-accounts" if ctx.as_root else "local"
+    assert gateway_backend(ctx) == (auto if backend == "auto" else backend)
+    # Clusters off the gateway's host share out their nodes' resources by the site's rules.
+    cores, memory, origins = user_limits(ctx)
+    if backend in ("slurm", "kubernetes"):
+        assert (cores, memory, origins) == (0, 0, {})
+    else:
+        assert (
+            cores > 0
+            and memory > 0
+            and set(origins) == {"max_cores_per_user", "max_memory_per_user"}
+        )
 
 
 def test_casa_run_htcondor_without_condor_says_where_to_run(tmp_path):

@@ -45,7 +45,8 @@ def site_config(slurm_conf: Path, scheduler_partition: str = "") -> str:
     """The site's casa.toml, the same on every host."""
     return (
         f'[facility]\nhost = "{HEAD_IP}"\n'
-        f'[site]\ncache = "{CACHE_IP}"\nworkers = "slurm"\n'
+        f'[site]\ncache = "{CACHE_IP}"\n'
+        '[gateway]\nbackend = "slurm"\n'
         f'[slurm]\nconf = "{slurm_conf}"\ninterface = "eth0"\npartition = "casa"\n'
         f'scheduler_partition = "{scheduler_partition}"\n'
     )

@@ -67,7 +67,7 @@ c.WorkerTokenRenewal.token_renewal_period = {renewal_period}
 """
 
 SLURM_SETTINGS = """
-# site.workers = "slurm": each cluster's scheduler and workers are Slurm jobs of the user.
+# gateway.backend = "slurm": each cluster's scheduler and workers are Slurm jobs of the user.
 c.CasaSlurmBackend.slurm_conf = {conf!r}
 c.CasaSlurmBackend.interface = {interface!r}
 c.CasaSlurmBackend.scheduler_partition = {scheduler_partition!r}
@@ -111,24 +111,25 @@ class GatewayService(Service):
                 "cannot start 'gateway': dask-gateway-server is not installed in casa's "
                 "environment; run 'make install' (or pip install dask-gateway-server[local])"
             ) from None
-        if ctx.config.site.workers == "kubernetes":
+        backend = gateway_backend(ctx)
+        if backend == "kubernetes":
             raise ServiceError(
-                "site.workers = 'kubernetes': the gateway runs inside the Kubernetes cluster "
+                "gateway.backend = 'kubernetes': the gateway runs inside the Kubernetes cluster "
                 "with the issuer and the hub (deploy/kubernetes, docs/deployment.md), not from "
                 "'casa up'; set site.issuer, site.gateway and site.hub to its address (casa up "
-                "here then starts only the origin and caches), or site.workers to 'local' or "
-                "'slurm'"
+                "here then starts only the origin and caches), or gateway.backend to 'auto', "
+                "'local', 'local-accounts' or 'slurm'"
             )
-        if gateway_backend(ctx) == "slurm":
+        if backend == "slurm":
             import shutil
 
             missing = [p for p in ("sbatch", "squeue", "scancel") if shutil.which(p) is None]
             if missing:
                 raise ServiceError(
-                    f"site.workers = 'slurm' but {', '.join(missing)} is not installed on the "
+                    f"gateway.backend = 'slurm' but {', '.join(missing)} is not installed on the "
                     "gateway's host: install Slurm's client commands (apt-get install slurm-client)"
                 )
-        if gateway_backend(ctx) == "local-accounts" and not ctx.as_root:
+        if backend == "local-accounts" and not ctx.as_root:
             raise ServiceError(
                 "gateway.backend = 'local-accounts' runs clusters under each user's account and "
                 "needs casa to run as root; use 'local' on a single-user machine"
@@ -247,12 +248,13 @@ def user_limits(ctx: Facility) -> tuple[int, int, dict[str, str]]:
     key, where each limit not set there comes from.
 
     ``gateway.max_cores_per_user`` and ``max_memory_per_user`` when set; otherwise, for
-    clusters on the gateway's host, that host's cores and memory. Slurm clusters run on
-    nodes the site's Slurm limits already share out: there only the set values apply.
+    clusters on the gateway's host, that host's cores and memory. Slurm and Kubernetes
+    clusters run on nodes the site's Slurm limits or the namespace's quotas already share
+    out: there only the set values apply.
     """
     g = ctx.config.gateway
     cores, memory = g.max_cores_per_user, parse_size(g.max_memory_per_user)
-    if gateway_backend(ctx) == "slurm":
+    if gateway_backend(ctx) in ("slurm", "kubernetes"):
         return cores, memory, {}
     host_cores, host_memory = host_resources()
     origins = {}
@@ -312,14 +314,13 @@ def cluster_env_prefix(ctx: Facility) -> Path:
 
 
 def gateway_backend(ctx: Facility) -> str:
-    """``slurm``, ``local-accounts`` or ``local``.
+    """``gateway.backend`` with 'auto' resolved: ``local-accounts``, ``local``, ``slurm``
+    or ``kubernetes``.
 
-    ``site.workers = "slurm"`` makes every cluster a set of Slurm jobs. Otherwise clusters
-    run on the gateway's host: 'auto' picks each user's own account under root, as the
-    clusters of the shared backend would run users' code as root.
+    The one place that resolves 'auto': clusters on the gateway's host, under each user's
+    own account when casa runs as root (the shared backend's clusters would run users'
+    code as root), else as processes of the facility account.
     """
-    if ctx.config.site.workers == "slurm":
-        return "slurm"
     backend = ctx.config.gateway.backend
     if backend == "auto":
         return "local-accounts" if ctx.as_root else "local"

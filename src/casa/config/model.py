@@ -1,4 +1,9 @@
-"""Facility configuration: one ``casa.toml``, one typed model, validated as a whole.
+"""The typed model of ``casa.toml``: the state directory's paths, one frozen dataclass per
+section, :class:`FacilityConfig` for the whole file.
+
+Each field carries its help text (``metadata["help"]``), and where a type is not enough a
+check (``metadata["check"]``): :mod:`casa.config.load` validates a file with them and
+:mod:`casa.config.reference` renders ``docs/configuration.md`` from them.
 
 The state directory is ``$CASA_HOME`` (default ``~/.local/share/casa``, or
 ``/var/lib/casa`` for root, whose home other service accounts cannot enter). It holds
@@ -11,17 +16,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from casa.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 CONFIG_NAME = "casa.toml"
 
@@ -149,6 +146,10 @@ class IssuerSection:
     )
 
 
+#: The values of ``gateway.backend``: the one key that chooses where clusters run.
+GATEWAY_BACKENDS = ("auto", "local", "local-accounts", "slurm", "kubernetes")
+
+
 @dataclass(frozen=True)
 class GatewaySection:
     """``[gateway]``: Dask Gateway, per-user Dask clusters."""
@@ -165,10 +166,14 @@ class GatewaySection:
         metadata={"check": _port, "help": "a TCP port for the gateway's own API server"},
     )
     backend: str = field(
-        default="auto", metadata={"check": lambda v: v in ("auto", "local", "local-accounts"),
-                                  "help": "'local-accounts' (each user's own Unix account), "
-                                          "'local' (processes of the facility account) or "
-                                          "'auto' (local-accounts under root, else local)"},
+        default="auto",
+        metadata={"choices": GATEWAY_BACKENDS,
+                  "help": "where the gateway's clusters run: 'local-accounts' (on the gateway's "
+                          "host, each user's own Unix account; needs root), 'local' (on the "
+                          "gateway's host, processes of the facility account), 'auto' "
+                          "(local-accounts under root, else local), 'slurm' (Slurm jobs of "
+                          "the user, see [slurm]) or 'kubernetes' (pods: the gateway runs in "
+                          "deploy/kubernetes, not from casa up)"},
     )  # fmt: skip
     max_clusters_per_user: int = field(
         default=2, metadata={"check": lambda v: v >= 1, "help": "a whole number, at least 1"}
@@ -215,7 +220,7 @@ class HubSection:
     )  # fmt: skip
     auth: str = field(
         default="casa",
-        metadata={"check": lambda v: v in ("casa", "oidc"),
+        metadata={"choices": ("casa", "oidc"),
                   "help": "'casa' (facility accounts) or 'oidc' (OpenID Connect)"},
     )  # fmt: skip
     token_renewal: int = field(
@@ -324,14 +329,13 @@ class HTCondorSection:
     )  # fmt: skip
 
 
-WORKER_BACKENDS = ("local", "slurm", "htcondor", "kubernetes")
 #: The services whose host ``[site]`` chooses.
 SITE_SERVICES = ("issuer", "origin", "cache", "gateway", "hub")
 
 
 @dataclass(frozen=True)
 class SiteSection:
-    """``[site]``: which host runs which service, and where Dask workers come from.
+    """``[site]``: which host runs which service, and which cache the workers read through.
 
     Every host of a site holds the same ``casa.toml``; ``casa up`` on a host starts the
     services whose host is one of its own addresses.
@@ -353,14 +357,6 @@ class SiteSection:
         default="", metadata={"help": "the gateway's host (default: facility.host)"}
     )
     hub: str = field(default="", metadata={"help": "the hub's host (default: facility.host)"})
-    workers: str = field(
-        default="local",
-        metadata={"check": lambda v: v in WORKER_BACKENDS,
-                  "help": "where the gateway's Dask clusters run: 'local' (the gateway's "
-                          "host), 'slurm' (Slurm jobs, see [slurm]), 'htcondor' (casa run "
-                          "--cluster htcondor, see [htcondor]) or 'kubernetes' "
-                          "(deploy/kubernetes)"},
-    )  # fmt: skip
     worker_cache: str = field(
         default="",
         metadata={"help": "the host of the cache the workers read through: site.cache or one "
@@ -370,7 +366,7 @@ class SiteSection:
 
 @dataclass(frozen=True)
 class SlurmSection:
-    """``[slurm]``: Dask clusters as Slurm jobs (``site.workers = "slurm"``)."""
+    """``[slurm]``: Dask clusters as Slurm jobs (``gateway.backend = "slurm"``)."""
 
     conf: str = field(default="", metadata={"help": "the site's slurm.conf (default: Slurm's own)"})
     partition: str = field(
@@ -447,22 +443,33 @@ class FacilityConfig:
         return self.cache_url(self.site.worker_cache or None)
 
     def ports(self) -> dict[str, int]:
-        """Each service's port by service name."""
+        """Every port the facility's services listen on, by its dotted casa.toml key.
+
+        The section of a key (``gateway`` in ``gateway.scheduler_port``) is the name of the
+        service that listens on it.
+        """
         return {
-            "issuer": self.issuer.port,
-            "origin": self.origin.port,
-            "cache": self.cache.port,
-            "gateway": self.gateway.port,
-            "gateway scheduler": self.gateway.scheduler_port,
-            "gateway api": self.gateway.api_port,
-            "hub": self.hub.port,
-            "hub api": self.hub.api_port,
-            "hub proxy api": self.hub.proxy_api_port,
+            f"{section}.{key}": getattr(getattr(self, section), key)
+            for section, key in SERVICE_PORTS
         }
 
 
-#: The shortest ``issuer.token_lifetime``: renewals (a third of it apart) need some seconds.
-MIN_TOKEN_LIFETIME = 30
+#: The keys of the ports the facility's services listen on (each section is a service).
+SERVICE_PORTS = (
+    ("issuer", "port"),
+    ("origin", "port"),
+    ("cache", "port"),
+    ("gateway", "port"),
+    ("gateway", "scheduler_port"),
+    ("gateway", "api_port"),
+    ("hub", "port"),
+    ("hub", "api_port"),
+    ("hub", "proxy_api_port"),
+)
+
+#: Each section of ``casa.toml`` by its name, in the order of :class:`FacilityConfig`.
+SECTIONS: dict[str, type] = {f.name: type(f.default) for f in dataclasses.fields(FacilityConfig)}
+
 
 _SIZE_SUFFIX = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -497,140 +504,3 @@ def is_this_host(host: str) -> bool:
         except OSError:
             continue
     return False
-
-
-def _check_section(name: str, cls: type, raw: Any, errors: list[str]) -> Any:
-    if not isinstance(raw, dict):
-        errors.append(f"[{name}] must be a table of settings, not {type(raw).__name__}")
-        return cls()
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in fields:
-            errors.append(f"unknown key {name}.{key} (known keys in [{name}]: {', '.join(fields)})")
-    values = {}
-    for key, f in fields.items():
-        if key not in raw:
-            continue
-        value = raw[key]
-        expected = {"int": int, "float": (int, float), "str": str, "list": list}[f.type]
-        ok = isinstance(value, expected) and not isinstance(value, bool)
-        if ok and f.type == "list":
-            ok = all(isinstance(v, str) for v in value)
-        check = f.metadata.get("check")
-        if ok and check is not None:
-            ok = check(value)
-        if not ok:
-            errors.append(f"{name}.{key} = {value!r} is not valid: expected {f.metadata['help']}")
-            continue
-        values[key] = float(value) if f.type == "float" else value
-    return cls(**values)
-
-
-def _validate(config: FacilityConfig, errors: list[str]) -> None:
-    cache = config.cache
-    try:
-        if parse_size(cache.ram) < (1 << 30):
-            errors.append(f"cache.ram = {cache.ram!r} is too small: XCache needs at least 1g")
-    except ValueError:
-        errors.append(f"cache.ram = {cache.ram!r} is not a size such as 1g or 2048m")
-    try:
-        parse_size(cache.blocksize)
-    except ValueError:
-        errors.append(f"cache.blocksize = {cache.blocksize!r} is not a size such as 512k or 1m")
-    if not 0 < cache.disk_low < cache.disk_high <= 1:
-        errors.append(
-            f"cache.disk_low = {cache.disk_low} and cache.disk_high = {cache.disk_high} must "
-            "satisfy 0 < disk_low < disk_high <= 1"
-        )
-    for key in ("max_memory_per_user", "max_worker_memory"):
-        value = getattr(config.gateway, key)
-        try:
-            parse_size(value)
-        except ValueError:
-            errors.append(f"gateway.{key} = {value!r} is not a size such as 8g")
-    if config.issuer.token_lifetime < MIN_TOKEN_LIFETIME:
-        errors.append(f"issuer.token_lifetime must be at least {MIN_TOKEN_LIFETIME} seconds")
-    seen: dict[int, str] = {}
-    for service, port in config.ports().items():
-        if port in seen:
-            errors.append(
-                f"{service}.port and {seen[port]}.port are both {port}: give each its own"
-            )
-        seen[port] = service
-    hub = config.hub
-    if hub.auth == "oidc":
-        needed = ("oidc_authorize_url", "oidc_token_url", "oidc_userdata_url", "oidc_client_id",
-                  "oidc_client_secret_file")  # fmt: skip
-        for key in needed:
-            if not getattr(hub, key):
-                errors.append(f"hub.{key} is needed when hub.auth = 'oidc'")
-    _validate_site(config, errors)
-    name = config.facility.name
-    if not name or not all(c.isalnum() or c in "-_" for c in name):
-        errors.append(f"facility.name = {name!r} may hold only letters, digits, '-' and '_'")
-
-
-def _validate_site(config: FacilityConfig, errors: list[str]) -> None:
-    site = config.site
-    issuer = config.host_of("issuer")
-    for service in ("gateway", "hub"):
-        if config.host_of(service) != issuer:
-            errors.append(
-                f"site.{service} = {config.host_of(service)!r} differs from the issuer's host "
-                f"{issuer!r}: the {service} mints users' tokens through the issuer's local "
-                f"socket, so it must run on the issuer's host (set site.{service} and "
-                "site.issuer to the same host)"
-            )
-    if site.worker_cache and site.worker_cache not in config.cache_hosts():
-        errors.append(
-            f"site.worker_cache = {site.worker_cache!r} runs no cache: name site.cache or one of "
-            f"site.caches ({', '.join(config.cache_hosts())})"
-        )
-
-
-def parse_config(data: dict, source: str = CONFIG_NAME) -> FacilityConfig:
-    """Build a FacilityConfig from parsed TOML; ConfigError lists every problem at once."""
-    errors: list[str] = []
-    sections = {f.name: f.type for f in dataclasses.fields(FacilityConfig)}
-    classes = {
-        "facility": FacilitySection,
-        "origin": OriginSection,
-        "cache": CacheSection,
-        "issuer": IssuerSection,
-        "xrootd": XRootDSection,
-        "gateway": GatewaySection,
-        "hub": HubSection,
-        "htcondor": HTCondorSection,
-        "site": SiteSection,
-        "slurm": SlurmSection,
-    }
-    assert set(classes) == set(sections)
-    for key in data:
-        if key not in classes:
-            errors.append(f"unknown section [{key}] (known sections: {', '.join(classes)})")
-    parts = {
-        name: _check_section(name, cls, data[name], errors)
-        for name, cls in classes.items()
-        if name in data
-    }
-    config = FacilityConfig(**parts)
-    _validate(config, errors)
-    if errors:
-        raise ConfigError(f"{source} is not valid:\n  - " + "\n  - ".join(errors))
-    return config
-
-
-def load_config(
-    paths: FacilityPaths, config_file: str | os.PathLike | None = None
-) -> FacilityConfig:
-    """Read ``--config FILE`` or ``$CASA_HOME/casa.toml``; defaults when neither exists."""
-    path = Path(config_file) if config_file else paths.config_file
-    if not path.exists():
-        if config_file:
-            raise ConfigError(f"configuration file {path} does not exist")
-        return FacilityConfig()
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path} is not valid TOML: {e}") from None
-    return parse_config(data, str(path))
