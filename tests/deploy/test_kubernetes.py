@@ -511,6 +511,7 @@ def test_gateway_uses_kubernetes_backend_and_casa_tokens(build, tmp_path, monkey
     }
     text = find(objects, "ConfigMap", "casa-gateway")["data"]["dask_gateway_config.py"]
     c, ns = _run_config(text, env, monkeypatch)
+    assert config.gateway.backend == "kubernetes"  # the one key that says where clusters run
     assert c.DaskGateway.backend_class == "dask_gateway_server.backends.kubernetes.KubeBackend"
     assert importlib.util.find_spec("dask_gateway_server.backends.kubernetes") is not None
     assert c.DaskGateway.authenticator_class == "casa.services.gateway.server.CasaAuthenticator"
