@@ -12,6 +12,9 @@ from pathlib import Path
 
 from casa.auth.issuer_client import SOCKET_NAME, request_token
 from casa.config import FacilityConfig, FacilityPaths, facility_paths, load_config
+from casa.data.catalog import DatasetCatalog
+from casa.data.exports import facility_catalog
+from casa.data.storage import FacilityStorage
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,19 @@ class Facility:
         if not self.as_root:
             return None
         return pwd.getpwnam(self.config.xrootd.user)
+
+    def catalog(self) -> DatasetCatalog:
+        """The dataset catalog; every change rewrites what notebooks read of it."""
+        return facility_catalog(self.paths)
+
+    def storage(self) -> FacilityStorage:
+        """Facility storage, its files owned by the XRootD account under root."""
+        account = self.daemon_account()
+        return FacilityStorage(
+            self.paths.storage,
+            cache_url=self.config.cache_url() + "/",
+            owner=(account.pw_uid, account.pw_gid) if account else None,
+        )
 
     @property
     def issuer_socket(self) -> Path:

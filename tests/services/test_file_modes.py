@@ -140,7 +140,7 @@ client.close()
 def _use_the_facility(f, name: str, events: Path) -> None:
     """As ``name``: a job on their own gateway cluster, and fmab's private data through the
     cache (its copy and ``.cinfo`` there name fmab's private dataset)."""
-    from casa.services.base import write_file
+    from casa.filesystem import write_file
 
     account = pwd.getpwnam(name)
     owner = (account.pw_uid, account.pw_gid)

@@ -136,6 +136,40 @@ def test_login_spawn_and_analysis_in_the_users_kernel(hub, tmp_path):
         kernel.close()
 
 
+def test_datasets_added_while_the_lab_runs_reach_it_at_once(hub):
+    """The admin adds datasets after alice's lab started: her next datasets() lists them, and
+    she reads the new public one; bob's private datasets stay out; removing takes them away.
+    (The hub renews tokens every 3 s here, and a renewal does not rewrite the catalog.)"""
+    hub.admin.spawn("tcalice")
+    kernel = Kernel(hub.base, "tcalice", hub.admin.user_token("tcalice"))
+    listing = "from casa import datasets\nprint('LISTED', sorted(datasets()))"
+    public = hub.home / "services" / "hub" / "catalog.json"
+    try:
+        assert "LISTED ['demo']" in kernel.execute(listing)["stdout"]
+        hub.casa("datasets", "add", "later", hub.data / "events_0001.root", "--store",
+                 check=True)  # fmt: skip
+        own = Path(pwd.getpwnam("tcalice").pw_dir) / ".casa" / "catalog.json"
+        assert "later" in json.loads(own.read_text()), "written by the command, not later"
+        hub.casa("datasets", "add", "alices", hub.data / "events_0000.root", "--store",
+                 "--user", "tcalice", check=True)  # fmt: skip
+        seen = kernel.execute(listing)
+        assert "LISTED ['alices', 'demo', 'later']" in seen["stdout"], seen
+        read = kernel.execute(
+            "import uproot\n"
+            "from casa import fileset, uproot_options\n"
+            "url = next(iter(fileset('later')['later']['files']))\n"
+            "print('EVENTS', uproot.open(url, **uproot_options())['Events'].num_entries)"
+        )
+        assert "EVENTS 15000" in read["stdout"], read
+        assert sorted(json.loads(public.read_text())) == ["demo", "later"]
+        hub.casa("datasets", "remove", "later", check=True)
+        hub.casa("datasets", "remove", "alices", check=True)
+        assert "LISTED ['demo']" in kernel.execute(listing)["stdout"]
+        assert sorted(json.loads(public.read_text())) == ["demo"]
+    finally:
+        kernel.close()
+
+
 def test_users_cannot_reach_each_other(hub):
     hub.admin.spawn("tcbob")
     alice = HubClient(hub.base)

@@ -20,9 +20,7 @@ from pathlib import Path
 
 from casa.bench.dataset import BenchDataset
 from casa.bench.wan import WanCacheService, WanLink, WanOriginService
-from casa.data.catalog import DatasetCatalog
 from casa.data.files import FileInfo
-from casa.data.storage import FacilityStorage
 from casa.errors import ServiceError
 from casa.facility import Facility, facility_context
 from casa.services.facility import facility_services
@@ -118,14 +116,8 @@ class BenchFacility:
     def store(self, dataset: BenchDataset) -> tuple[list[FileInfo], float]:
         """Copy the files into facility storage and catalogue their ``root://`` URLs."""
         started = time.perf_counter()
-        ctx = self.ctx
-        account = ctx.daemon_account() if ctx.as_root else None
-        storage = FacilityStorage(
-            ctx.paths.storage,
-            cache_url=f"root://{ctx.config.facility.host}:{ctx.config.cache.port}/",
-            owner=(account.pw_uid, account.pw_gid) if account else None,
-        )
-        catalog = DatasetCatalog(ctx.paths.database)
+        storage = self.ctx.storage()
+        catalog = self.ctx.catalog()
         try:
             copied = storage.store(DATASET, list(dataset.files))
             stored = catalog.add_files(

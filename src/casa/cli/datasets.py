@@ -12,7 +12,9 @@ from rich.table import Table
 from casa.cli.console import console
 from casa.config import facility_paths
 from casa.data.catalog import DEFAULT_TREE, DatasetCatalog
+from casa.data.exports import facility_catalog
 from casa.errors import DataError, UsageError
+from casa.facility import facility_context
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,8 +66,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def open_catalog(args: argparse.Namespace) -> DatasetCatalog:
-    """The catalog of the facility chosen by ``--home`` / ``$CASA_HOME``."""
-    return DatasetCatalog(facility_paths(args.home).ensure().database)
+    """The catalog of the facility chosen by ``--home`` / ``$CASA_HOME``.
+
+    Every change rewrites what notebooks read of it (:mod:`casa.data.exports`).
+    """
+    return facility_catalog(facility_paths(args.home).ensure())
+
+
+def _report_exports(catalog: DatasetCatalog) -> None:
+    """Say which notebooks' catalogs could not follow a change (the change itself stands)."""
+    for problem in catalog.warnings:
+        console.print(
+            f"[yellow]warning:[/] {problem}; it is written again when their server next starts"
+        )
 
 
 def handle_add(args: argparse.Namespace) -> int:
@@ -81,6 +94,7 @@ def handle_add(args: argparse.Namespace) -> int:
         f"added dataset [bold]{dataset.name}[/]: {len(dataset.files)} file(s), "
         f"{dataset.events:,} events, {dataset.bytes / 1e6:.1f} MB"
     )
+    _report_exports(catalog)
     return 0
 
 
@@ -129,14 +143,17 @@ def handle_remove(args: argparse.Namespace) -> int:
     if area is None:
         catalog.remove(args.name)
         console.print(f"removed dataset {args.name} (its files were left in place)")
+        _report_exports(catalog)
         return 0
-    storage, cache_disk = _facility_storage(args)
+    ctx = facility_context(args.home, args.config)
+    storage = ctx.storage()
     aside = storage.set_aside(area)
     try:
         catalog.remove(args.name)
     except BaseException:
         storage.put_back(area)
         raise
+    _report_exports(catalog)
     if aside is None:
         console.print(
             f"removed dataset {args.name}; its files in {area} are not on this host: delete "
@@ -145,27 +162,12 @@ def handle_remove(args: argparse.Namespace) -> int:
         return 0
     count = sum(1 for p in aside.iterdir() if p.is_file())
     shutil.rmtree(aside)
-    shutil.rmtree(cache_disk / area.lstrip("/"), ignore_errors=True)  # the cache's copies
+    shutil.rmtree(ctx.paths.cache_disk / area.lstrip("/"), ignore_errors=True)  # cached copies
     console.print(
         f"removed dataset {args.name} and deleted its {count} file(s) from facility storage "
         f"({area})"
     )
     return 0
-
-
-def _facility_storage(args: argparse.Namespace):
-    """This facility's storage (owned by the XRootD account under root) and cache disk."""
-    from casa.data.storage import FacilityStorage
-    from casa.facility import facility_context
-
-    ctx = facility_context(args.home, args.config)
-    account = ctx.daemon_account() if ctx.as_root else None
-    storage = FacilityStorage(
-        ctx.paths.storage,
-        cache_url=ctx.config.cache_url() + "/",
-        owner=(account.pw_uid, account.pw_gid) if account else None,
-    )
-    return storage, ctx.paths.cache_disk
 
 
 def _check_storage_user(args: argparse.Namespace, ctx) -> None:
@@ -201,11 +203,13 @@ def handle_import(args: argparse.Namespace) -> int:
         raise DataError(f"fileset file {path} does not exist") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path} is not valid JSON: {e}") from None
-    added = open_catalog(args).import_fileset(fileset)
+    catalog = open_catalog(args)
+    added = catalog.import_fileset(fileset)
     for d in added:
         console.print(
             f"imported dataset [bold]{d.name}[/]: {len(d.files)} file(s), {d.events:,} events"
         )
+    _report_exports(catalog)
     return 0
 
 
@@ -236,7 +240,6 @@ def _add_stored(args: argparse.Namespace, catalog: DatasetCatalog):
     """Check the files, copy them into storage, register their root:// URLs; undo on failure."""
     from casa.data.catalog import _validate_name
     from casa.data.files import expand_paths, inspect_root_file
-    from casa.facility import facility_context
 
     _validate_name(args.name)
     if args.name in {d.name for d in catalog.list()}:
@@ -248,7 +251,7 @@ def _add_stored(args: argparse.Namespace, catalog: DatasetCatalog):
     if args.user is not None:
         _check_storage_user(args, ctx)
     files = [inspect_root_file(p, args.tree) for p in expand_paths(args.paths)]
-    storage, _ = _facility_storage(args)
+    storage = ctx.storage()
     copied = storage.store(args.name, files, user=args.user)
     try:
         return catalog.add_files(

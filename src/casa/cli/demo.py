@@ -16,7 +16,6 @@ from pathlib import Path
 
 from casa.cli.console import console, err_console
 from casa.cli.progress import ChunkProgress, event_progress
-from casa.data.catalog import DatasetCatalog
 from casa.errors import DataError
 
 DEMO_DATASET = "demo"
@@ -104,10 +103,9 @@ def _ensure_token(ctx) -> None:
 def _ensure_dataset(ctx, args: argparse.Namespace):
     """The demo dataset in facility storage, generated and copied in on first use."""
     from casa.data.files import expand_paths, inspect_root_file
-    from casa.data.storage import FacilityStorage
     from casa.generate.generator import MANIFEST, generate_dataset
 
-    catalog = DatasetCatalog(ctx.paths.database)
+    catalog = ctx.catalog()
     cache_url = ctx.config.cache_url() + "/"
     source = ctx.paths.home / "data" / DEMO_DATASET
     wanted = {"events": args.events, "files": args.files, "seed": DEMO_SEED}
@@ -127,10 +125,7 @@ def _ensure_dataset(ctx, args: argparse.Namespace):
     if not fresh:
         with event_progress("Generating", args.events, err_console) as advance:
             generate_dataset(source, args.events, args.files, DEMO_SEED, progress=advance)
-    account = ctx.daemon_account() if ctx.as_root else None
-    storage = FacilityStorage(
-        ctx.paths.storage, cache_url, (account.pw_uid, account.pw_gid) if account else None
-    )
+    storage = ctx.storage()
     storage.remove(DEMO_DATASET)
     files = [inspect_root_file(p, "Events") for p in expand_paths([str(source)])]
     dataset = catalog.add_files(DEMO_DATASET, storage.store(DEMO_DATASET, files))

@@ -108,8 +108,18 @@ def _validate_name(name: str) -> str:
 class DatasetCatalog:
     """Named datasets in the facility's SQLite database."""
 
-    def __init__(self, database: Path):
+    def __init__(
+        self, database: Path, on_change: Callable[[DatasetCatalog], list[str]] | None = None
+    ):
+        """Open (or create) the catalog in ``database``.
+
+        ``on_change`` is called after every committed change with the catalog; it returns
+        problems to report (one sentence each), which :attr:`warnings` collects.
+        """
         _check_can_open(database)
+        self._on_change = on_change
+        #: What ``on_change`` reported since the catalog was opened.
+        self.warnings: list[str] = []
         self._engine = create_engine(private_database(database))
         event.listen(self._engine, "connect", _sqlite_pragmas)
         try:
@@ -124,6 +134,10 @@ class DatasetCatalog:
     def close(self) -> None:
         """Release the database connections."""
         self._engine.dispose()
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self.warnings.extend(self._on_change(self))
 
     # -- reading --------------------------------------------------------------
     def list(self) -> list[Dataset]:
@@ -174,6 +188,7 @@ class DatasetCatalog:
             if row is None:
                 raise DataError(self._unknown(s, name))
             s.delete(row)
+        self._changed()
 
     def _insert(self, items: Iterable[tuple[str, list[FileInfo], dict]]) -> list[Dataset]:
         now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0, tzinfo=None)
@@ -196,9 +211,11 @@ class DatasetCatalog:
                     s.add(row)
                     rows.append(row)
                 s.flush()
-                return [_to_dataset(r) for r in rows]
+                added = [_to_dataset(r) for r in rows]
         except IntegrityError as e:  # two datasets of one name inside a single import
             raise DataError(f"dataset names must be unique: {e.orig}") from None
+        self._changed()
+        return added
 
     # -- coffea filesets ------------------------------------------------------
     def export_fileset(self, names: list[str] | None = None) -> dict:
@@ -250,6 +267,8 @@ class DatasetCatalog:
                 if new != row.url:
                     row.url = new
                     changed += 1
+        if changed:
+            self._changed()
         return changed
 
 

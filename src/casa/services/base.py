@@ -3,55 +3,13 @@
 from __future__ import annotations
 
 import abc
-import contextlib
 import json
-import os
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from casa.config import is_this_host
 from casa.facility import Facility
-
-#: The umask of ``casa up`` and of every service it starts: what a service writes is its
-#: account's alone unless casa opens it up on purpose (see docs/facility.md).
-PRIVATE_UMASK = 0o077
-#: Folders other accounts may pass through to a file they know the name of, but not list.
-PASSABLE_FOLDER = 0o711
-
-
-@contextlib.contextmanager
-def private_umask() -> Iterator[None]:
-    """Run the block with :data:`PRIVATE_UMASK`, then restore the caller's umask."""
-    previous = os.umask(PRIVATE_UMASK)
-    try:
-        yield
-    finally:
-        os.umask(previous)
-
-
-def write_file(
-    path: Path, data: str | bytes, mode: int = 0o600, owner: tuple[int, int] | None = None
-) -> Path:
-    """Replace ``path`` at once with ``data``, with exactly ``mode`` and ``owner`` (uid, gid).
-
-    The file never exists with other permissions, whatever the umask: it is written under a
-    temporary name created with ``mode`` and renamed into place.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        if owner is not None:
-            os.chown(tmp, *owner)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ Each service runs as its own process group, started in the background with its o
 process's start time, so a PID reused by another program after a crash is not mistaken
 for the service.
 
-``casa up`` and every service run with umask 077 (:data:`~casa.services.base.PRIVATE_UMASK`):
+``casa up`` and every service run with umask 077 (:data:`~casa.filesystem.PRIVATE_UMASK`):
 whatever a service writes (logs, databases, generated configuration, the cache's files, Dask
 scratch space) is its own account's alone. Only what other accounts need is opened up, each
 where it is made: ``services/`` and each ``services/NAME/`` may be passed through but not
@@ -29,14 +29,8 @@ from pathlib import Path
 
 from casa.errors import ServiceError
 from casa.facility import Facility
-from casa.services.base import (
-    PASSABLE_FOLDER,
-    PRIVATE_UMASK,
-    Health,
-    Service,
-    private_umask,
-    write_file,
-)
+from casa.filesystem import PASSABLE_FOLDER, PRIVATE_UMASK, private_umask, write_file
+from casa.services.base import Health, Service
 from casa.services.processes import start_ticks
 
 START_TIMEOUT = 30.0

@@ -15,7 +15,8 @@ from pathlib import Path
 from casa.config import parse_size, private_database
 from casa.errors import ServiceError
 from casa.facility import Facility
-from casa.services.base import PASSABLE_FOLDER, Health, Service, get_json
+from casa.filesystem import PASSABLE_FOLDER
+from casa.services.base import Health, Service, get_json
 from casa.services.processes import recorded_session_leaders
 
 CONFIG_TEMPLATE = """\

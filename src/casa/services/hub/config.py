@@ -6,15 +6,16 @@ whole hub setup lives here, in code, next to the authenticator and the spawner.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import sys
 from pathlib import Path
 
+from casa.data.catalog import DatasetCatalog
+from casa.data.exports import CatalogExports
 from casa.facility import Facility
+from casa.filesystem import PASSABLE_FOLDER, create_once
 from casa.lab.dashboards import EXTENSION as LAB_DASHBOARDS
-from casa.services.base import PASSABLE_FOLDER, write_file
 
 HUB_API_TOKEN_FILE = "hub-api-token"
 #: The JupyterHub service casa itself uses (status, tests, admin tasks).
@@ -39,51 +40,14 @@ def proxy_command() -> str:
 def secret_file(ctx: Facility, name: str, nbytes: int = 32) -> Path:
     """A random secret under ``keys/`` (mode 0600), created once."""
     path = ctx.paths.keys / name
-    if not path.exists():
-        ctx.paths.keys.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(nbytes))
+    ctx.paths.keys.mkdir(parents=True, exist_ok=True, mode=0o700)
+    create_once(path, secrets.token_hex(nbytes))
     return path
 
 
 def hub_api_token(ctx: Facility) -> str:
     """The token of casa's own JupyterHub service (admin over users and servers)."""
     return secret_file(ctx, HUB_API_TOKEN_FILE).read_text().strip()
-
-
-def dataset_owners(entry: dict) -> set[str]:
-    """The users whose private areas (``/store/user/NAME~/``) hold a fileset entry's files."""
-    from casa.names import NAME_END, path_of_url
-
-    owners = set()
-    for url in entry.get("files", {}):
-        parts = (path_of_url(url) or "").strip("/").split("/")
-        if len(parts) > 2 and parts[:2] == ["store", "user"]:
-            owners.add(parts[2].removesuffix(NAME_END))
-    return owners
-
-
-def catalog_for(ctx: Facility, user: str | None = None) -> dict:
-    """The catalog as a coffea fileset: the public datasets, and ``user``'s private ones."""
-    from casa.data.catalog import DatasetCatalog
-
-    catalog = DatasetCatalog(ctx.paths.database)
-    try:
-        fileset = catalog.export_fileset()
-    finally:
-        catalog.close()
-    return {name: entry for name, entry in fileset.items() if dataset_owners(entry) <= {user}}
-
-
-def write_catalog_for_users(ctx: Facility) -> Path:
-    """The public datasets as a world-readable coffea fileset (the database holds secrets).
-
-    A user's private datasets are not in it: their names and files are for that user only,
-    whose notebook server gets its own catalog (see :mod:`casa.services.hub.spawner`).
-    """
-    path = ctx.service_dir("hub") / "catalog.json"
-    return write_file(path, json.dumps(catalog_for(ctx), indent=1), mode=0o644)
 
 
 def configure(c, home: str, config_file: str | None = None) -> None:
@@ -155,4 +119,10 @@ def configure(c, home: str, config_file: str | None = None) -> None:
     c.Spawner.http_timeout = 90
     c.Spawner.ip = "127.0.0.1"
     c.Spawner.environment = {"PATH": f"{prefix / 'bin'}:/usr/local/bin:/usr/bin:/bin"}
-    write_catalog_for_users(ctx)
+    # Every change rewrites the exports; this catches up with a catalog an older casa changed.
+    catalog = DatasetCatalog(ctx.paths.database)
+    try:
+        for problem in CatalogExports(ctx.paths).refresh(catalog):
+            print(f"casa: {problem}", file=sys.stderr)
+    finally:
+        catalog.close()

@@ -2,11 +2,12 @@
 
 Before the server starts, the hub (which may ask the issuer for any user) mints the user's
 data token and gateway token and writes them, with the catalog of the datasets the user may
-read, into ``~/.casa/`` (folder 0700, files 0600, owned by the user). The server's
+read, into ``~/.casa/`` (folder 0700, files 0600, owned by the user; see
+:class:`casa.filesystem.UserFolder` for why a planted link cannot misdirect them). The server's
 environment points WLCG discovery, Dask Gateway and ``casa.datasets()`` at them, so
 ``casa.connect()``, ``dask_gateway.Gateway()`` and ``root://`` reads just work. The tokens
-(and the catalog) are renewed in place well before they expire, for as long as the server
-runs.
+are renewed in place well before they expire, for as long as the server runs; the catalog
+is rewritten whenever it changes (:mod:`casa.data.exports`).
 """
 
 from __future__ import annotations
@@ -24,19 +25,12 @@ from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Integer, Unicode
 
 from casa.compute.gateway import GATEWAY_TOKEN_FILE_ENV
+from casa.data.catalog import DatasetCatalog
+from casa.data.exports import EXPORT_NAME, CatalogExports
 from casa.facility import Facility, facility_context
-from casa.services.base import write_file
-from casa.services.hub.config import catalog_for
+from casa.filesystem import USER_FOLDER, UserFolder
 
-CREDENTIALS_DIR = ".casa"
-#: In ``~/.casa/``: the datasets this user may read (the public ones and their own).
-CATALOG_FILE = "catalog.json"
 EXAMPLES_DIR = "examples"
-
-
-def write_private(path: Path, text: str, uid: int, gid: int) -> None:
-    """Write ``text`` to ``path`` so that only the account ``uid`` can read it."""
-    write_file(path, text + "\n", mode=0o600, owner=(uid, gid))
 
 
 @functools.cache
@@ -70,21 +64,31 @@ class CasaSpawner(LocalProcessSpawner):
             ) from None
 
     def _write_credentials(self) -> dict[str, str]:
-
+        """Mint the user's tokens and write them into ``~/.casa``."""
         ctx = self._ctx()
         account = self._account()
-        folder = Path(account.pw_dir) / CREDENTIALS_DIR
-        folder.mkdir(mode=0o700, exist_ok=True)
-        os.chown(folder, account.pw_uid, account.pw_gid)
-        os.chmod(folder, 0o700)
         data = ctx.request_token(user=self.user.name)
         gateway = ctx.request_token(user=self.user.name, kind="gateway")
-        write_private(folder / "bearer_token", data, account.pw_uid, account.pw_gid)
-        write_private(folder / "gateway_token", gateway, account.pw_uid, account.pw_gid)
-        # The public datasets and the user's own, brought up to date with each renewal.
-        catalog = json.dumps(catalog_for(ctx, self.user.name), indent=1)
-        write_private(folder / CATALOG_FILE, catalog, account.pw_uid, account.pw_gid)
-        return {"data": str(folder / "bearer_token"), "gateway": str(folder / "gateway_token")}
+        with UserFolder(account) as folder:
+            written = {
+                "data": str(folder.write("bearer_token", data + "\n")),
+                "gateway": str(folder.write("gateway_token", gateway + "\n")),
+            }
+        return written
+
+    def _write_catalog(self) -> None:
+        """The public datasets and the user's own, in ``~/.casa``; each catalog change
+        rewrites it while the server runs (:mod:`casa.data.exports`)."""
+        ctx = self._ctx()
+        catalog = DatasetCatalog(ctx.paths.database)
+        try:
+            CatalogExports(ctx.paths).write_for(catalog, self._account())
+        finally:
+            catalog.close()
+
+    def _prepare(self) -> None:
+        self._write_credentials()
+        self._write_catalog()
 
     def _copy_examples(self) -> None:
         account = self._account()
@@ -124,7 +128,7 @@ class CasaSpawner(LocalProcessSpawner):
         ctx = self._ctx()
         g = ctx.config.gateway
         host = ctx.config.host_of("gateway")
-        folder = Path(self._account().pw_dir) / CREDENTIALS_DIR
+        folder = Path(self._account().pw_dir) / USER_FOLDER
         env.update(
             {
                 "BEARER_TOKEN_FILE": str(folder / "bearer_token"),
@@ -135,7 +139,7 @@ class CasaSpawner(LocalProcessSpawner):
                 "DASK_GATEWAY__AUTH__TYPE": "casa.compute.gateway.FileTokenAuth",
                 "DASK_LABEXTENSION__FACTORY__MODULE": "dask_gateway",
                 "DASK_LABEXTENSION__FACTORY__CLASS": "GatewayCluster",
-                "CASA_CATALOG": str(folder / CATALOG_FILE),
+                "CASA_CATALOG": str(folder / EXPORT_NAME),
             }
         )
         return env
@@ -144,7 +148,7 @@ class CasaSpawner(LocalProcessSpawner):
         """Mint credentials, copy examples, start the server; record why if anything fails."""
         try:
             # Minting asks the issuer over its socket: off the hub's event loop.
-            await asyncio.get_running_loop().run_in_executor(None, self._write_credentials)
+            await asyncio.get_running_loop().run_in_executor(None, self._prepare)
             self._copy_examples()
             result = await super().start()
         except Exception as e:

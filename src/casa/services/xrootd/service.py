@@ -277,7 +277,6 @@ class CacheService(XRootDService):
 def _migrate_storage_layout(ctx: Facility) -> None:
     """Storage written before casa closed its names, and the catalog's URLs into it, in the
     layout of :func:`casa.names.storage_path` (renames only: nothing is copied or lost)."""
-    from casa.data.catalog import DatasetCatalog
 
     config = ctx.config
     servers = (
@@ -287,7 +286,7 @@ def _migrate_storage_layout(ctx: Facility) -> None:
     if not ctx.paths.database.exists():
         migrate_layout(ctx.paths.storage, lambda rewrite: 0, servers)
         return
-    catalog = DatasetCatalog(ctx.paths.database)
+    catalog = ctx.catalog()
     try:
         migrate_layout(ctx.paths.storage, catalog.rewrite_urls, servers)
     finally:
