@@ -1,5 +1,9 @@
 """The facility's namespace: how users, datasets and their storage paths and scopes are spelled.
 
+Every check of a user's, a dataset's or a storage folder's name is here, one function per kind
+of name, each saying why its rule is what it is. (``facility.name`` is checked with the rest of
+casa.toml, in :mod:`casa.config.load`: casa.config sits beside this module in the layers.)
+
 Public data live in ``/store/data/DATASET~/``, a user's own in ``/store/user/NAME~/DATASET~/``.
 Every folder named for a user or a dataset ends in :data:`NAME_END`, a character no name may
 hold: Debian's XRootD 5.5.3 grants a token's scope to every path that merely starts with it
@@ -24,11 +28,57 @@ NAMED_LEVELS = {"data": 1, "user": 2}
 #: What a user or dataset name may hold in storage.
 _NAME_CHARS = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
+#: A facility user: a Unix account's name that is also a storage folder's.
+_USER_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+
 _URL_PATH = re.compile(r"^(root://[^/]+/)(/?store/.*)$")
 
 
+def check_user_name(name: str) -> str:
+    """``name`` if it can name a facility user; UsageError in one sentence if not.
+
+    A facility user is a Unix account (``casa user add`` creates it with ``useradd``, and
+    each user's notebook server and clusters run under it), the ``sub`` of their tokens and
+    the folder ``/store/user/NAME~``. The rule is the one valid for all three: what
+    ``useradd`` accepts by default (1-32 characters, lower-case letters, digits, '-' and
+    '_', starting with a letter), in ASCII as storage folders are. The issuer once took
+    more for a token's user (any letters, digits, '-', '_' and '.'); the two rules for one
+    kind of name are now this one, the stricter, so an account outside it (``first.last``,
+    ``Ann``) gets no token from the issuer.
+    """
+    if not isinstance(name, str) or not _USER_NAME.fullmatch(name):
+        raise UsageError(
+            f"user name {name!r} is not valid: use 1-32 lower-case letters, digits, '-' or '_', "
+            "starting with a letter"
+        )
+    return name
+
+
+def check_dataset_name(name: str) -> str:
+    """``name`` if it can name a dataset in the catalog; UsageError in one sentence if not.
+
+    A dataset stored in the facility is the folder ``/store/data/NAME~`` (or in a user's
+    area), so a dataset's name follows the storage folders' rule
+    (:func:`check_storage_name`) even for datasets registered where their files lie: any
+    of them may be stored later under the same name. The catalog once also took non-ASCII
+    letters and a leading '-'; the two rules are now this one, the stricter.
+    """
+    if not isinstance(name, str) or not _NAME_CHARS.fullmatch(name):
+        raise UsageError(
+            f"dataset name {name!r} is not valid: use letters, digits, '-', '_' and '.', "
+            "starting with a letter, digit or '_'"
+        )
+    return name
+
+
 def check_storage_name(name: str, what: str = "dataset name") -> str:
-    """``name`` if it can name a storage folder; UsageError in one sentence if not."""
+    """``name`` if it can name a storage folder; UsageError in one sentence if not.
+
+    XRootD serves these folders and checks tokens' scopes against their paths: a name is
+    one path component (no '/'), begins with a letter, digit or '_' (no '..', no hidden
+    folder), never holds :data:`NAME_END` (which closes it), and is ASCII so that the path
+    a scope names is the path XRootD compares, byte for byte.
+    """
     if not isinstance(name, str) or not _NAME_CHARS.fullmatch(name):
         raise UsageError(
             f"{what} {name!r} cannot name a folder in facility storage: use letters, digits, "

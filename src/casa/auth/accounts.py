@@ -23,6 +23,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from casa.config import private_database
 from casa.errors import ServiceError, UsageError
+from casa.names import check_user_name
 
 # scrypt parameters (RFC 7914): about 50 ms and 16 MiB per check on a laptop.
 _N, _R, _P = 2**14, 8, 1
@@ -71,22 +72,6 @@ def check_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(computed, base64.b64decode(digest))
 
 
-def validate_username(name: str) -> str:
-    """A name that is valid both as a facility user and as a Unix account."""
-    ok = (
-        0 < len(name) <= 32
-        and name[0].isalpha()
-        and name.islower()
-        and all(c.isalnum() or c in "-_" for c in name)
-    )
-    if not ok:
-        raise UsageError(
-            f"user name {name!r} is not valid: use 1-32 lower-case letters, digits, '-' or '_', "
-            "starting with a letter"
-        )
-    return name
-
-
 class AccountStore:
     """Facility accounts in the facility's SQLite database."""
 
@@ -96,7 +81,7 @@ class AccountStore:
 
     def add(self, name: str, password: str, admin: bool = False) -> Account:
         """Create a facility account; UsageError if it exists."""
-        validate_username(name)
+        check_user_name(name)
         if len(password) < 8:
             raise UsageError("passwords need at least 8 characters")
         now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0, tzinfo=None)

@@ -238,10 +238,10 @@ def _size(n: int) -> str:
 
 def _add_stored(args: argparse.Namespace, catalog: DatasetCatalog):
     """Check the files, copy them into storage, register their root:// URLs; undo on failure."""
-    from casa.data.catalog import _validate_name
     from casa.data.files import expand_paths, inspect_root_file
+    from casa.names import check_dataset_name
 
-    _validate_name(args.name)
+    check_dataset_name(args.name)
     if args.name in {d.name for d in catalog.list()}:
         raise DataError(
             f"a dataset named {args.name!r} exists already: choose another name, "

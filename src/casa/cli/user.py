@@ -57,9 +57,10 @@ def handle_add(args: argparse.Namespace) -> int:
     """Create the account (Unix first, so a failure leaves no half-made facility user)."""
     import os
 
-    from casa.auth.accounts import current_account, ensure_unix_account, validate_username
+    from casa.auth.accounts import current_account, ensure_unix_account
+    from casa.names import check_user_name
 
-    validate_username(args.name)
+    check_user_name(args.name)
     store = _store(args)
     if store.get(args.name) is not None:
         raise UsageError(f"user {args.name!r} exists already ('casa user list' shows them)")

@@ -21,6 +21,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 from casa.config import private_database
 from casa.data.files import FileInfo, expand_paths, inspect_root_file
 from casa.errors import DataError, UsageError
+from casa.names import check_dataset_name
 
 DEFAULT_TREE = "Events"
 
@@ -96,15 +97,6 @@ class Dataset:
         }
 
 
-def _validate_name(name: str) -> str:
-    if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
-        raise UsageError(
-            f"dataset name {name!r} is not valid: use letters, digits, '-', '_' and '.', "
-            "not starting with '.'"
-        )
-    return name
-
-
 class DatasetCatalog:
     """Named datasets in the facility's SQLite database."""
 
@@ -170,7 +162,7 @@ class DatasetCatalog:
         inspect: Callable[[Path, str], FileInfo] = inspect_root_file,
     ) -> Dataset:
         """Register local files (plain, globs, folders) as dataset ``name``, all or nothing."""
-        _validate_name(name)
+        check_dataset_name(name)
         if not paths:
             raise UsageError("give at least one file, pattern or folder to add")
         files = [inspect(p, tree) for p in expand_paths(paths)]
@@ -178,7 +170,7 @@ class DatasetCatalog:
 
     def add_files(self, name: str, files: list[FileInfo], metadata: dict | None = None) -> Dataset:
         """Register already inspected files (for example copies in facility storage)."""
-        _validate_name(name)
+        check_dataset_name(name)
         return self._insert([(name, files, metadata or {})])[0]
 
     def remove(self, name: str) -> None:
@@ -234,7 +226,7 @@ class DatasetCatalog:
             raise DataError("a fileset is a JSON object mapping dataset names to their files")
         items = []
         for name, spec in fileset.items():
-            _validate_name(name)
+            check_dataset_name(name)
             metadata = {}
             if isinstance(spec, list):
                 files = {f: DEFAULT_TREE for f in spec}

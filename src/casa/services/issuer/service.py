@@ -32,7 +32,7 @@ from casa.auth.tokens import (
 from casa.config import FacilityConfig, facility_paths, load_config
 from casa.errors import UsageError
 from casa.facility import Facility
-from casa.names import close_scope
+from casa.names import check_user_name, close_scope
 from casa.services.base import Health, Service, get_json
 from casa.services.issuer.unix_socket import TokenSocketServer
 
@@ -88,8 +88,10 @@ def _mint_for_peer(issuer: TokenIssuer, config: FacilityConfig, uid: int, reques
     user = request.get("user") or caller
     if user != caller and not privileged:
         return {"error": f"{caller} may get tokens for {caller} only, not for {user}"}
-    if not all(c.isalnum() or c in "-_." for c in user):
-        return {"error": f"{user!r} is not a valid user name"}
+    try:
+        check_user_name(user)
+    except UsageError as e:
+        return {"error": str(e)}
     kind = request.get("kind") or "data"
     if kind not in ("data", "gateway"):
         return {"error": f"unknown token kind {kind!r}: ask for 'data' or 'gateway'"}
