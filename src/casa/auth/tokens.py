@@ -9,6 +9,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from casa.errors import ConfigError, DataError, UsageError
 
@@ -142,46 +143,72 @@ class DiscoveredToken:
     source: str
 
 
-def discovery_locations(env: dict | None = None) -> list[str]:
-    """Where WLCG discovery looks, in order, as words for error messages."""
+class DiscoveryPlace(NamedTuple):
+    """One place WLCG Bearer Token Discovery looks for the caller's token."""
+
+    #: How messages name it: ``$BEARER_TOKEN``, ``$BEARER_TOKEN_FILE`` or the file's path.
+    label: str
+    #: The environment variable this place is (None for the two files named by the UID).
+    variable: str | None
+    #: The file to read (None for ``$BEARER_TOKEN``, and for ``$BEARER_TOKEN_FILE`` unset).
+    path: Path | None
+
+
+def token_file_name(uid: int | None = None) -> str:
+    """The name WLCG discovery gives a user's token file: ``bt_u<UID>`` (the caller's UID)."""
+    return f"bt_u{os.getuid() if uid is None else uid}"
+
+
+def discovery_places(env: dict | None = None) -> list[DiscoveryPlace]:
+    """Where WLCG Bearer Token Discovery looks, in its order: the one source of that order.
+
+    ``$BEARER_TOKEN``, the file ``$BEARER_TOKEN_FILE`` names, ``$XDG_RUNTIME_DIR/bt_u<UID>``
+    (when that variable is set) and ``/tmp/bt_u<UID>``.
+    """
     env = os.environ if env is None else env
-    uid = os.getuid()
-    places = ["$BEARER_TOKEN", "$BEARER_TOKEN_FILE"]
-    if env.get("XDG_RUNTIME_DIR"):
-        places.append(f"{env['XDG_RUNTIME_DIR']}/bt_u{uid}")
-    places.append(f"/tmp/bt_u{uid}")
+    named = Path(env["BEARER_TOKEN_FILE"]) if env.get("BEARER_TOKEN_FILE") else None
+    places = [
+        DiscoveryPlace("$BEARER_TOKEN", "BEARER_TOKEN", None),
+        DiscoveryPlace("$BEARER_TOKEN_FILE", "BEARER_TOKEN_FILE", named),
+    ]
+    folders = [Path(env["XDG_RUNTIME_DIR"])] if env.get("XDG_RUNTIME_DIR") else []
+    for folder in [*folders, Path("/tmp")]:
+        path = folder / token_file_name()
+        places.append(DiscoveryPlace(str(path), None, path))
     return places
 
 
+def discovery_locations(env: dict | None = None) -> list[str]:
+    """Where WLCG discovery looks, in order, as words for error messages."""
+    return [place.label for place in discovery_places(env)]
+
+
 def discover_token(env: dict | None = None) -> DiscoveredToken | None:
-    """The caller's token by WLCG discovery: BEARER_TOKEN, BEARER_TOKEN_FILE, then files."""
+    """The caller's token by WLCG discovery: the first place of :func:`discovery_places`
+    holding one; a set ``$BEARER_TOKEN_FILE`` ends the search, found or not."""
     env = os.environ if env is None else env
-    if env.get("BEARER_TOKEN", "").strip():
-        return DiscoveredToken(env["BEARER_TOKEN"].strip(), "$BEARER_TOKEN")
-    if env.get("BEARER_TOKEN_FILE"):
-        path = Path(env["BEARER_TOKEN_FILE"])
-        text = _read_token_file(path)
-        return DiscoveredToken(text, str(path)) if text else None
-    uid = os.getuid()
-    candidates = []
-    if env.get("XDG_RUNTIME_DIR"):
-        candidates.append(Path(env["XDG_RUNTIME_DIR"]) / f"bt_u{uid}")
-    candidates.append(Path(f"/tmp/bt_u{uid}"))
-    for path in candidates:
-        text = _read_token_file(path)
+    for place in discovery_places(env):
+        if place.path is None:  # $BEARER_TOKEN (an unset $BEARER_TOKEN_FILE holds nothing)
+            token = env.get(place.variable, "").strip()
+            if token:
+                return DiscoveredToken(token, place.label)
+            continue
+        text = _read_token_file(place.path)
         if text:
-            return DiscoveredToken(text, str(path))
+            return DiscoveredToken(text, str(place.path))
+        if place.variable is not None:
+            return None
     return None
 
 
 def token_store_path(env: dict | None = None) -> Path:
-    """Where ``casa token issue`` stores a token so that discovery finds it."""
-    env = os.environ if env is None else env
-    if env.get("BEARER_TOKEN_FILE"):
-        return Path(env["BEARER_TOKEN_FILE"])
-    if env.get("XDG_RUNTIME_DIR") and Path(env["XDG_RUNTIME_DIR"]).is_dir():
-        return Path(env["XDG_RUNTIME_DIR"]) / f"bt_u{os.getuid()}"
-    return Path(f"/tmp/bt_u{os.getuid()}")
+    """Where ``casa token issue`` stores a token so that discovery finds it: the first file
+    discovery reads whose folder exists (``$BEARER_TOKEN_FILE`` when set, whatever it is)."""
+    files = [place for place in discovery_places(env) if place.path is not None]
+    for place in files:
+        if place.variable is not None or place.path.parent.is_dir():
+            return place.path
+    return files[-1].path
 
 
 def store_token(token: str, path: Path) -> Path:
