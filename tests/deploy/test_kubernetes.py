@@ -512,8 +512,10 @@ def test_gateway_uses_kubernetes_backend_and_casa_tokens(build, tmp_path, monkey
     text = find(objects, "ConfigMap", "casa-gateway")["data"]["dask_gateway_config.py"]
     c, ns = _run_config(text, env, monkeypatch)
     assert config.gateway.backend == "kubernetes"  # the one key that says where clusters run
-    assert c.DaskGateway.backend_class == "dask_gateway_server.backends.kubernetes.KubeBackend"
+    # dask-gateway's KubeBackend, with casa's owner's token (minted off the event loop).
+    assert c.DaskGateway.backend_class == "casa.services.gateway.kubernetes.CasaKubeBackend"
     assert importlib.util.find_spec("dask_gateway_server.backends.kubernetes") is not None
+    assert importlib.util.find_spec("casa.services.gateway.kubernetes") is not None
     assert c.DaskGateway.authenticator_class == "casa.services.gateway.server.CasaAuthenticator"
     assert c.CasaAuthenticator.issuer == config.issuer_url
     assert c.KubeClusterConfig.image == "example/casa:1"
@@ -536,7 +538,9 @@ def test_gateway_uses_kubernetes_backend_and_casa_tokens(build, tmp_path, monkey
     assert {v["field"] for v in values} == {"worker_cores", "worker_memory"}
     parsed = options.parse_options({"worker_cores": 1, "worker_memory": 2})
     handled = options.get_configuration(parsed, type("U", (), {"name": "alice"})())
-    assert handled["environment"] == {"BEARER_TOKEN": "token-of-alice"}
+    assert handled["environment"] == {}  # the handler runs on the loop: it mints nothing
+    assert asked == []
+    assert c.OwnerDataToken.data_token("alice") == "token-of-alice"
     assert asked == [("alice", {})]
     # The controller serves the same instance that the backend and Traefik's selector use.
     ctext = find(objects, "ConfigMap", "casa-gateway-controller")["data"]["controller_config.py"]

@@ -114,6 +114,67 @@ def test_no_token_or_data_token_is_refused(gw):
         g.list_clusters()
 
 
+def _gateway_api(gw, method: str, path: str, token: str, body=None, timeout: float = 30):
+    """(status, JSON answer) of one request to the gateway's API through its proxy."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{gw.ports['gateway']}{path}", method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            return answer.status, json.loads(answer.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def test_minting_a_clusters_token_does_not_stall_the_gateway(gw):
+    """The owner's data token is minted off the gateway's event loop: while the issuer is
+    frozen in the middle of a cluster's start, the gateway still answers everyone else, and
+    the cluster starts with its owner's token once the issuer answers."""
+    ctx = gw.ctx()
+    grace, bob = (ctx.request_token(user=u, kind="gateway") for u in ("grace", "bob"))
+    supervisor = gw.supervisor()
+    issuer = next(s for s in supervisor.services if s.name == "issuer")
+    pid = supervisor.running_pid(issuer)
+    started: dict = {}
+
+    def start_cluster():
+        started["answer"] = _gateway_api(gw, "POST", "/api/v1/clusters/", grace,
+                                         {"cluster_options": {}})  # fmt: skip
+
+    starting = threading.Thread(target=start_cluster)
+    os.kill(pid, signal.SIGSTOP)  # it accepts into the kernel's queue, but does not answer
+    try:
+        starting.start()
+        time.sleep(1.5)  # the request is waiting for the issuer's answer
+        begun = time.monotonic()
+        assert _gateway_api(gw, "GET", "/api/health", bob, timeout=3)[1]["status"] == "pass"
+        assert _gateway_api(gw, "GET", "/api/v1/clusters/", bob, timeout=3) == (200, {})
+        answered = time.monotonic() - begun
+        assert starting.is_alive(), f"the cluster started without its token: {started}"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    starting.join(timeout=30)
+    assert answered < 3
+    status, body = started["answer"]
+    assert status == 201, body
+    with _gateway_for(gw, "grace") as g:
+        cluster = g.connect(body["name"])
+        try:
+            cluster.scale(1)
+            client = cluster.get_client(set_as_default=False)
+            client.wait_for_workers(1, timeout=60)
+            subs = client.run(lambda: __import__("os").environ.get("BEARER_TOKEN"))
+            assert {unverified_claims(t)["sub"] for t in subs.values()} == {"grace"}
+            client.close()
+        finally:
+            cluster.shutdown()
+
+
 def test_cli_cluster_commands(gw, tmp_path):
     r = gw.casa("cluster", "list", "--json", check=True)
     assert json.loads(r.stdout) == []

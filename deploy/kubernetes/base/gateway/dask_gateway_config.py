@@ -4,7 +4,8 @@
 # machine). Clusters are DaskCluster objects that dask-gateway's Kubernetes backend writes
 # and its controller (the casa-gateway-controller Deployment) turns into scheduler and
 # worker pods, routed by Traefik (the casa-gateway Service). Each cluster receives the data
-# token of the user who owns it, minted by the issuer container beside the gateway.
+# token of the user who owns it, minted by the issuer container beside the gateway (casa's
+# CasaKubeBackend asks for it in a thread, off the gateway's event loop).
 #
 # ruff: noqa: F821 - dask-gateway runs this file with its configuration object as c.
 import os
@@ -32,7 +33,7 @@ c.CasaAuthenticator.issuer = ctx.config.issuer_url
 c.CasaAuthenticator.audience = gateway_audience(ctx.config.facility.name)
 c.CasaAuthenticator.public_key_file = "/etc/casa-issuer/public/issuer.pub.pem"
 
-c.DaskGateway.backend_class = "dask_gateway_server.backends.kubernetes.KubeBackend"
+c.DaskGateway.backend_class = "casa.services.gateway.kubernetes.CasaKubeBackend"
 c.KubeBackend.gateway_instance = INSTANCE
 c.KubeBackend.api_url = f"http://casa-gateway-api.{NAMESPACE}:{g.api_port}/api"
 c.KubeClusterConfig.namespace = NAMESPACE
@@ -64,6 +65,5 @@ def user_token(username):
     return ctx.request_token(user=username)
 
 
-c.Backend.cluster_options = cluster_options(
-    user_token, g.max_worker_cores, parse_size(g.max_worker_memory)
-)
+c.Backend.cluster_options = cluster_options(g.max_worker_cores, parse_size(g.max_worker_memory))
+c.OwnerDataToken.data_token = user_token

@@ -7,8 +7,8 @@ Loaded by the gateway process through its generated configuration
   casa issuer, audience ``NAME-gateway``) and names the user after their ``sub`` claim;
 - :class:`CasaLocalBackend` runs each cluster's scheduler and workers as local processes,
   enforces casa's per-user limits (clusters, cores, memory), and gives every cluster the
-  data token of the user who owns it, minted for that user by the issuer and renewed
-  while the cluster runs (:class:`WorkerTokenRenewal`);
+  data token of the user who owns it, minted for that user by the issuer off the event loop
+  (:class:`OwnerDataToken`) and renewed while the cluster runs (:class:`WorkerTokenRenewal`);
 - :class:`FixedLocalBackend` is dask-gateway's ``LocalBackend`` (processes under each
   user's own account) with its ``setup_working_directory`` bug fixed: the shipped method
   extends a list with a path string, so it later changes the owner of ``/``;
@@ -32,7 +32,7 @@ from functools import partial
 from pathlib import Path
 
 from dask_gateway_server.auth import Authenticator, User, unauthorized
-from dask_gateway_server.backends.base import PublicException
+from dask_gateway_server.backends.base import Backend, PublicException
 from dask_gateway_server.backends.db_base import DBBackendBase, JobStatus
 from dask_gateway_server.backends.jobqueue.slurm import SlurmBackend
 from dask_gateway_server.backends.local import LocalBackend, UnsafeLocalBackend
@@ -78,15 +78,14 @@ class CasaAuthenticator(Authenticator):
 
 
 def cluster_options(
-    user_token: callable,
-    max_worker_cores: float,
-    max_worker_memory: int,
-    environment: dict[str, str] | None = None,
-):
-    """The options users choose per cluster, with each user's data token added.
+    max_worker_cores: float, max_worker_memory: int, environment: dict[str, str] | None = None
+) -> Options:
+    """The options users choose per cluster.
 
     ``environment`` holds further variables for every cluster, such as ``CASA_CACHE_URL``
-    (the cache the site's workers read through).
+    (the cache the site's workers read through). The owner's data token is not added here:
+    dask-gateway calls this handler on its event loop, and minting waits for the issuer
+    (:class:`OwnerDataToken` adds it).
     """
 
     def handler(options, user):
@@ -94,7 +93,7 @@ def cluster_options(
             "worker_cores": options.worker_cores,
             "worker_threads": max(1, int(options.worker_cores)),
             "worker_memory": int(options.worker_memory * GIB),
-            "environment": {**(environment or {}), "BEARER_TOKEN": user_token(user.name)},
+            "environment": dict(environment or {}),
         }
 
     return Options(
@@ -245,20 +244,51 @@ class UserLimits(DBBackendBase):
         return await super().forward_message_to_scheduler(cluster, msg)
 
 
-class WorkerTokenRenewal(DBBackendBase):
-    """Renews the data token of every running cluster's workers, a third of its lifetime apart.
+class OwnerDataToken(Backend):
+    """Gives every new cluster the data token of the user who owns it (``BEARER_TOKEN``).
 
-    Workers start with their owner's token in their environment; it would expire after
-    ``issuer.token_lifetime`` and a reused cluster could read nothing more. The gateway runs
-    on the issuer's host and may mint for any user: it mints each owner's token again and
-    gives it to the cluster's workers as a worker plugin (:mod:`casa.worker.token`),
-    through the cluster's scheduler and with the cluster's own TLS credentials. A restarted
-    gateway renews at once the clusters its database lists.
+    The gateway may mint for any user (it runs as the facility's account, beside the
+    issuer). Minting waits for the issuer's answer over its Unix socket, up to
+    :data:`casa.auth.issuer_client.ANSWER_TIMEOUT`: it runs in an executor thread, never on
+    the gateway's event loop, which meanwhile serves every other request. This is why the
+    token is added here, in the backend's async ``process_cluster_options``, and not by the
+    cluster options' handler, which dask-gateway calls synchronously on its loop.
     """
 
     data_token = Callable(
         None, allow_none=True, help="Mints a user's data token: f(username) -> str.", config=True
     )
+
+    async def mint_data_token(self, username: str) -> str:
+        """``username``'s data token, minted in an executor thread (off the event loop)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self.data_token, username)
+
+    async def process_cluster_options(self, user, cluster_options):
+        """The cluster's configuration (limits checked first), with its owner's data token."""
+        options, config = await super().process_cluster_options(user, cluster_options)
+        if self.data_token is not None:
+            try:
+                token = await self.mint_data_token(user.name)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the issuer is down or refuses: one sentence, as before
+                raise PublicException(str(e)) from None
+            config.environment = {**config.environment, "BEARER_TOKEN": token}
+        return options, config
+
+
+class WorkerTokenRenewal(OwnerDataToken, DBBackendBase):
+    """Renews the data token of every running cluster's workers, a third of its lifetime apart.
+
+    Workers start with their owner's token in their environment (:class:`OwnerDataToken`);
+    it would expire after ``issuer.token_lifetime`` and a reused cluster could read nothing
+    more. The gateway mints each owner's token again and gives it to the cluster's workers
+    as a worker plugin (:mod:`casa.worker.token`), through the cluster's scheduler and with
+    the cluster's own TLS credentials. A restarted gateway renews at once the clusters its
+    database lists.
+    """
+
     token_renewal_period = FloatTrait(
         0.0, help="Seconds between renewals of running clusters' tokens (0: never).", config=True
     )
@@ -289,13 +319,11 @@ class WorkerTokenRenewal(DBBackendBase):
         from casa.data.sources import scrub
         from casa.worker.token import push_to_scheduler
 
-        loop = asyncio.get_running_loop()
         for cluster in list(self.db.active_clusters()):
             if cluster.status != JobStatus.RUNNING or not cluster.scheduler_address:
                 continue
             try:
-                # Minting asks the issuer over its socket: never on the gateway's loop.
-                token = await loop.run_in_executor(None, self.data_token, cluster.username)
+                token = await self.mint_data_token(cluster.username)
                 await asyncio.wait_for(
                     push_to_scheduler(
                         cluster.scheduler_address, cluster.tls_cert.decode(),
@@ -351,13 +379,13 @@ class RecordedProcesses(LocalBackend):
 
 
 class CasaLocalBackend(
-    DashboardAccess, UserLimits, WorkerTokenRenewal, RecordedProcesses, UnsafeLocalBackend
+    DashboardAccess, WorkerTokenRenewal, UserLimits, RecordedProcesses, UnsafeLocalBackend
 ):
     """Clusters as local processes of the facility's account, within casa's per-user limits."""
 
 
 class FixedLocalBackend(
-    DashboardAccess, UserLimits, WorkerTokenRenewal, RecordedProcesses, LocalBackend
+    DashboardAccess, WorkerTokenRenewal, UserLimits, RecordedProcesses, LocalBackend
 ):
     """dask-gateway's LocalBackend (each user's own account) with its working-directory bug fixed."""
 
@@ -394,7 +422,7 @@ class FixedLocalBackend(
             os.chown(p, account.pw_uid, account.pw_gid)
 
 
-class CasaSlurmBackend(DashboardAccess, UserLimits, WorkerTokenRenewal, SlurmBackend):
+class CasaSlurmBackend(DashboardAccess, WorkerTokenRenewal, UserLimits, SlurmBackend):
     """dask-gateway's SlurmBackend: each cluster's scheduler and workers are Slurm jobs.
 
     What casa changes:

@@ -60,10 +60,11 @@ def user_token(username):
 
 
 c.Backend.cluster_options = cluster_options(
-    user_token, {max_worker_cores}, {max_worker_memory}, {environment!r}
+    {max_worker_cores}, {max_worker_memory}, {environment!r}
 )
-# Running clusters' workers get their owner's token again before it expires.
-c.WorkerTokenRenewal.data_token = user_token
+# Each new cluster gets its owner's token (minted in a thread, off the gateway's event loop),
+# and running clusters' workers get it again before it expires.
+c.OwnerDataToken.data_token = user_token
 c.WorkerTokenRenewal.token_renewal_period = {renewal_period}
 """
 
