@@ -154,6 +154,32 @@ def test_port_in_use_names_port_and_service(new_facility):
     assert not any(s["running"] for s in status.values()), "a failed up must stop what it started"
 
 
+def test_each_port_of_the_configuration_is_checked_for_its_service(new_facility):
+    """The services' ports are casa.toml's, one list: each key under its service's section,
+    and a busy one among them (here the gateway's own API port) refused by its key."""
+    from casa.services.facility import facility_services
+
+    f = new_facility()
+    ctx = f.ctx()
+    services = facility_services()
+    listed = {f"{s.name}.{key}": port for s in services for key, port in s.ports(ctx).items()}
+    assert listed == ctx.config.ports()
+    assert all(s.ports(ctx)["port"] == s.port(ctx) for s in services)
+    gateway = next(s for s in services if s.name == "gateway")
+    assert gateway.ports(ctx) == {"port": f.ports["gateway"],
+                                  "scheduler_port": f.ports["gateway scheduler"],
+                                  "api_port": f.ports["gateway api"]}  # fmt: skip
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", f.ports["gateway api"]))
+        blocker.listen()
+        p = f.casa("up")
+    err = " ".join(p.stderr.split())
+    assert p.returncode == 6, err
+    assert f"port {f.ports['gateway api']} for service 'gateway' is already in use" in err
+    assert "choose another port with 'gateway.api_port' in casa.toml" in err
+    assert not any(s["running"] for s in _status(f).values())
+
+
 def test_port_freed_within_the_settle_time_is_used(new_facility):
     """A port that a stopped server's last connections free a moment later is not "in use"."""
     import threading

@@ -453,6 +453,19 @@ class FacilityConfig:
             for section, key in SERVICE_PORTS
         }
 
+    def service_ports(self, service: str) -> dict[str, int]:
+        """The ports the service ``service`` listens on, by their key in its section.
+
+        ``{"port": ..., "scheduler_port": ..., "api_port": ...}`` for ``gateway``: the
+        entries of :meth:`ports` under that section, so that the services, ``casa status``
+        and the duplicate-port check read one list.
+        """
+        return {
+            key: getattr(getattr(self, section), key)
+            for section, key in SERVICE_PORTS
+            if section == service
+        }
+
 
 #: The keys of the ports the facility's services listen on (each section is a service).
 SERVICE_PORTS = (

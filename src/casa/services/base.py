@@ -48,8 +48,13 @@ class Service(abc.ABC):
         """The TCP port the service listens on."""
 
     def ports(self, ctx: Facility) -> dict[str, int]:
-        """Every port the service listens on, by its casa.toml key."""
-        return {"port": self.port(ctx)}
+        """Every port the service listens on, by its key in the service's casa.toml section.
+
+        Read from the configuration's one list of ports
+        (:meth:`casa.config.FacilityConfig.service_ports`), whose section is the service's
+        ``name``.
+        """
+        return ctx.config.service_ports(self.name)
 
     def hosts(self, ctx: Facility) -> list[str]:
         """The hosts that run this service (``[site]`` in casa.toml)."""

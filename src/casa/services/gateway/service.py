@@ -99,11 +99,6 @@ class GatewayService(Service):
         """``gateway.port`` (API and dashboards, through the gateway's proxy)."""
         return ctx.config.gateway.port
 
-    def ports(self, ctx: Facility) -> dict[str, int]:
-        """The proxy's HTTP and TLS ports and the gateway's own API port."""
-        g = ctx.config.gateway
-        return {"port": g.port, "scheduler_port": g.scheduler_port, "api_port": g.api_port}
-
     def preflight(self, ctx: Facility) -> None:
         """dask-gateway-server must be installed next to casa."""
         try:

@@ -43,11 +43,6 @@ class HubService(Service):
         except ProcessLookupError:
             return []
 
-    def ports(self, ctx: Facility) -> dict[str, int]:
-        """The public port, the hub's internal API and the proxy's API."""
-        h = ctx.config.hub
-        return {"port": h.port, "api_port": h.api_port, "proxy_api_port": h.proxy_api_port}
-
     def preflight(self, ctx: Facility) -> None:
         """JupyterHub, the proxy and the users' environment must be installed."""
         from casa.services.hub.config import proxy_command, user_env_prefix
