@@ -11,7 +11,7 @@ import numpy as np
 from casa.analysis.registry import load_processor
 from casa.analysis.runner import RunResult, run_analysis
 from casa.compute.base import ComputeBackend
-from casa.compute.local import on_dask_client
+from casa.compute.on_dask import on_dask_client
 from casa.data.files import FileInfo, inspect_root_file
 from casa.generate.generator import generate_dataset
 
@@ -22,11 +22,11 @@ class ClientBackend(ComputeBackend):
     name = "test-dask"
 
     def __init__(self, client):
+        super().__init__()
         self.client = client
 
-    @contextlib.contextmanager
-    def open(self, workers: int):
-        yield on_dask_client(self.client, self.name, None)
+    def start(self, stack):
+        return on_dask_client(self.client, self.name, None)
 
 
 @contextlib.contextmanager
@@ -58,9 +58,7 @@ def generated_files(directory, events: int, files: int, seed: int) -> list[FileI
 
 def run_exactly(query: str, files, backend, chunksize: int, **kwargs) -> RunResult:
     """Run a built-in analysis on 2 workers; every event counted exactly once, none skipped."""
-    result = run_analysis(
-        load_processor(query), "d", files, backend, workers=2, chunksize=chunksize, **kwargs
-    )
+    result = run_analysis(load_processor(query), "d", files, backend, chunksize=chunksize, **kwargs)
     assert result.chunks_repeated == [] and result.skipped == []
     assert result.events == sum(f.events for f in files)
     return result

@@ -20,9 +20,9 @@ def connect(workers: int | None = 2, adapt: tuple[int, int] | None = None):
     """A ``distributed.Client`` on your Dask Gateway cluster (your running one, or a new one)."""
     from dask_gateway import Gateway
 
-    from casa.compute.gateway import _safe_gateway_close
+    from casa.workarounds import safe_gateway_close
 
-    _safe_gateway_close()
+    safe_gateway_close()
     gateway = Gateway()
     running = gateway.list_clusters()
     cluster = (

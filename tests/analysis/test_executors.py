@@ -7,7 +7,9 @@ import pytest
 
 from casa.analysis.registry import load_processor
 from casa.analysis.runner import plan_chunks, run_analysis
-from casa.compute.local import FuturesBackend, IterativeBackend, LocalDaskBackend, local_backend
+from casa.compute.base import Scaling
+from casa.compute.local import FuturesBackend, IterativeBackend, LocalDaskBackend
+from casa.compute.registry import backend_names, create_backend
 from casa.data.files import inspect_root_file
 from casa.errors import UsageError
 from casa.generate.generator import generate_dataset
@@ -45,10 +47,15 @@ def results(files):
 
     ProcessorABC.register(_Analyses)
     out = {}
-    for backend in (IterativeBackend(), FuturesBackend(), LocalDaskBackend()):
+    two = Scaling(workers=2)
+    for backend in (
+        IterativeBackend(None, two),
+        FuturesBackend(None, two),
+        LocalDaskBackend(None, two),
+    ):
         progress = []
         result = run_analysis(
-            _Analyses(), "gen", files, backend, workers=2, chunksize=4_000,
+            _Analyses(), "gen", files, backend, chunksize=4_000,
             on_progress=lambda c, e, progress=progress: progress.append((c, e)),
         )  # fmt: skip
         out[backend.name] = (result, progress)
@@ -88,6 +95,39 @@ def test_plan_chunks_covers_every_entry_once(files):
         assert len(mine) == max(1, round(f.events / 3_000))
 
 
-def test_unknown_executor():
-    with pytest.raises(UsageError, match="unknown executor 'spark'"):
-        local_backend("spark")
+def test_unknown_backend_names_the_choices():
+    with pytest.raises(UsageError, match="unknown compute backend 'spark': choose one of dask, "):
+        create_backend("spark")
+
+
+def test_the_registry_holds_every_backend_casa_ships():
+    """Found through the entry points casa's pyproject.toml declares (a site adds its own)."""
+    assert {"iterative", "futures", "dask", "gateway", "htcondor", "slurm"} <= set(backend_names())
+    local = create_backend("futures", None, Scaling(), worker_memory=3.0)  # not its option
+    assert isinstance(local, FuturesBackend) and local.size.workers >= 1
+
+
+def test_a_backend_of_fixed_size_refuses_to_adapt():
+    with pytest.raises(UsageError, match="--adapt needs workers that come and go: futures"):
+        create_backend("futures", None, Scaling.parse(None, "1:4"))
+
+
+def test_a_backend_that_failed_to_start_releases_what_it_started():
+    """start() puts what it started on the stack; a failure part way closes it at once."""
+    from casa.compute.base import ComputeBackend
+
+    released = []
+
+    class HalfStarted(ComputeBackend):
+        name = "half"
+
+        def start(self, stack):
+            stack.callback(released.append, "pool")
+            raise RuntimeError("no workers")
+
+    backend = HalfStarted()
+    with pytest.raises(RuntimeError):
+        backend.open()
+    assert released == ["pool"]
+    backend.close()  # closing what is not open is harmless
+    assert released == ["pool"]

@@ -48,7 +48,7 @@ from pathlib import Path
 from coffea.processor import ProcessorABC
 from casa.analysis.registry import load_processor
 from casa.analysis.runner import run_analysis
-from casa.compute.base import ComputeBackend
+from casa.compute.base import ComputeBackend, Scaling
 from casa.compute.slurm import SlurmBackend
 from casa.data.files import FileInfo
 
@@ -78,24 +78,20 @@ class Checked(ComputeBackend):
     name = "slurm"
 
     def __init__(self, inner):
+        super().__init__()
         self.inner = inner
 
-    def open(self, workers):
-        import contextlib
-
-        @contextlib.contextmanager
-        def opened():
-            with self.inner.open(workers) as ob:
-                client = ob.executor.client
-                info = client.scheduler_info()
-                facts["scheduler"] = info["address"]
-                facts["workers"] = sorted(info["workers"])
-                facts["hosts"] = sorted(client.run(socket.gethostname).values())
-                env = client.run(lambda: [os.environ.get(k) for k in
-                                          ("BEARER_TOKEN", "CASA_CACHE_URL")])
-                facts["env"] = sorted({tuple(v) for v in env.values()})
-                yield ob
-        return opened()
+    def start(self, stack):
+        ob = stack.enter_context(self.inner)
+        client = ob.client
+        info = client.scheduler_info()
+        facts["scheduler"] = info["address"]
+        facts["workers"] = sorted(info["workers"])
+        facts["hosts"] = sorted(client.run(socket.gethostname).values())
+        env = client.run(lambda: [os.environ.get(k) for k in
+                                  ("BEARER_TOKEN", "CASA_CACHE_URL")])
+        facts["env"] = sorted({tuple(v) for v in env.values()})
+        return ob
 
 
 def on_progress(chunks, events):
@@ -103,11 +99,11 @@ def on_progress(chunks, events):
         (work / "stop-n2").write_text(str(chunks))
 
 
-backend = SlurmBackend(token=params["token"], cache_url=params["cache_url"],
+backend = SlurmBackend(size=Scaling(workers=2), token=params["token"], cache_url=params["cache_url"],
                        interface="eth0", scheduler_interface="br0", cores=1,
                        memory="500MB", workdir=work / "cluster", wait_seconds=90,
                        job_extra_directives=["--exclusive"])  # one worker per host
-result = run_analysis(SlowADL1(), "d", files, Checked(backend), workers=2, chunksize=5000,
+result = run_analysis(SlowADL1(), "d", files, Checked(backend), chunksize=5000,
                       on_progress=on_progress)
 facts["stopped_before_end"] = (work / "n2-stopped").exists()
 facts["events_per_file"] = result.events_per_file

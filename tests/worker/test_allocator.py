@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from casa.compute.local import on_dask_client
+from casa.compute.on_dask import on_dask_client
 from casa.worker.allocator import AllocatorThresholds, allocator_thresholds_applied
 
 PROBE = "from casa.worker.allocator import restore_allocator_thresholds as r; print(r())"

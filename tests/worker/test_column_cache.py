@@ -93,7 +93,8 @@ def _where_it_ran(item):
 
 def test_pinned_chunks_are_spread_evenly_and_stay_put(files, backend):
     """However coffea's hash pins them, chunks go round robin to the workers, every run alike."""
-    from casa.analysis.runner import LooseAffinityClient, plan_chunks
+    from casa.analysis.runner import plan_chunks
+    from casa.compute.on_dask import LooseAffinityClient
 
     client = backend.client
     chunks = plan_chunks("cc", files, CHUNKSIZE)

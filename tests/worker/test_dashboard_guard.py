@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import requests
 
+from casa.compute.base import Scaling
 from casa.compute.local import LocalDaskBackend
 from casa.worker.dashboard_guard import KEY_PARAM
 
@@ -13,7 +14,7 @@ def _status(url: str, session=None) -> int:
 
 
 def test_local_dask_dashboard_answers_the_printed_link_only():
-    with LocalDaskBackend().open(1) as opened:
+    with LocalDaskBackend(None, Scaling(workers=1)) as opened:
         link = opened.dashboard
         assert f"?{KEY_PARAM}=" in link
         base = link.partition("/status")[0]

@@ -7,8 +7,6 @@ and hands them to ``coffea.processor.Runner``, which then skips its preprocessin
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import math
 import os
 import queue
@@ -17,7 +15,7 @@ import time
 import traceback
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,10 +30,11 @@ from casa.analysis.failures import (
     is_connection_lost,
     restore_user_frames,
 )
-from casa.compute.base import ComputeBackend
+from casa.compute.base import ChunkHooks, ComputeBackend, OpenBackend, chunk_key
 from casa.data.files import FileInfo
 from casa.data.sources import require_token, uproot_options_for
 from casa.errors import AnalysisError, DataError
+from casa.workarounds import quiet_coffea
 
 #: Entries per chunk. Each chunk pays a fixed cost (opening the file, reading the tree's
 #: metadata, building the NanoEvents form: 20-40 ms here). On 2 workers and 4M events,
@@ -96,14 +95,6 @@ def plan_chunks(dataset: str, files: Sequence[FileInfo], chunksize: int) -> list
     return items
 
 
-def _kept_bytes() -> int:
-    """What this thread read through the tree cache's kept files (0 where it is not used)."""
-    import sys
-
-    tree_cache = sys.modules.get("casa.worker.tree_cache")  # imported where trees are kept
-    return tree_cache.take_thread_bytes() if tree_cache is not None else 0
-
-
 class TrackedProcessor(ProcessorABC):
     """Wraps a user's processor unchanged, recording each chunk it processes.
 
@@ -114,9 +105,16 @@ class TrackedProcessor(ProcessorABC):
     which coffea's metrics do not count.
     """
 
-    def __init__(self, inner: Any, reporter: Callable[[int], None] | None = None):
+    def __init__(
+        self, inner: Any, reporter: Callable[[int], None] | None = None,
+        hooks: ChunkHooks | None = None,
+    ):  # fmt: skip
         self.inner = inner
         self.reporter = reporter
+        self.hooks = hooks
+
+    def _kept_bytes(self) -> int:
+        return self.hooks.kept_bytes() if self.hooks is not None else 0
 
     def process(self, events):
         """Run the user's processor on one chunk and note which chunk it was."""
@@ -128,11 +126,10 @@ class TrackedProcessor(ProcessorABC):
             else:
                 out = self.inner(events)
         except Exception as e:
-            from casa.worker.tree_cache import forget
-
-            # A retry of this chunk on this worker opens its file's tree afresh.
-            forget(events.metadata["filename"])
-            _kept_bytes()  # not this run's: the chunk's output is gone
+            if self.hooks is not None:
+                # A retry of this chunk on this worker opens its file's tree afresh.
+                self.hooks.forget(events.metadata["filename"])
+                self.hooks.kept_bytes()  # not this run's: the chunk's output is gone
             failure = chunk_failure(e, traceback.format_exc())
         if failure is not None:
             # Raised outside the handler: no chain to unpicklable library exceptions.
@@ -142,7 +139,7 @@ class TrackedProcessor(ProcessorABC):
         if self.reporter is not None:
             self.reporter(n)
         key = (meta["filename"], int(meta["entrystart"]), int(meta["entrystop"]))
-        return {"result": out, "chunks": {key: n}, "kept_bytes": _kept_bytes()}
+        return {"result": out, "chunks": {key: n}, "kept_bytes": self._kept_bytes()}
 
     def postprocess(self, accumulator):
         """Let the user's processor postprocess its own part of the output."""
@@ -191,75 +188,12 @@ def check_files_present(files: Sequence[FileInfo]) -> None:
             )
 
 
-class LooseAffinityClient:
-    """A ``distributed.Client`` whose ``map`` places pinned chunks evenly and loosely.
-
-    coffea's worker affinity pins each chunk to the worker a hash of it names, with
-    ``allow_other_workers=False``. Two changes:
-
-    - *Even*: the hash split 8 chunks on 2 workers 4/4 only about a quarter of the time
-      (6/2 as well), so one worker did most of a run. Chunks are placed instead in plan
-      order, round robin over the workers sorted by address: the same chunk goes to the
-      same worker on every run (and every query) while the workers stay the same, and each
-      worker gets its share.
-    - *Loose*: a chunk pinned to a worker that dies (a host lost mid-run) would wait
-      forever. With the restriction loose, the scheduler still sends each chunk to its
-      worker (where its columns are cached) while that worker lives, and to another one
-      when it is gone, so counts stay exact.
-    """
-
-    def __init__(self, client: Any, chunks: Sequence = ()):
-        self._client = client
-        self._order = {_chunk_key(c): i for i, c in enumerate(chunks)}
-        self._workers: list[str] | None = None
-
-    def _sorted_workers(self) -> list[str]:
-        """The workers by address, asked once per run (coffea maps once per worker)."""
-        if self._workers is None:
-            self._workers = sorted(self._client.scheduler_info(n_workers=-1)["workers"])
-        return self._workers
-
-    def map(self, function: Any, items: Any, *args: Any, **kwargs: Any) -> Any:
-        """``Client.map``; chunks pinned to workers go to their even, loose placement."""
-        if not kwargs.get("workers"):
-            return self._client.map(function, items, *args, **kwargs)
-        kwargs["allow_other_workers"] = True
-        items = list(items)
-        workers = self._sorted_workers()
-        placed: dict[str, list[int]] = {}
-        for i, item in enumerate(items):
-            index = self._order.get(_chunk_key(item))
-            if index is None or not workers:  # not a planned chunk: coffea's choice
-                placed.setdefault(next(iter(kwargs["workers"])), []).append(i)
-            else:
-                placed.setdefault(workers[index % len(workers)], []).append(i)
-        futures: list[Any] = [None] * len(items)
-        for worker, positions in placed.items():
-            mapped = self._client.map(
-                function, [items[i] for i in positions], *args, **{**kwargs, "workers": {worker}}
-            )
-            for i, future in zip(positions, mapped, strict=True):
-                futures[i] = future
-        return futures
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
-
-
-def _chunk_key(item: Any) -> tuple:
-    """A chunk's identity (coffea passes ``(item, processor)`` pairs with a heavy input)."""
-    if isinstance(item, tuple) and not hasattr(item, "entrystart"):
-        item = item[0]
-    return (item.filename, item.entrystart, item.entrystop)
-
-
 def run_analysis(
     processor: Any,
     dataset: str,
     files: Sequence[FileInfo],
     backend: ComputeBackend,
     *,
-    workers: int = 1,
     chunksize: int = DEFAULT_CHUNKSIZE,
     on_start: Callable[[int, int, str | None], None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
@@ -270,7 +204,11 @@ def run_analysis(
     column_cache: bool = True,
     tree_cache: bool = True,
 ) -> RunResult:
-    """Run ``processor`` over ``files`` on ``backend``; progress goes to ``on_progress``.
+    """Run ``processor`` over ``files`` on ``backend`` (opened here, closed after).
+
+    Planning (chunks from the catalog's entry counts), running (coffea's Runner on the
+    executor the backend sets up for this run) and collecting (counts per file, chunks
+    repeated or skipped, bytes read); what the workers are is the backend's business.
 
     ``on_start(chunks, events, dashboard)`` is called once the workers are ready and
     ``on_progress(chunks_done, events_done)`` whenever chunks finish.
@@ -278,11 +216,8 @@ def run_analysis(
     ``servers`` names storage servers by ``HOST:PORT`` for errors (``{"h:1094": "the cache"}``).
     With ``skip_bad_files``, chunks whose data cannot be read are left out and listed in
     ``RunResult.skipped`` instead of ending the run.
-    With ``column_cache`` (and a backend whose workers hold casa's column cache: the Dask
-    ones), each chunk goes to the same worker every time and the columns it reads stay
-    there for later runs (:mod:`casa.worker.column_cache`).
-    With ``tree_cache`` (same backends), workers keep each file's tree between chunks
-    instead of reading its metadata for every chunk (:mod:`casa.worker.tree_cache`).
+    ``column_cache`` and ``tree_cache`` allow the backend to keep columns and trees on its
+    workers between chunks and runs (:meth:`casa.compute.base.OpenBackend.for_run`).
     """
     from coffea import processor as coffea_processor
     from coffea.nanoevents import NanoAODSchema
@@ -298,27 +233,16 @@ def run_analysis(
 
     if uproot_options is None:
         uproot_options = uproot_options_for([f.url for f in files])
-        if uproot_options:
+        if uproot_options and backend.callers_token:
             require_token([f.url for f in files])
-    with backend.open(workers) as opened, _coffea_quiet():
-        tracked = TrackedProcessor(processor, opened.channel.reporter())
-        executor, cachestrategy = opened.executor, None
-        if column_cache and opened.column_cache:
-            executor = dataclasses.replace(
-                executor,
-                worker_affinity=True,
-                client=LooseAffinityClient(executor.client, chunks),
-            )
-            cachestrategy = "dask-worker"
-        kept = tree_cache and opened.tree_cache
-        if kept:  # only Dask backends hold the plugin: distributed is imported by then
-            from casa.worker.tree_cache import tree_cache_options
-
-            uproot_options = {**uproot_options, **tree_cache_options()}
+    with backend as opened, quiet_coffea():
+        setup = opened.for_run(chunks, column_cache=column_cache, tree_cache=tree_cache)
+        tracked = TrackedProcessor(processor, opened.channel.reporter(), setup.hooks)
+        uproot_options = {**uproot_options, **setup.uproot_options}
         runner = coffea_processor.Runner(
-            executor=executor,
+            executor=setup.executor,
             schema=NanoAODSchema,
-            cachestrategy=cachestrategy,
+            cachestrategy=setup.cachestrategy,
             chunksize=chunksize,
             savemetrics=True,
             skipbadfiles=READ_ERRORS if skip_bad_files else False,
@@ -339,8 +263,8 @@ def run_analysis(
         _watch(thread, opened, len(chunks), total_events, on_progress)
         wall = time.perf_counter() - started
         if "error" in outcome:
-            if is_connection_lost(outcome["error"]) and not _connected(opened):
-                raise cluster_lost(opened.name, _scheduler_address(opened)) from outcome["error"]
+            if is_connection_lost(outcome["error"]) and not opened.connected():
+                raise cluster_lost(opened.name, opened.scheduler_address()) from outcome["error"]
             error = analysis_error(outcome["error"], explain_refusal, servers)
             error.details = restore_user_frames(error.details, processor)
             raise error from outcome["error"]  # the chain is for --debug
@@ -355,7 +279,7 @@ def run_analysis(
         per_file[filename] = per_file.get(filename, 0) + n
         if n != stop - start:
             repeated.append((filename, start, stop))
-    skipped = [_chunk_key(c) for c in chunks if _chunk_key(c) not in counted]
+    skipped = [chunk_key(c) for c in chunks if chunk_key(c) not in counted]
     if skipped and not skip_bad_files:
         raise AnalysisError(f"{len(skipped)} chunk(s) produced no output, the first {skipped[0]}")
     if on_progress is not None:
@@ -373,8 +297,8 @@ def run_analysis(
         workers=opened.workers,
         dashboard=opened.dashboard,
         extra={
-            "column_cache": cachestrategy is not None,
-            "tree_cache": kept,
+            "column_cache": setup.column_cache,
+            "tree_cache": setup.tree_cache,
             "kept_bytes": out.get("kept_bytes", 0),
         },
     )
@@ -428,7 +352,7 @@ class _ProgressPoller:
 
 def _watch(
     thread: threading.Thread,
-    opened: Any,
+    opened: OpenBackend,
     chunks: int,
     events: int,
     on_progress: Callable[[int, int], None] | None,
@@ -442,15 +366,15 @@ def _watch(
             thread.join(0.1)
             if poller.error is not None and not is_connection_lost(poller.error):
                 raise poller.error
-            if poller.error is None and _connected(opened):
+            if poller.error is None and opened.connected():
                 lost_since = None
             else:
                 lost_since = lost_since or time.monotonic()
             silent = time.monotonic() - poller.answered
             if (lost_since and time.monotonic() - lost_since > CLUSTER_LOST_SECONDS) or (
-                _dask_client(opened) is not None and silent > SCHEDULER_SILENT_SECONDS
+                opened.scheduler_address() is not None and silent > SCHEDULER_SILENT_SECONDS
             ):
-                raise cluster_lost(opened.name, _scheduler_address(opened))
+                raise cluster_lost(opened.name, opened.scheduler_address())
             reports = poller.take()
             if reports and on_progress is not None:
                 done_chunks += len(reports)
@@ -458,50 +382,3 @@ def _watch(
                 on_progress(min(done_chunks, chunks), min(done_events, events))
     finally:
         poller.stop()
-
-
-def _dask_client(opened: Any) -> Any:
-    """The ``distributed.Client`` a run's executor uses (None off Dask)."""
-    return getattr(opened.executor, "client", None)
-
-
-def _connected(opened: Any) -> bool:
-    """Whether the run's Dask client (if any) is still connected to its scheduler."""
-    client = _dask_client(opened)
-    return client is None or client.status == "running"
-
-
-def _scheduler_address(opened: Any) -> str:
-    """Where the run's Dask scheduler was reached (for errors)."""
-    client = _dask_client(opened)
-    try:
-        return str(client.scheduler.address)
-    except Exception:  # the client may be closed by now
-        return "?"
-
-
-@contextlib.contextmanager
-def _coffea_quiet() -> Iterator[None]:
-    """Hide coffea's own progress bars and tracebacks: casa shows one bar with chunks and
-    events, and a failed run's one sentence.
-
-    (coffea's IterativeExecutor draws its bar even with ``status=False``, and its
-    FuturesExecutor prints the traceback of a failed chunk to stderr before raising it:
-    coffea 2026.9.)
-    """
-    import types
-
-    from coffea.processor import executor as coffea_executor
-    from coffea.util import coffea_console
-
-    quiet, tracebacks = coffea_console.quiet, coffea_executor.traceback
-    coffea_console.quiet = True
-    coffea_executor.traceback = types.SimpleNamespace(
-        **{name: getattr(traceback, name) for name in traceback.__all__ if name != "print_exc"},
-        print_exc=lambda *args, **kwargs: None,
-    )
-    try:
-        yield
-    finally:
-        coffea_console.quiet = quiet
-        coffea_executor.traceback = tracebacks

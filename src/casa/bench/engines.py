@@ -114,7 +114,8 @@ def run_casa(
     """
     from casa.analysis.registry import load_processor
     from casa.analysis.runner import run_analysis
-    from casa.compute.gateway import GatewayBackend, Scaling
+    from casa.compute.base import Scaling
+    from casa.compute.gateway import GatewayBackend
 
     marks: dict[str, float] = {}
 
@@ -133,7 +134,6 @@ def run_casa(
         "bench",
         list(files),
         GatewayBackend(ctx, Scaling(workers=workers)),
-        workers=workers,
         chunksize=chunksize,
         on_start=on_start,
         on_progress=on_progress,

@@ -82,7 +82,8 @@ def _workers(gateway, name: str) -> int:
 
 def handle_scale(args: argparse.Namespace) -> int:
     """Scale one of the caller's clusters."""
-    from casa.compute.gateway import Scaling, apply_scaling
+    from casa.compute.base import Scaling
+    from casa.compute.gateway import apply_scaling
 
     if args.workers < 0:
         raise UsageError("the number of workers cannot be negative")

@@ -47,7 +47,8 @@ def handle(args: argparse.Namespace) -> int:
     from casa.analysis.registry import load_processor
     from casa.analysis.runner import run_analysis
     from casa.cli.run import print_summary
-    from casa.compute.gateway import GatewayBackend, Scaling
+    from casa.compute.base import Scaling
+    from casa.compute.gateway import GatewayBackend
     from casa.facility import facility_context, refusal_explainer
     from casa.services.facility import facility_supervisor
 
@@ -64,7 +65,6 @@ def handle(args: argparse.Namespace) -> int:
                 dataset.name,
                 list(dataset.files),
                 GatewayBackend(ctx, Scaling(workers=args.workers)),
-                workers=args.workers,
                 on_start=progress.start,
                 on_progress=progress.update,
                 explain_refusal=refusal_explainer(ctx),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 
 import numpy as np
@@ -10,8 +11,8 @@ from rich.table import Table
 
 from casa.cli.console import console, err_console
 from casa.cli.progress import ChunkProgress
-from casa.config import facility_paths
-from casa.data.catalog import DEFAULT_TREE, DatasetCatalog
+from casa.compute.registry import LOCAL, backend_names
+from casa.data.catalog import DEFAULT_TREE
 from casa.errors import UsageError
 
 
@@ -32,16 +33,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--executor",
         default="futures",
-        choices=["iterative", "futures", "dask"],
+        choices=LOCAL,
         help="where chunks run (default: futures, a local process pool)",
     )
     p.add_argument(
         "--cluster",
         default="local",
-        choices=["local", "gateway", "htcondor"],
+        choices=["local", *(n for n in backend_names() if n not in LOCAL)],
         help="local: this machine with --executor; gateway: your Dask Gateway cluster "
-        "(its workers run where [site] workers says: the gateway's host or Slurm jobs); "
-        "htcondor: workers submitted from here as HTCondor jobs ([htcondor] in casa.toml)",
+        "(its workers run where gateway.backend says: the gateway's host or Slurm jobs); "
+        "htcondor, slurm: workers submitted from here as HTCondor or Slurm jobs ([htcondor], "
+        "[slurm] in casa.toml); others: the backends a site registered",
     )
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="workers (default: the number of cores locally, 2 on the gateway)")  # fmt: skip
@@ -72,49 +74,36 @@ def handle(args: argparse.Namespace) -> int:
     from casa.analysis.outputs import prepare_out_dir, write_outputs
     from casa.analysis.registry import load_processor
     from casa.analysis.runner import DEFAULT_CHUNKSIZE, run_analysis
-    from casa.compute.local import local_backend
+    from casa.compute.base import Scaling
+    from casa.compute.registry import create_backend
     from casa.data.files import expand_paths, inspect_root_file
+    from casa.facility import facility_context, refusal_explainer
 
-    if args.workers is not None and args.workers < 1:
-        raise UsageError(f"--workers must be at least 1 (got {args.workers})")
     if args.chunksize is not None and args.chunksize < 1:
         raise UsageError(
             f"--chunksize must be at least 1 entry (got {args.chunksize}); leave it out for "
             "the default of 500000"
         )
-    if args.adapt and args.cluster != "gateway":
-        raise UsageError("--adapt works with --cluster gateway")
-    if args.adapt and args.workers is not None:
-        raise UsageError("give either --workers or --adapt, not both")
-    if args.cluster == "gateway":
-        from casa.compute.gateway import GatewayBackend, Scaling
-        from casa.facility import facility_context
+    size = Scaling.parse(args.workers, args.adapt)
 
-        scaling = Scaling.parse(args.workers or (None if args.adapt else 2), args.adapt)
-        backend = GatewayBackend(facility_context(args.home, args.config), scaling,
-                                 worker_memory=args.worker_memory)  # fmt: skip
-        workers = scaling.wait_for
-    elif args.cluster == "htcondor":
-        from casa.facility import facility_context
+    @functools.cache
+    def facility():  # casa.toml, parsed once, and only when the run needs the facility
+        return facility_context(args.home, args.config)
 
-        backend = htcondor_backend(facility_context(args.home, args.config))
-        workers = args.workers or 2
-    else:
-        backend = local_backend(args.executor)
-        workers = args.workers or os.cpu_count() or 1
+    name = args.executor if args.cluster == "local" else args.cluster
+    backend = create_backend(
+        name, None if name in LOCAL else facility(), size, worker_memory=args.worker_memory
+    )
     processor = load_processor(args.analysis)
     if args.dataset:
-        catalog = DatasetCatalog(facility_paths(args.home).ensure().database)
-        dataset = catalog.get(args.dataset)
+        dataset = facility().catalog().get(args.dataset)
         name, files = dataset.name, list(dataset.files)
     else:
         name = "files"
         files = [inspect_root_file(p, args.tree) for p in expand_paths(args.files)]
     explain = servers = None
     if any(f.url.startswith(("root://", "roots://")) for f in files):
-        from casa.facility import facility_context, refusal_explainer
-
-        ctx = facility_context(args.home, args.config)
+        ctx = facility()
         explain, servers = refusal_explainer(ctx), storage_server_names(ctx.config)
     prepare_out_dir(args.out)
     with ChunkProgress(args.analysis, err_console) as progress:
@@ -129,7 +118,6 @@ def handle(args: argparse.Namespace) -> int:
             name,
             files,
             backend,
-            workers=workers,
             chunksize=DEFAULT_CHUNKSIZE if args.chunksize is None else args.chunksize,
             on_start=started,
             on_progress=progress.update,
@@ -161,21 +149,6 @@ def storage_server_names(config) -> dict[str, str]:
     names = {f"{host}:{config.cache.port}": "the cache" for host in config.cache_hosts()}
     names[f"{config.host_of('origin')}:{config.origin.port}"] = "the origin"
     return names
-
-
-def htcondor_backend(ctx):
-    """Workers as HTCondor jobs submitted from here, set up from ``[htcondor]``."""
-    import shutil
-
-    if shutil.which("condor_submit") is None:
-        raise UsageError(
-            "--cluster htcondor submits jobs with condor_submit, which is not installed here: "
-            "run casa on a host of the HTCondor pool (see docs/deployment.md), or use "
-            "--cluster gateway"
-        )
-    from casa.compute.htcondor import HTCondorBackend
-
-    return HTCondorBackend(ctx)
 
 
 def print_summary(out: str, summary: dict, output) -> None:

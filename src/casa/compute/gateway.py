@@ -8,23 +8,22 @@ workers receive the owner's data token from the gateway (see
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import contextlib
 import os
 import threading
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from dask_gateway.auth import GatewayAuth
 
-from casa.compute.base import ComputeBackend, OpenBackend
-from casa.compute.local import on_dask_client
+from casa.compute.base import ComputeBackend, Scaling
+from casa.compute.on_dask import DaskOpenBackend, on_dask_client
 from casa.errors import ServiceError, UsageError
 from casa.facility import Facility
+from casa.workarounds import safe_gateway_close
 
 WORKER_WAIT_SECONDS = 120
 #: How long a printed dashboard link stays fresh (half the gateway's ticket lifetime).
@@ -64,73 +63,11 @@ class FileTokenAuth(GatewayAuth):
             return {"Authorization": f"Bearer {f.read().strip()}"}, None
 
 
-def _on_own_loop(obj) -> asyncio.AbstractEventLoop | None:
-    """The running loop, if this is the (shared) event loop thread of ``obj``'s gateway."""
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-    if obj.asynchronous or running is not _loop_of(obj):
-        return None
-    return running
-
-
-def _loop_of(obj) -> asyncio.AbstractEventLoop | None:
-    """The asyncio loop of ``obj``'s gateway; None once that loop has stopped (asking
-    distributed for a stopped loop raises)."""
-    try:
-        return obj.loop.asyncio_loop
-    except RuntimeError:
-        return None
-
-
-def _safe_gateway_close() -> None:
-    """Make ``Gateway.close`` safe to call twice, and both closes safe on the gateway's loop.
-
-    dask-gateway 2026.3 closes its client again from ``__del__``; with distributed 2025.3
-    the second close asks a stopped loop for its state and prints a RuntimeError on exit.
-    And ``__del__`` (of a ``Gateway`` or a ``GatewayCluster``) runs wherever the garbage
-    collector happens to run: on the event loop thread that all gateway clients of a
-    process share, the close waited for that very loop and the process hung for good
-    (seen in the test suite, once in a few runs). There, the closing coroutine is now
-    started on the loop instead of waited for.
-    """
-    from dask_gateway import client
-
-    if getattr(client.Gateway.close, "_casa_safe", False):
-        return
-    gateway_close = client.Gateway.close
-    cluster_close = client.GatewayCluster.close
-
-    def close_gateway(self):
-        if getattr(self, "_casa_closed", False):
-            return None
-        self._casa_closed = True
-        loop = _on_own_loop(self)
-        if loop is not None:
-            loop.create_task(self._cleanup())
-            return None
-        return gateway_close(self)
-
-    def close_cluster(self, shutdown=None):
-        if not self.asynchronous and _loop_of(self) is None:
-            return None  # the loop is gone: nothing is left to close through it
-        loop = _on_own_loop(self)
-        if loop is not None and self.status != "closed":
-            loop.create_task(self._stop_internal(shutdown=shutdown))
-            return None
-        return cluster_close(self, shutdown=shutdown)
-
-    close_gateway._casa_safe = True
-    client.Gateway.close = close_gateway
-    client.GatewayCluster.close = close_cluster
-
-
 def gateway_client(ctx: Facility, token: str | None = None):
     """A ``dask_gateway.Gateway`` for this facility, authenticated as the caller."""
     from dask_gateway import Gateway
 
-    _safe_gateway_close()
+    safe_gateway_close()
     if token is None:
         token = ctx.request_token(kind="gateway")
     auth = CasaGatewayAuth(token)
@@ -142,34 +79,6 @@ def gateway_client(ctx: Facility, token: str | None = None):
         auth=auth,
         asynchronous=False,
     )
-
-
-@dataclass(frozen=True)
-class Scaling:
-    """How many workers: a fixed number, or adaptive between two bounds."""
-
-    workers: int | None = None
-    minimum: int | None = None
-    maximum: int | None = None
-
-    @classmethod
-    def parse(cls, workers: int | None, adapt: str | None) -> Scaling:
-        """From ``--workers N`` or ``--adapt MIN:MAX``."""
-        if adapt:
-            lo, sep, hi = adapt.partition(":")
-            try:
-                minimum, maximum = int(lo), int(hi)
-            except ValueError:
-                raise UsageError(f"--adapt {adapt!r} is not MIN:MAX, such as 1:4") from None
-            if not sep or minimum < 0 or maximum < max(minimum, 1):
-                raise UsageError(f"--adapt {adapt!r} needs 0 <= MIN <= MAX and MAX >= 1")
-            return cls(minimum=minimum, maximum=maximum)
-        return cls(workers=workers or 1)
-
-    @property
-    def wait_for(self) -> int:
-        """Workers to wait for before the run starts."""
-        return self.workers if self.workers is not None else max(self.minimum or 0, 1)
 
 
 def _raise_on_limit(caught: list[warnings.WarningMessage]) -> None:
@@ -232,15 +141,24 @@ class GatewayBackend(ComputeBackend):
     """coffea's DaskExecutor on the caller's Dask Gateway cluster (reused between runs)."""
 
     name = "gateway"
+    options = ("worker_memory",)
+    adaptive = True
+    callers_token = False  # the gateway gives each cluster its owner's token
 
-    def __init__(self, ctx: Facility, scaling: Scaling, worker_memory: float = 2.0):
-        self.ctx = ctx
-        self.scaling = scaling
+    def __init__(
+        self, facility: Facility | None = None, size: Scaling | None = None, *,
+        worker_memory: float = 2.0,
+    ):  # fmt: skip
+        super().__init__(facility, size)
+        self.ctx = self._needs_facility()
         self.worker_memory = worker_memory
 
-    @contextlib.contextmanager
-    def open(self, workers: int) -> Iterator[OpenBackend]:
-        """Connect to (or create) the cluster, scale it, yield a DaskExecutor on it.
+    def default_workers(self) -> int:
+        """Two: a notebook's first cluster, small enough for any facility's limits."""
+        return 2
+
+    def start(self, stack: contextlib.ExitStack) -> DaskOpenBackend:
+        """Connect to (or create) the cluster, scale it, wait for its workers.
 
         The connection stays open for the next run in this process (a notebook's runs
         follow each other on one cluster): reconnecting costs about 40 ms a run here.
@@ -250,7 +168,7 @@ class GatewayBackend(ComputeBackend):
         conn = KEPT.take(key)
         if conn is not None:
             try:
-                apply_scaling(conn.cluster, self.scaling)
+                apply_scaling(conn.cluster, self.size)
             except UsageError:
                 KEPT.give_back(key, conn)
                 raise
@@ -259,20 +177,15 @@ class GatewayBackend(ComputeBackend):
                 conn = None
         if conn is None:
             conn = self._connect()
+        stack.callback(lambda: KEPT.give_back(key, conn) if conn.usable() else conn.close())
         try:
-            try:
-                conn.client.wait_for_workers(self.scaling.wait_for, timeout=WORKER_WAIT_SECONDS)
-            except TimeoutError:
-                raise ServiceError(
-                    f"cluster {conn.cluster.name} did not get {self.scaling.wait_for} worker(s) "
-                    f"within {WORKER_WAIT_SECONDS} s; see 'casa cluster list'"
-                ) from None
-            yield on_dask_client(conn.client, f"gateway:{conn.cluster.name}", conn.dashboard_link())
-        finally:
-            if conn.usable():
-                KEPT.give_back(key, conn)
-            else:
-                conn.close()
+            conn.client.wait_for_workers(self.size.wait_for, timeout=WORKER_WAIT_SECONDS)
+        except TimeoutError:
+            raise ServiceError(
+                f"cluster {conn.cluster.name} did not get {self.size.wait_for} worker(s) "
+                f"within {WORKER_WAIT_SECONDS} s; see 'casa cluster list'"
+            ) from None
+        return on_dask_client(conn.client, f"gateway:{conn.cluster.name}", conn.dashboard_link())
 
     def _connect(self) -> _Connection:
         gateway = gateway_client(self.ctx)
@@ -285,7 +198,7 @@ class GatewayBackend(ComputeBackend):
                     "('casa status')?"
                 ) from None
             try:
-                apply_scaling(cluster, self.scaling)
+                apply_scaling(cluster, self.size)
                 with warnings.catch_warnings():
                     # casa and the cluster come from one pyproject (same packages), but may
                     # run on different Python patch releases (casa's venv and the users'

@@ -32,12 +32,13 @@ import shutil
 import socket
 import tempfile
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from casa.compute.base import ComputeBackend, OpenBackend
+from casa.compute.base import ComputeBackend, Scaling
+from casa.compute.on_dask import DaskOpenBackend, on_job_cluster
 from casa.config import HTCondorSection
 from casa.errors import ConfigError, UsageError
 from casa.worker.dashboard_guard import WORKER_ARGS, guard_this_process
@@ -442,33 +443,44 @@ class HTCondorBackend(ComputeBackend):
     """coffea's DaskExecutor on workers that are HTCondor jobs (``casa run --cluster htcondor``).
 
     The scheduler runs in this process, as with :func:`htcondor_cluster`; the workers are
-    cancelled (``condor_rm``) when the run ends.
+    cancelled (``condor_rm``) when the backend closes. Options: ``wait_seconds`` (for the
+    jobs to connect) and any keyword of :func:`htcondor_cluster` (``token_file``...).
     """
 
     name = "htcondor"
 
-    def __init__(self, ctx: Facility, wait_seconds: float = 300.0, **overrides: Any):
-        self.ctx = ctx
+    def __init__(
+        self, facility: Facility | None = None, size: Scaling | None = None, *,
+        wait_seconds: float = 300.0, **overrides: Any,
+    ):  # fmt: skip
+        super().__init__(facility, size)
+        self.ctx = self._needs_facility()
         self.wait_seconds = wait_seconds
         self.overrides = overrides
+        # This host submits the jobs: say so before anything starts.
+        if shutil.which("condor_submit") is None:
+            raise UsageError(
+                "--cluster htcondor submits jobs with condor_submit, which is not installed "
+                "here: run casa on a host of the HTCondor pool (see docs/deployment.md), or "
+                "use --cluster gateway"
+            )
 
-    @contextlib.contextmanager
-    def open(self, workers: int) -> Iterator[OpenBackend]:
-        """Submit ``workers`` jobs, wait until they connect, yield a DaskExecutor on them.
+    def default_workers(self) -> int:
+        """Two jobs."""
+        return 2
 
-        While the run lasts, the workers' token is renewed a third of its lifetime apart
-        (:func:`worker_token_source`).
-        """
-        from casa.compute.local import on_job_cluster
+    def start(self, stack: contextlib.ExitStack) -> DaskOpenBackend:
+        """Submit the jobs, wait until they connect; renew their token while open."""
         from casa.worker.token import TokenRenewer, renewal_period
 
         source = worker_token_source(self.ctx, self.overrides.get("token_file"))
         period = renewal_period(self.ctx.config.issuer.token_lifetime)
-        with on_job_cluster(
-            htcondor_cluster(self.ctx, **self.overrides), "HTCondor", workers,
+        opened = stack.enter_context(on_job_cluster(
+            htcondor_cluster(self.ctx, **self.overrides), "HTCondor", self.size.wait_for,
             self.wait_seconds, "see condor_q -better-analyze and the jobs' logs",
-        ) as opened, TokenRenewer(opened.executor.client, source, period):  # fmt: skip
-            yield opened
+        ))  # fmt: skip
+        stack.enter_context(TokenRenewer(opened.client, source, period))
+        return opened
 
 
 def worker_token_source(

@@ -24,16 +24,17 @@ import shlex
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from dask_jobqueue import SLURMCluster
 from dask_jobqueue.slurm import SLURMJob
 
-from casa.compute.base import ComputeBackend, OpenBackend
+from casa.compute.base import ComputeBackend, Scaling
 from casa.compute.htcondor import CACHE_URL_ENV, write_cluster_certificate
-from casa.compute.local import on_job_cluster
+from casa.compute.on_dask import DaskOpenBackend, on_job_cluster
+from casa.facility import Facility
 from casa.worker.dashboard_guard import WORKER_ARGS, guard_this_process
 
 WORKER_WAIT_SECONDS = 120
@@ -60,12 +61,22 @@ class CasaSLURMCluster(SLURMCluster):
 
 
 class SlurmBackend(ComputeBackend):
-    """coffea's DaskExecutor on workers that are Slurm jobs, over TLS."""
+    """coffea's DaskExecutor on workers that are Slurm jobs submitted from here, over TLS.
+
+    With a facility, the partition, the interface and the cache come from its ``[slurm]``
+    and ``[site]`` unless given. (A gateway with ``gateway.backend = "slurm"`` makes users'
+    clusters of Slurm jobs instead: :class:`casa.services.gateway.server.CasaSlurmBackend`.)
+    """
 
     name = "slurm"
+    options = ("token", "cache_url", "queue", "cores", "memory", "walltime", "interface",
+               "scheduler_interface", "python", "workdir", "job_extra_directives",
+               "wait_seconds", "token_source")  # fmt: skip
 
     def __init__(
         self,
+        facility: Facility | None = None,
+        size: Scaling | None = None,
         *,
         token: str | None = None,
         cache_url: str = "",
@@ -81,6 +92,12 @@ class SlurmBackend(ComputeBackend):
         wait_seconds: float = WORKER_WAIT_SECONDS,
         token_source: Callable[[], str | None] | None = None,
     ):
+        super().__init__(facility, size)
+        if facility is not None:
+            site = facility.config.slurm
+            cache_url = cache_url or facility.config.worker_cache_url
+            queue = queue or site.partition or None
+            interface = interface or site.interface or None
         self.token = token
         self.cache_url = cache_url
         self.queue = queue
@@ -150,29 +167,26 @@ class SlurmBackend(ComputeBackend):
             silence_logs=logging.CRITICAL,
         )
 
-    @contextlib.contextmanager
-    def open(self, workers: int) -> Iterator[OpenBackend]:
-        """Submit ``workers`` jobs, wait for them, yield a DaskExecutor; cancel them after.
-
-        While the run lasts, the workers' token is renewed a third of its lifetime apart
-        from :meth:`renewal_source`.
-        """
+    def start(self, stack: contextlib.ExitStack) -> DaskOpenBackend:
+        """Submit the size's jobs, wait for them; cancel them (and remove a temporary
+        folder) on close. While open, the workers' token is renewed a third of its
+        lifetime apart from :meth:`renewal_source`."""
         folder = self.workdir or Path(tempfile.mkdtemp(prefix="casa-slurm-"))
         folder.mkdir(parents=True, exist_ok=True)
-        try:
-            where = f"see 'squeue' and the job logs in {folder / 'logs'}"
-            with on_job_cluster(self.cluster(folder), "Slurm", workers, self.wait_seconds,
-                                where) as opened, self._renewing(opened):  # fmt: skip
-                yield opened
-        finally:
-            if self.workdir is None:
-                shutil.rmtree(folder, ignore_errors=True)
+        if self.workdir is None:
+            stack.callback(shutil.rmtree, folder, ignore_errors=True)
+        where = f"see 'squeue' and the job logs in {folder / 'logs'}"
+        opened = stack.enter_context(on_job_cluster(
+            self.cluster(folder), "Slurm", self.size.wait_for, self.wait_seconds, where
+        ))  # fmt: skip
+        stack.enter_context(self._renewing(opened))
+        return opened
 
-    def _renewing(self, opened: OpenBackend) -> contextlib.AbstractContextManager:
+    def _renewing(self, opened: DaskOpenBackend) -> contextlib.AbstractContextManager:
         """Renew the workers' token while ``opened`` is in use (nothing without a source)."""
         from casa.worker.token import TokenRenewer, lifetime_of, renewal_period
 
         source, token = self.renewal_source(), self._token()
         if source is None or not token or lifetime_of(token) <= 0:
             return contextlib.nullcontext()
-        return TokenRenewer(opened.executor.client, source, renewal_period(lifetime_of(token)))
+        return TokenRenewer(opened.client, source, renewal_period(lifetime_of(token)))

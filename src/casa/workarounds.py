@@ -1,0 +1,155 @@
+"""Every workaround casa applies to a third-party library, in one place.
+
+Each says what the library does, the version it was seen in, and the upstream report when
+it is an upstream bug. ``tests/test_workarounds.py`` checks, for each, that the library
+still behaves so: the day a release fixes it, that test fails, and the workaround goes.
+:data:`WORKAROUNDS` lists them (docs/architecture.md shows the table).
+
+Workarounds that are a choice of casa's rather than a patch (uproot's ZLIB class attribute
+serves compression and decompression alike, so the generator writes with stock zlib; which
+deflate library uproot can call: :mod:`casa.data.codecs`) stay with their code and are
+listed here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Workaround:
+    """One workaround: the library, its version, what goes wrong, and where casa fixes it."""
+
+    library: str
+    version: str
+    problem: str
+    fix: str
+    upstream: str = "behaviour, not a reported bug"
+
+
+WORKAROUNDS: tuple[Workaround, ...] = (
+    Workaround(
+        "coffea", "2026.9.0",
+        "IterativeExecutor draws its progress bar even with status=False; FuturesExecutor "
+        "prints a failed chunk's traceback to stderr before raising it",
+        "casa.workarounds.quiet_coffea (used by casa.analysis.runner.run_analysis)",
+    ),
+    Workaround(
+        "dask-gateway", "2026.3.0 (with distributed 2025.x)",
+        "Gateway.close a second time (its __del__ does) asks the stopped loop for its state "
+        "and raises RuntimeError; a close from the gateways' own loop thread waits on that "
+        "loop and hangs the process",
+        "casa.workarounds.safe_gateway_close (casa.compute.gateway, casa.notebook)",
+    ),
+    Workaround(
+        "dask-gateway-server", "2026.3.0 (and its main branch)",
+        "LocalBackend.setup_working_directory does paths.extend(path) for the TLS files, "
+        "adding one path per character, so set_file_permissions chowns the wrong paths",
+        "casa.services.gateway.server.FixedLocalBackend.setup_working_directory",
+        "not reported yet (dask_gateway_server/backends/local.py)",
+    ),
+    Workaround(
+        "uproot", "5.7.7",
+        "calls deflate.zlib_decompress(..., bufsize=), which deflate 0.7 and later refuse",
+        "casa.data.codecs tries each ZLIB library on a small stream and keeps the first "
+        "that works",
+    ),
+    Workaround(
+        "uproot", "5.7.7",
+        "uproot.ZLIB.library is one class attribute for compression and decompression",
+        "casa.generate.generator writes with stock zlib whatever the reader uses",
+    ),
+)  # fmt: skip
+
+
+def _on_own_loop(obj) -> asyncio.AbstractEventLoop | None:
+    """The running loop, if this is the (shared) event loop thread of ``obj``'s gateway."""
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    if obj.asynchronous or running is not _loop_of(obj):
+        return None
+    return running
+
+
+def _loop_of(obj) -> asyncio.AbstractEventLoop | None:
+    """The asyncio loop of ``obj``'s gateway; None once that loop has stopped (asking
+    distributed for a stopped loop raises)."""
+    try:
+        return obj.loop.asyncio_loop
+    except RuntimeError:
+        return None
+
+
+def safe_gateway_close() -> None:
+    """Make ``Gateway.close`` safe to call twice, and both closes safe on the gateway's loop.
+
+    dask-gateway 2026.3 closes its client again from ``__del__``; with distributed 2025.3
+    the second close asks a stopped loop for its state and prints a RuntimeError on exit.
+    And ``__del__`` (of a ``Gateway`` or a ``GatewayCluster``) runs wherever the garbage
+    collector happens to run: on the event loop thread that all gateway clients of a
+    process share, the close waited for that very loop and the process hung for good
+    (seen in the test suite, once in a few runs). There, the closing coroutine is now
+    started on the loop instead of waited for.
+    """
+    from dask_gateway import client
+
+    if getattr(client.Gateway.close, "_casa_safe", False):
+        return
+    gateway_close = client.Gateway.close
+    cluster_close = client.GatewayCluster.close
+
+    def close_gateway(self):
+        if getattr(self, "_casa_closed", False):
+            return None
+        self._casa_closed = True
+        loop = _on_own_loop(self)
+        if loop is not None:
+            loop.create_task(self._cleanup())
+            return None
+        return gateway_close(self)
+
+    def close_cluster(self, shutdown=None):
+        if not self.asynchronous and _loop_of(self) is None:
+            return None  # the loop is gone: nothing is left to close through it
+        loop = _on_own_loop(self)
+        if loop is not None and self.status != "closed":
+            loop.create_task(self._stop_internal(shutdown=shutdown))
+            return None
+        return cluster_close(self, shutdown=shutdown)
+
+    close_gateway._casa_safe = True
+    client.Gateway.close = close_gateway
+    client.GatewayCluster.close = close_cluster
+
+
+@contextlib.contextmanager
+def quiet_coffea() -> Iterator[None]:
+    """Hide coffea's own progress bars and tracebacks: casa shows one bar with chunks and
+    events, and a failed run's one sentence.
+
+    (coffea's IterativeExecutor draws its bar even with ``status=False``, and its
+    FuturesExecutor prints the traceback of a failed chunk to stderr before raising it:
+    coffea 2026.9.)
+    """
+    import traceback
+    import types
+
+    from coffea.processor import executor as coffea_executor
+    from coffea.util import coffea_console
+
+    quiet, tracebacks = coffea_console.quiet, coffea_executor.traceback
+    coffea_console.quiet = True
+    coffea_executor.traceback = types.SimpleNamespace(
+        **{name: getattr(traceback, name) for name in traceback.__all__ if name != "print_exc"},
+        print_exc=lambda *args, **kwargs: None,
+    )
+    try:
+        yield
+    finally:
+        coffea_console.quiet = quiet
+        coffea_executor.traceback = tracebacks

@@ -1,0 +1,104 @@
+"""Each workaround in casa.workarounds is still needed, and still works.
+
+The first test of each pair shows the library's own behaviour and fails the day a release
+changes it: then the workaround (and its entry in WORKAROUNDS) can go.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+
+import pytest
+
+from casa.workarounds import WORKAROUNDS, quiet_coffea, safe_gateway_close
+
+
+def _iterative_bar() -> str:
+    from coffea.processor import executor
+    from coffea.util import coffea_console
+
+    shown = io.StringIO()
+    saved = coffea_console.file
+    coffea_console.file = shown
+    try:
+        executor.IterativeExecutor(status=False)([1, 2], lambda x: {"n": x}, {"n": 0})
+    finally:
+        coffea_console.file = saved
+    return shown.getvalue()
+
+
+def _futures_stderr() -> str:
+    from coffea.processor import executor
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(ValueError):
+        executor.FuturesExecutor(workers=1, status=False)(["x"], int, {})
+    return err.getvalue()
+
+
+def test_coffea_still_draws_and_prints_what_casa_hides():
+    assert "Processing" in _iterative_bar(), "coffea now honours status=False"
+    assert "Traceback" in _futures_stderr(), "coffea no longer prints a failed chunk's traceback"
+
+
+def test_quiet_coffea_hides_them_and_restores_coffea_after():
+    with quiet_coffea():
+        assert _iterative_bar() == ""
+        assert _futures_stderr() == ""
+    assert "Processing" in _iterative_bar()
+
+
+def _closed_twice() -> None:
+    from dask_gateway import Gateway
+
+    gateway = Gateway(address="http://127.0.0.1:9", auth="basic")  # no request is made
+    gateway.close()
+    gateway.close()
+
+
+def test_dask_gateway_still_fails_on_a_second_close():
+    """In a process of its own: once patched, a process stays patched."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        failure = pool.apply(_second_close_error)
+    assert "RuntimeError" in failure, "dask-gateway's Gateway.close may now be called twice"
+
+
+def _second_close_error() -> str:
+    try:
+        _closed_twice()
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    return ""
+
+
+def test_safe_gateway_close_makes_a_second_close_harmless():
+    safe_gateway_close()
+    safe_gateway_close()  # patching twice changes nothing
+    _closed_twice()
+
+
+def test_dask_gateway_server_still_extends_paths_by_letters():
+    from dask_gateway_server.backends.local import LocalBackend
+
+    source = inspect.getsource(LocalBackend.setup_working_directory)
+    assert "paths.extend(path)" in source, "dask-gateway-server fixed its paths.extend(path)"
+
+
+def test_every_workaround_names_its_version_and_fix():
+    assert len(WORKAROUNDS) >= 5
+    for w in WORKAROUNDS:
+        assert w.library and w.version[0].isdigit() and w.problem and "casa." in w.fix
+
+
+def test_uproot_still_calls_deflate_with_bufsize_and_shares_one_library_attribute():
+    """casa.data.codecs probes each ZLIB library because of the first; the generator writes
+    with stock zlib because of the second."""
+    from uproot import compression
+
+    assert "deflate.zlib_decompress(data, bufsize=" in inspect.getsource(compression)
+    assert "library" in vars(compression._DecompressZLIB), "ZLIB.library is one class attribute"
+    assert "self.library" in inspect.getsource(compression.ZLIB.compress)
