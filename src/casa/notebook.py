@@ -17,23 +17,23 @@ from typing import Any
 
 
 def connect(workers: int | None = 2, adapt: tuple[int, int] | None = None):
-    """A ``distributed.Client`` on your Dask Gateway cluster (your running one, or a new one)."""
+    """A ``distributed.Client`` on your Dask Gateway cluster (your running one, or a new one).
+
+    The same cluster ``casa run --cluster gateway`` finds and reuses; ``workers`` scales it,
+    ``adapt=(MIN, MAX)`` lets it adapt instead, ``workers=None`` leaves it as it is.
+    """
     from dask_gateway import Gateway
 
+    from casa.compute.base import Scaling
+    from casa.compute.gateway import apply_scaling, find_or_create_cluster
     from casa.workarounds import safe_gateway_close
 
     safe_gateway_close()
-    gateway = Gateway()
-    running = gateway.list_clusters()
-    cluster = (
-        gateway.connect(running[0].name)
-        if running
-        else gateway.new_cluster(shutdown_on_close=False)
-    )
+    cluster = find_or_create_cluster(Gateway())  # the hub's environment configures it
     if adapt is not None:
-        cluster.adapt(minimum=adapt[0], maximum=adapt[1])
+        apply_scaling(cluster, Scaling(minimum=adapt[0], maximum=adapt[1]))
     elif workers is not None:
-        cluster.scale(workers)
+        apply_scaling(cluster, Scaling(workers=workers))
     client = cluster.get_client()
     if workers:
         client.wait_for_workers(workers if adapt is None else max(adapt[0], 1), timeout=120)

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from casa.bench.dataset import manifest_matches
 from casa.bench.engines import ENGINES, Measurement, check_equal
 from casa.bench.report import summarize
 from casa.bench.wan import WanSpec, choose_subnet
 from casa.cli import build_parser
 from casa.errors import AnalysisError, UsageError
+from casa.generate.generator import manifest_matches
 
 SMOKE_QUERIES = {"dimuon", "adl1"}
 
@@ -206,9 +206,9 @@ def test_manifest_must_match_to_be_reused(tmp_path):
     (tmp_path / "events_0000.root").write_bytes(b"root")
     manifest = {"events": 10, "codec": "zlib:1", "seed": 3, "files": [{"name": "events_0000.root"}]}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    assert manifest_matches(tmp_path, 10, 1, "zlib:1", 3)
-    assert not manifest_matches(tmp_path, 10, 1, "lz4:4", 3)
-    assert not manifest_matches(tmp_path, 11, 1, "zlib:1", 3)
-    assert not manifest_matches(tmp_path, 10, 1, "zlib:1", 4)
+    assert manifest_matches(tmp_path, 10, 1, 3, "zlib:1")
+    assert not manifest_matches(tmp_path, 10, 1, 3, "lz4:4")
+    assert not manifest_matches(tmp_path, 11, 1, 3, "zlib:1")
+    assert not manifest_matches(tmp_path, 10, 1, 4, "zlib:1")
     (tmp_path / "events_0000.root").unlink()
-    assert not manifest_matches(tmp_path, 10, 1, "zlib:1", 3)
+    assert not manifest_matches(tmp_path, 10, 1, 3, "zlib:1")

@@ -25,14 +25,12 @@ from casa.compute.htcondor import (
     HTCondorSection,
     htcondor_cluster,
     job_token_file,
-    submit_directives,
-    submit_environment,
-    worker_command,
-    write_cluster_certificate,
 )
+from casa.compute.tls import write_cluster_certificate
 from casa.config import FacilityConfig, FacilitySection, _check_section, facility_paths
 from casa.errors import ConfigError, UsageError
 from casa.facility import Facility
+from submit_files import submit_directives, submit_environment, worker_command
 
 TOKEN = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2VjcmV0LXNpZ25hdHVyZQ"
 GIB = 1 << 30

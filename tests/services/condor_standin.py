@@ -5,7 +5,7 @@ HTCondor's starter, as a single-slot pool would: ``submit FILE`` reads the submi
 description, copies ``transfer_input_files`` into a fresh scratch folder, sets the
 ``environment`` and ``_CONDOR_SCRATCH_DIR``, runs the job's ``Arguments`` with its
 ``Executable`` (``/bin/sh -c``) in the background and prints HTCondor's answer;
-``rm ID`` stops that job. It reads the description with casa's own parsers, so what it
+``rm ID`` stops that job. It reads the description with the tests' parser (tests/submit_files.py), so what it
 runs is exactly what the submit description says. Everything it does is logged in
 ``$CONDOR_STANDIN_DIR/log.jsonl``.
 """
@@ -19,7 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from casa.compute.htcondor import submit_directives, submit_environment, worker_command
+sys.path.insert(0, str(Path(__file__).parents[1]))  # run as a program: tests/ for its helper
+from submit_files import submit_directives, submit_environment, worker_command  # noqa: E402
 
 
 def _state() -> Path:

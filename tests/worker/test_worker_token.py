@@ -12,7 +12,7 @@ import time
 import pytest
 
 from casa.auth.tokens import TokenIssuer, ensure_signing_key, unverified_claims
-from casa.compute.htcondor import write_cluster_certificate
+from casa.compute.tls import write_cluster_certificate
 from casa.worker.token import TokenRenewer, lifetime_of, renewal_period
 
 

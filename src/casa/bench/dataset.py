@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from casa.data.files import FileInfo, inspect_root_file
-from casa.generate.generator import MANIFEST, generate_dataset
+from casa.generate.generator import ensure_generated
 
 TREE = "Events"
 
@@ -49,22 +48,6 @@ class BenchDataset:
         }
 
 
-def manifest_matches(folder: Path, events: int, files: int, codec: str, seed: int) -> bool:
-    """Whether ``folder/manifest.json`` describes exactly this dataset and its files exist."""
-    try:
-        found = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return False
-    entries = found.get("files") or []
-    return (
-        found.get("events") == events
-        and found.get("codec") == codec
-        and found.get("seed") == seed
-        and len(entries) == files
-        and all(isinstance(e, dict) and (folder / e.get("name", "")).is_file() for e in entries)
-    )
-
-
 def ensure_dataset(
     folder: Path,
     events: int,
@@ -75,15 +58,8 @@ def ensure_dataset(
     progress: Callable[[int], None] | None = None,
 ) -> BenchDataset:
     """The dataset in ``folder``: reused if its manifest matches, generated (again) if not."""
-    folder = Path(folder)
-    reused = manifest_matches(folder, events, files, codec, seed)
-    seconds = 0.0
-    if not reused:
-        for old in folder.glob("*.root"):
-            old.unlink()
-        started = time.perf_counter()
-        generate_dataset(folder, events, files, seed, codec, progress=progress)
-        seconds = time.perf_counter() - started
-    manifest = json.loads((folder / MANIFEST).read_text())
-    infos = [inspect_root_file(folder / e["name"], TREE) for e in manifest["files"]]
+    started = time.perf_counter()
+    paths, reused = ensure_generated(folder, events, files, seed, codec, progress=progress)
+    seconds = 0.0 if reused else time.perf_counter() - started
+    infos = [inspect_root_file(p, TREE) for p in paths]
     return BenchDataset(infos, events, codec, seed, reused, seconds)

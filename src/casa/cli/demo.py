@@ -10,7 +10,7 @@ XCache with the caller's token. The facility stays up afterwards (``casa status`
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import time
 from pathlib import Path
 
@@ -22,6 +22,7 @@ DEMO_DATASET = "demo"
 DEMO_EVENTS = 3_000_000
 DEMO_FILES = 6
 DEMO_SEED = 2012
+DEMO_CODEC = "zlib:1"
 DEMO_ANALYSES = ("dimuon", "adl5")
 #: A token with less time left than this is renewed before the demo runs.
 TOKEN_MARGIN = 600
@@ -102,14 +103,13 @@ def _ensure_token(ctx) -> None:
 
 def _ensure_dataset(ctx, args: argparse.Namespace):
     """The demo dataset in facility storage, generated and copied in on first use."""
-    from casa.data.files import expand_paths, inspect_root_file
-    from casa.generate.generator import MANIFEST, generate_dataset
+    from casa.data.files import inspect_root_file
+    from casa.generate.generator import ensure_generated, manifest_matches
 
     catalog = ctx.catalog()
     cache_url = ctx.config.cache_url() + "/"
     source = ctx.paths.home / "data" / DEMO_DATASET
-    wanted = {"events": args.events, "files": args.files, "seed": DEMO_SEED}
-    fresh = _manifest_matches(source / MANIFEST, wanted)
+    fresh = manifest_matches(source, args.events, args.files, DEMO_SEED, DEMO_CODEC)
     try:
         dataset = catalog.get(DEMO_DATASET)
         if (
@@ -122,29 +122,17 @@ def _ensure_dataset(ctx, args: argparse.Namespace):
         catalog.remove(DEMO_DATASET)
     except DataError:
         pass
-    if not fresh:
-        with event_progress("Generating", args.events, err_console) as advance:
-            generate_dataset(source, args.events, args.files, DEMO_SEED, progress=advance)
+    bar = event_progress("Generating", args.events, err_console)
+    with contextlib.nullcontext() if fresh else bar as advance:
+        paths, _ = ensure_generated(
+            source, args.events, args.files, DEMO_SEED, DEMO_CODEC, progress=advance
+        )
     storage = ctx.storage()
     storage.remove(DEMO_DATASET)
-    files = [inspect_root_file(p, "Events") for p in expand_paths([str(source)])]
+    files = [inspect_root_file(p, "Events") for p in paths]
     dataset = catalog.add_files(DEMO_DATASET, storage.store(DEMO_DATASET, files))
     console.print(
         f"stored dataset {DEMO_DATASET}: {dataset.events:,} events in {len(dataset.files)} files "
         f"under /store/data/{DEMO_DATASET}"
     )
     return dataset
-
-
-def _manifest_matches(manifest: Path, wanted: dict) -> bool:
-    try:
-        found = json.loads(manifest.read_text())
-    except (OSError, ValueError):
-        return False
-    files_ok = all((manifest.parent / f["name"]).is_file() for f in found.get("files", []))
-    return (
-        files_ok
-        and found.get("events") == wanted["events"]
-        and len(found.get("files", [])) == wanted["files"]
-        and found.get("seed") == wanted["seed"]
-    )

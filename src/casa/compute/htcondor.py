@@ -16,15 +16,12 @@ in ``casa.toml``:
 - jobs carry the site's accounting group (``+AccountingGroup = "GROUP.USER"``).
 
 Nothing here needs HTCondor to build the job: ``cluster.job_script()`` is the submit
-description, :func:`worker_command` the shell command it runs. dask-jobqueue and
-distributed are imported only when a cluster is built, so ``casa.config`` can import
-:class:`HTCondorSection` without slowing down every command.
+description. dask-jobqueue and distributed are imported only when a cluster is built.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import functools
 import os
 import pwd
@@ -33,13 +30,14 @@ import socket
 import tempfile
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from casa.compute.base import ComputeBackend, Scaling
 from casa.compute.on_dask import DaskOpenBackend, on_job_cluster
+from casa.compute.tls import TLSFiles, write_cluster_certificate
 from casa.config import HTCondorSection
+from casa.data.sources import SITE_CACHE_ENV
 from casa.errors import ConfigError, UsageError
 from casa.worker.dashboard_guard import WORKER_ARGS, guard_this_process
 
@@ -54,7 +52,7 @@ SECTION = "htcondor"
 #: HTCondor's name for the job's scratch directory, expanded by the job's shell.
 SCRATCH = "$_CONDOR_SCRATCH_DIR"
 #: The environment variable naming the cache workers read ``root://`` through.
-CACHE_URL_ENV = "CASA_CACHE_URL"
+CACHE_URL_ENV = SITE_CACHE_ENV
 
 
 def htcondor_settings(ctx: Facility) -> HTCondorSection:
@@ -63,74 +61,6 @@ def htcondor_settings(ctx: Facility) -> HTCondorSection:
 
 
 # -- TLS -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TLSFiles:
-    """The CA, certificate and key shared by a cluster's scheduler, workers and client."""
-
-    ca: Path
-    cert: Path
-    key: Path
-
-    def security(self) -> Security:
-        """The scheduler's and the client's ``Security`` (files on this machine)."""
-        from distributed.security import Security
-
-        ca, cert, key = str(self.ca), str(self.cert), str(self.key)
-        return Security(
-            tls_ca_file=ca, tls_scheduler_cert=cert, tls_scheduler_key=key,
-            tls_client_cert=cert, tls_client_key=key, tls_worker_cert=cert,
-            tls_worker_key=key, require_encryption=True,
-        )  # fmt: skip
-
-    def in_job(self) -> Security:
-        """The workers' ``Security``: the same files, transferred into the job's scratch dir."""
-        from distributed.security import Security
-
-        ca, cert, key = (f"{SCRATCH}/{p.name}" for p in (self.ca, self.cert, self.key))
-        return Security(
-            tls_ca_file=ca, tls_worker_cert=cert, tls_worker_key=key, require_encryption=True
-        )
-
-
-def write_cluster_certificate(directory: Path, days: int = 30) -> TLSFiles:
-    """A self-signed certificate (its own CA) and its key, for one cluster; key mode 0600."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "casa-htcondor-cluster")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("dask-internal")]), False)
-        .sign(key, hashes.SHA256())
-    )
-    files = TLSFiles(directory / "ca.pem", directory / "cluster.pem", directory / "cluster.key")
-    pem = cert.public_bytes(serialization.Encoding.PEM)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    for path, data, mode in [(files.ca, pem, 0o644), (files.cert, pem, 0o644),
-                             (files.key, key_pem, 0o600)]:  # fmt: skip
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(path, mode)
-    return files
 
 
 def _site_tls(settings: HTCondorSection) -> TLSFiles | None:
@@ -313,7 +243,7 @@ def cluster_kwargs(
         "python": s.python,
         "protocol": "tls://",
         "security": tls.security(),
-        "worker_security": tls.in_job(),
+        "worker_security": tls.in_job(SCRATCH),
         "scheduler_options": {
             "host": listen,
             "port": port,
@@ -370,70 +300,6 @@ def htcondor_cluster(
     if not workdir:  # the key and any token copy go when the cluster does
         weakref.finalize(cluster, shutil.rmtree, folder, True)
     return cluster
-
-
-# -- reading a submit description back -------------------------------------------------------
-
-
-def _condor_arguments(text: str) -> list[str]:
-    """Split an HTCondor "new syntax" Arguments value (already without its outer quotes)."""
-    text = text.replace('""', '"')
-    args: list[str] = []
-    current: list[str] = []
-    in_arg = quoted = False
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if c == "'":
-            if quoted and text[i + 1 : i + 2] == "'":
-                current.append("'")
-                i += 2
-                continue
-            quoted = not quoted
-            in_arg = True
-        elif c.isspace() and not quoted:
-            if in_arg:
-                args.append("".join(current))
-                current, in_arg = [], False
-        else:
-            current.append(c)
-            in_arg = True
-        i += 1
-    if in_arg:
-        args.append("".join(current))
-    return args
-
-
-def submit_directives(script: str) -> dict[str, str]:
-    """The ``key = value`` commands of a submit description, by key."""
-    out: dict[str, str] = {}
-    for line in script.splitlines():
-        if "=" in line and not line.lstrip().startswith("#"):
-            key, _, value = line.partition("=")
-            out[key.strip()] = value.strip()
-    return out
-
-
-def submit_environment(script: str) -> dict[str, str]:
-    """The variables the ``environment`` command of a submit description sets on the worker."""
-    value = submit_directives(script).get("environment", "")
-    if not value:
-        return {}
-    if not (value.startswith('"') and value.endswith('"')):
-        raise ValueError("the submit description's environment is not in the quoted syntax")
-    pairs = (item.partition("=") for item in _condor_arguments(value[1:-1]))
-    return {key: val for key, _, val in pairs}
-
-
-def worker_command(script: str) -> str:
-    """The shell command an HTCondor job of ``script`` runs (``Executable -c COMMAND``)."""
-    arguments = submit_directives(script).get("Arguments", "")
-    if len(arguments) < 2 or not (arguments.startswith('"') and arguments.endswith('"')):
-        raise ValueError("the submit description has no quoted Arguments line")
-    args = _condor_arguments(arguments[1:-1])
-    if len(args) != 2 or args[0] != "-c":
-        raise ValueError(f"unexpected Arguments {args!r}: expected -c COMMAND")
-    return args[1]
 
 
 # -- casa run --cluster htcondor ---------------------------------------------------------------

@@ -32,8 +32,9 @@ from dask_jobqueue import SLURMCluster
 from dask_jobqueue.slurm import SLURMJob
 
 from casa.compute.base import ComputeBackend, Scaling
-from casa.compute.htcondor import CACHE_URL_ENV, write_cluster_certificate
 from casa.compute.on_dask import DaskOpenBackend, on_job_cluster
+from casa.compute.tls import write_cluster_certificate
+from casa.data.sources import SITE_CACHE_ENV
 from casa.facility import Facility
 from casa.worker.dashboard_guard import WORKER_ARGS, guard_this_process
 
@@ -135,7 +136,7 @@ class SlurmBackend(ComputeBackend):
         if token:
             env["BEARER_TOKEN"] = token
         if self.cache_url:
-            env[CACHE_URL_ENV] = self.cache_url
+            env[SITE_CACHE_ENV] = self.cache_url
         return env
 
     def cluster(self, folder: Path) -> CasaSLURMCluster:

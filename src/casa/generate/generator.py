@@ -229,3 +229,42 @@ def _drain(queue, progress: Callable[[int], None] | None) -> None:
             return
         if progress is not None:
             progress(k)
+
+
+def manifest_matches(folder: Path, events: int, files: int, seed: int, codec: str) -> bool:
+    """Whether ``folder/manifest.json`` describes exactly this dataset and its files exist."""
+    try:
+        found = json.loads((Path(folder) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    entries = found.get("files") or []
+    return (
+        found.get("events") == events
+        and found.get("codec") == codec
+        and found.get("seed") == seed
+        and len(entries) == files
+        and all(
+            isinstance(e, dict) and (Path(folder) / e.get("name", "")).is_file() for e in entries
+        )
+    )
+
+
+def ensure_generated(
+    folder: Path,
+    n_events: int,
+    n_files: int,
+    seed: int,
+    codec: str = "zlib:1",
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[list[Path], bool]:
+    """The dataset in ``folder``, reused while its manifest matches, else generated anew
+    (its old files removed first); its files in order, and whether they were reused."""
+    folder = Path(folder)
+    reused = manifest_matches(folder, n_events, n_files, seed, codec)
+    if not reused:
+        for old in folder.glob("*.root"):
+            old.unlink()
+        generate_dataset(folder, n_events, n_files, seed, codec, progress=progress)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    return [folder / e["name"] for e in manifest["files"]], reused
