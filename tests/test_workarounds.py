@@ -102,3 +102,27 @@ def test_uproot_still_calls_deflate_with_bufsize_and_shares_one_library_attribut
     assert "deflate.zlib_decompress(data, bufsize=" in inspect.getsource(compression)
     assert "library" in vars(compression._DecompressZLIB), "ZLIB.library is one class attribute"
     assert "self.library" in inspect.getsource(compression.ZLIB.compress)
+
+
+def test_owned_working_directory_hands_over_exactly_the_clusters_paths(tmp_path):
+    """With dask-gateway-server's own path helpers, as FixedLocalBackend calls it."""
+    import types
+
+    from dask_gateway_server.backends.local import LocalBackend
+
+    from casa.workarounds import owned_working_directory
+
+    handed = []
+    backend = types.SimpleNamespace(
+        clusters_directory=str(tmp_path),
+        set_file_permissions=lambda paths, user: handed.append((list(paths), user)),
+    )
+    for name in ("get_certs_directory", "get_logs_directory", "_get_tls_paths"):
+        setattr(backend, name, types.MethodType(getattr(LocalBackend, name), backend))
+    cluster = types.SimpleNamespace(name="c1", tls_cert=b"cert", tls_key=b"key", username="u")
+    workdir = owned_working_directory(backend, cluster)
+    ((paths, user),) = handed
+    assert user == "u" and workdir == str(tmp_path / "c1")
+    assert paths == [workdir, f"{workdir}/.certs", f"{workdir}/logs",
+                     f"{workdir}/.certs/dask.crt", f"{workdir}/.certs/dask.pem"]  # fmt: skip
+    assert (tmp_path / "c1" / ".certs" / "dask.pem").read_bytes() == b"key"

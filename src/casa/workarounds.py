@@ -48,7 +48,8 @@ WORKAROUNDS: tuple[Workaround, ...] = (
         "dask-gateway-server", "2026.3.0 (and its main branch)",
         "LocalBackend.setup_working_directory does paths.extend(path) for the TLS files, "
         "adding one path per character, so set_file_permissions chowns the wrong paths",
-        "casa.services.gateway.server.FixedLocalBackend.setup_working_directory",
+        "casa.workarounds.owned_working_directory (FixedLocalBackend in "
+        "casa.services.gateway.server)",
         "not reported yet (dask_gateway_server/backends/local.py)",
     ),
     Workaround(
@@ -153,3 +154,29 @@ def quiet_coffea() -> Iterator[None]:
     finally:
         coffea_console.quiet = quiet
         coffea_executor.traceback = tracebacks
+
+
+def owned_working_directory(backend, cluster) -> str:
+    """dask-gateway-server's ``LocalBackend.setup_working_directory``, with its bug fixed.
+
+    The shipped code adds each TLS file with ``paths.extend(path)``, one entry per letter,
+    so ``set_file_permissions`` is handed single characters instead of the two files.
+    """
+    import os
+    import tempfile
+
+    if backend.clusters_directory:
+        workdir = os.path.join(backend.clusters_directory, cluster.name)
+    else:
+        workdir = tempfile.mkdtemp(prefix="dask", suffix=cluster.name)
+    paths = [workdir, backend.get_certs_directory(workdir), backend.get_logs_directory(workdir)]
+    for path in paths:
+        os.makedirs(path, 0o700, exist_ok=True)
+    cert_path, key_path = backend._get_tls_paths(workdir)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    for path, data in [(cert_path, cluster.tls_cert), (key_path, cluster.tls_key)]:
+        with os.fdopen(os.open(path, flags, 0o600), "wb") as f:
+            f.write(data)
+        paths.append(path)
+    backend.set_file_permissions(paths, cluster.username)
+    return workdir

@@ -45,6 +45,7 @@ from traitlets import Integer as IntegerTrait
 
 from casa.services.gateway.dashboards import DashboardAccess
 from casa.services.processes import forget_process, is_recorded, record_process
+from casa.workarounds import owned_working_directory
 
 GIB = 1 << 30
 
@@ -391,25 +392,7 @@ class FixedLocalBackend(
 
     def setup_working_directory(self, cluster):  # pragma: no cover - needs other accounts
         """Create the cluster's folders and TLS files, owned by the cluster's user only."""
-        if self.clusters_directory:
-            workdir = os.path.join(self.clusters_directory, cluster.name)
-        else:
-            import tempfile
-
-            workdir = tempfile.mkdtemp(prefix="dask", suffix=cluster.name)
-        certsdir = self.get_certs_directory(workdir)
-        logsdir = self.get_logs_directory(workdir)
-        paths = [workdir, certsdir, logsdir]
-        for path in paths:
-            os.makedirs(path, 0o700, exist_ok=True)
-        cert_path, key_path = self._get_tls_paths(workdir)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-        for path, data in [(cert_path, cluster.tls_cert), (key_path, cluster.tls_key)]:
-            with os.fdopen(os.open(path, flags, 0o600), "wb") as f:
-                f.write(data)
-            paths.append(path)  # the shipped code does paths.extend(path): one entry per letter
-        self.set_file_permissions(paths, cluster.username)
-        return workdir
+        return owned_working_directory(self, cluster)
 
     def set_file_permissions(self, paths, username):  # pragma: no cover - needs other accounts
         """chown exactly the cluster's own files, refusing anything outside its folder."""
