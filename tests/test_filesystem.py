@@ -1,9 +1,10 @@
-"""Root writing into a user's ``~/.casa`` cannot be turned against the machine.
+"""Root writing into a user's ``~/.casa`` cannot be turned against the machine, and the
+catalog's exports follow every change, each user's to that user only.
 
 The user owns their home, so every name root opens there may be a link the user planted
 (the lab's terminal gives every user a shell). Each test plants one, lets casa write as the
-hub does at spawn (tokens) and as ``casa datasets add`` does (the user's catalog), and
-checks that the root-owned target was neither written, truncated nor given to the user.
+hub does at spawn (the tokens), and checks that the root-owned target was neither written,
+truncated nor given to the user.
 """
 
 from __future__ import annotations
@@ -77,18 +78,20 @@ def test_planted_links_inside_the_folder_are_replaced_not_followed(mallory, vict
     assert (info.st_uid, info.st_mode & 0o777) == (mallory.pw_uid, 0o600)
 
 
-def test_the_users_catalog_export_does_not_follow_a_link(mallory, victim, tmp_path):
-    folder = os.path.join(mallory.pw_dir, ".casa")
-    as_user(mallory, "mkdir", "-m", "700", folder)
-    as_user(mallory, "ln", "-s", str(victim), os.path.join(folder, "catalog.json"))
-    paths = facility_paths(tmp_path / "facility").ensure()
-    catalog = facility_catalog(paths)
+def test_two_facilities_on_one_machine_keep_their_own_users_exports(mallory, tmp_path):
+    """A site's facility and one a user runs for themselves: a change in one leaves the
+    other's exports for the same user alone."""
     url = f"root://127.0.0.1:1/store/user/{mallory.pw_name}~/mine/f.root"
-    catalog.add_files("mine", [FileInfo(url, "Events", 10, 100)])
-    assert catalog.warnings == []
-    assert untouched(victim)
-    export = json.loads(open(os.path.join(folder, "catalog.json")).read())
-    assert list(export) == ["mine"]
+    site = facility_catalog(facility_paths(tmp_path / "site").ensure())
+    site.add_files("sites", [FileInfo(url, "Events", 10, 100)])
+    own = facility_catalog(facility_paths(tmp_path / "own").ensure())
+    own.add_files("owns", [FileInfo(url.replace("mine", "other"), "Events", 1, 1)])
+    paths = facility_paths(tmp_path / "site")
+    export = CatalogExports(paths).user_file(mallory.pw_name)
+    assert list(json.loads(export.read_text())) == ["sites"]
+    info, folder = export.stat(), export.parent.stat()
+    assert (info.st_uid, info.st_mode & 0o777) == (mallory.pw_uid, 0o600)
+    assert (folder.st_uid, folder.st_mode & 0o777) == (0, 0o711), "the user may not plant links"
 
 
 def test_write_file_never_writes_through_a_planted_temporary_name(tmp_path, victim):
@@ -119,7 +122,7 @@ def test_exports_follow_every_change_and_keep_private_datasets_to_their_owner(tm
         )
         catalog.add_files("priv", [FileInfo(mine, "Events", 1, 1)])
         catalog.add_files("theirs", [FileInfo(others, "Events", 1, 1)])
-        own = os.path.join(owner.pw_dir, ".casa", "catalog.json")
+        own = CatalogExports(paths).user_file(owner.pw_name)
         assert sorted(json.loads(public.read_text())) == ["pub"]
         assert oct(os.stat(public).st_mode & 0o777) == "0o644"
         assert sorted(json.loads(open(own).read())) == ["priv", "pub"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from pathlib import Path
 PRIVATE_UMASK = 0o077
 #: Folders other accounts may pass through to a file they know the name of, but not list.
 PASSABLE_FOLDER = 0o711
-#: The folder in each user's home where the hub puts their tokens and catalog.
+#: The folder in each user's home where the hub puts their tokens.
 USER_FOLDER = ".casa"
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -56,6 +57,12 @@ def _write_new(
         os.close(fd)
 
 
+def _temporary_name(name: str) -> str:
+    """A name beside ``name`` nobody can guess (in /tmp, another account could otherwise
+    plant a file or a link there first)."""
+    return f".{name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
+
+
 def write_file(
     path: Path, data: str | bytes, mode: int = 0o600, owner: tuple[int, int] | None = None
 ) -> Path:
@@ -65,8 +72,7 @@ def write_file(
     written through a symbolic link: it is created under a temporary name and renamed.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)  # left by a crash (or planted): removing a link is harmless
+    tmp = path.with_name(_temporary_name(path.name))
     try:
         _write_new(tmp, data.encode() if isinstance(data, str) else data, mode, owner)
         os.replace(tmp, path)
@@ -85,8 +91,7 @@ def create_once(path: Path, data: str | bytes, mode: int = 0o600) -> bool:
     path = Path(path)
     if path.exists():
         return False
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
-    tmp.unlink(missing_ok=True)
+    tmp = path.with_name(_temporary_name(path.name))
     try:
         _write_new(tmp, data.encode() if isinstance(data, str) else data, mode, None)
         os.link(tmp, path)
@@ -129,9 +134,7 @@ class UserFolder:
 
     def write(self, name: str, text: str, mode: int = 0o600) -> Path:
         """Replace the file ``name`` in the folder with ``text``, the user's with ``mode``."""
-        tmp = f".{name}.{os.getpid()}.tmp"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp, dir_fd=self._fd)
+        tmp = _temporary_name(name)
         try:
             _write_new(tmp, text.encode(), mode, self._owner, dir_fd=self._fd)
             os.replace(tmp, name, src_dir_fd=self._fd, dst_dir_fd=self._fd)

@@ -472,6 +472,7 @@ def test_nothing_of_the_facility_is_readable_that_is_not_meant_to_be(
         site.home / "keys" / "issuer.pub.pem": "the issuer's public key",
         site.home / "services" / "issuer" / "issuer.sock": "anyone may ask for their own token",
         site.home / "services" / "hub" / "catalog.json": "the public datasets, for notebooks",
+        site.home / "services" / "hub" / "catalogs" / f"{ATTACKER}.json": "ata's own catalog",
     }
     # PIDs and start times, which ps shows anyone anyway: users' 'casa status' reads them.
     public.update({pid: "a service's PID" for pid in site.home.glob("services/*/*.pid")})

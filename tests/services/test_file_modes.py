@@ -44,8 +44,9 @@ PUBLIC_FILES = {
     "services/issuer/issuer.sock": "anyone may ask for their own token",
     "services/hub/catalog.json": "the public datasets, for notebooks",
 }
-#: Folders any account may pass through (but not list) to reach the files above.
-PASSABLE = {"", "services", "services/gateway/clusters"}
+#: Folders any account may pass through (but not list) to reach the files above, its own
+#: cluster's folder and its own catalog (services/hub/catalogs/NAME.json, NAME's, 0600).
+PASSABLE = {"", "services", "services/gateway/clusters", "services/hub/catalogs"}
 
 #: Tried as each account: the paths it may read (files) or read or enter (folders).
 ACCESS_CHECK = """
@@ -227,7 +228,7 @@ def test_private_datasets_are_listed_for_their_owner_only(used):
     assert set(public) == {"fmpub"}, "the catalog every account reads names a private dataset"
     for name, expected in (("fma", {"fmpub"}), ("fmab", {"fmpub", "fmabs"})):
         account = pwd.getpwnam(name)
-        own = Path(account.pw_dir) / ".casa" / "catalog.json"
+        own = used.home / "services" / "hub" / "catalogs" / f"{name}.json"
         assert set(json.loads(own.read_text())) == expected, name
         info = own.stat()
         assert (info.st_uid, info.st_mode & 0o777) == (account.pw_uid, 0o600), name
@@ -235,7 +236,8 @@ def test_private_datasets_are_listed_for_their_owner_only(used):
 
 def test_service_folders_can_be_passed_but_not_listed(used):
     services = used.home / "services"
-    folders = [used.home, services, *sorted(services.iterdir()), services / "gateway/clusters"]
+    folders = [used.home, services, *sorted(services.iterdir()), services / "gateway/clusters",
+               services / "hub/catalogs"]  # fmt: skip
     listed = json.dumps([str(p) for p in folders if p.is_dir()])
     probe = (
         "import json, os, sys\n"

@@ -148,7 +148,7 @@ def test_datasets_added_while_the_lab_runs_reach_it_at_once(hub):
         assert "LISTED ['demo']" in kernel.execute(listing)["stdout"]
         hub.casa("datasets", "add", "later", hub.data / "events_0001.root", "--store",
                  check=True)  # fmt: skip
-        own = Path(pwd.getpwnam("tcalice").pw_dir) / ".casa" / "catalog.json"
+        own = hub.home / "services" / "hub" / "catalogs" / "tcalice.json"
         assert "later" in json.loads(own.read_text()), "written by the command, not later"
         hub.casa("datasets", "add", "alices", hub.data / "events_0000.root", "--store",
                  "--user", "tcalice", check=True)  # fmt: skip

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from casa.errors import ConfigError, DataError, UsageError
+from casa.filesystem import create_once, write_file
 
 KEY_ID = "casa-1"
 WLCG_VERSION = "1.0"
@@ -55,13 +56,9 @@ def ensure_signing_key(keys_dir: Path) -> Path:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        fd = os.open(private.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-        os.replace(private.with_suffix(".tmp"), private)
+        create_once(private, pem)  # two processes starting at once agree on one key
     if not public.exists():
-        public.write_bytes(public_key_pem(private))
-        os.chmod(public, 0o644)
+        write_file(public, public_key_pem(private), 0o644)
     return private
 
 
@@ -214,12 +211,7 @@ def token_store_path(env: dict | None = None) -> Path:
 def store_token(token: str, path: Path) -> Path:
     """Write ``token`` to ``path`` readable by its owner only (mode 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_file(path, token + "\n", 0o600)  # never through a link planted in /tmp
 
 
 def _read_token_file(path: Path) -> str | None:

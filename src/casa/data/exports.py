@@ -3,9 +3,13 @@
 The database is private (it holds password hashes too), so users' notebooks read exports:
 
 - ``services/hub/catalog.json`` (0644): the public datasets, for everyone;
-- ``~NAME/.casa/catalog.json`` (0600, NAME's): the public datasets and NAME's own private
-  ones (those stored under ``/store/user/NAME~/``). ``casa.datasets()`` reads it
+- ``services/hub/catalogs/NAME.json`` (0600, NAME's): the public datasets and NAME's own
+  private ones (those stored under ``/store/user/NAME~/``). ``casa.datasets()`` reads it
   (``$CASA_CATALOG``).
+
+Both live in the facility's own folders (0711: passable, not listable), not in users'
+homes: a user cannot plant a link where the facility writes, and two facilities on one
+machine (a site's, and one a user runs for themselves) each keep their own users' exports.
 
 :func:`facility_catalog` opens the catalog so that every change (add, remove, import, a
 new cache address) rewrites the exports after it is committed: a dataset reaches running
@@ -25,11 +29,13 @@ from pathlib import Path
 
 from casa.config import FacilityPaths
 from casa.data.catalog import DatasetCatalog
-from casa.filesystem import PASSABLE_FOLDER, USER_FOLDER, UserFolder, write_file
+from casa.filesystem import PASSABLE_FOLDER, write_file
 from casa.names import NAME_END, path_of_url
 
-#: The name of every export, public (under ``services/hub/``) or a user's (``~/.casa/``).
+#: The public export, under ``services/hub/``.
 EXPORT_NAME = "catalog.json"
+#: The folder of the users' exports, under ``services/hub/``.
+USERS_FOLDER = "catalogs"
 
 
 def dataset_owners(entry: dict) -> set[str]:
@@ -53,12 +59,18 @@ class CatalogExports:
     def __init__(self, paths: FacilityPaths):
         self.paths = paths
         self.public_file = paths.services / "hub" / EXPORT_NAME
+        self.users_folder = paths.services / "hub" / USERS_FOLDER
+
+    def user_file(self, user: str) -> Path:
+        """Where ``user``'s export is (what their notebook server's ``$CASA_CATALOG`` names)."""
+        return self.users_folder / f"{user}.json"
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         folder = self.public_file.parent
-        for each in (self.paths.services, folder):  # as 'casa up' makes them
+        for each in (self.paths.services, folder, self.users_folder):  # as 'casa up' makes them
             each.mkdir(mode=PASSABLE_FOLDER, exist_ok=True)
+            each.chmod(PASSABLE_FOLDER)  # servers open the files by name
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -92,28 +104,24 @@ class CatalogExports:
             return self._write_user(catalog.export_fileset(), account)
 
     def _write_public(self, fileset: dict) -> None:
-        self.public_file.parent.chmod(PASSABLE_FOLDER)  # servers open it by its name
         write_file(self.public_file, json.dumps(readable_by(fileset, None), indent=1), 0o644)
 
     def _write_user(self, fileset: dict, account: pwd.struct_passwd) -> Path:
         text = json.dumps(readable_by(fileset, account.pw_name), indent=1) + "\n"
-        with UserFolder(account) as folder:
-            return folder.write(EXPORT_NAME, text)
+        owner = (account.pw_uid, account.pw_gid) if os.geteuid() == 0 else None
+        return write_file(self.user_file(account.pw_name), text, 0o600, owner)
 
     def _users(self, owners: set[str]) -> Iterable[pwd.struct_passwd]:
-        """The accounts with an export already, and the owners of private datasets."""
-        accounts = pwd.getpwall() if os.geteuid() == 0 else [pwd.getpwuid(os.geteuid())]
-        for account in accounts:
-            export = Path(account.pw_dir) / USER_FOLDER / EXPORT_NAME
-            if account.pw_name in owners or _exists(export):
+        """This facility's users with an export already, and the owners of private datasets
+        (those with an account here: without root, the facility's one user)."""
+        names = {p.stem for p in self.users_folder.glob("*.json")} | owners
+        for name in sorted(names):
+            try:
+                account = pwd.getpwnam(name)
+            except KeyError:
+                continue
+            if os.geteuid() == 0 or account.pw_uid == os.geteuid():
                 yield account
-
-
-def _exists(path: Path) -> bool:
-    try:
-        return path.exists()
-    except OSError:
-        return False
 
 
 def facility_catalog(paths: FacilityPaths) -> DatasetCatalog:

@@ -15,7 +15,7 @@ from pathlib import Path
 from casa.config import parse_size, private_database
 from casa.errors import ServiceError
 from casa.facility import Facility
-from casa.filesystem import PASSABLE_FOLDER
+from casa.filesystem import PASSABLE_FOLDER, create_once
 from casa.services.base import Health, Service, get_json
 from casa.services.processes import recorded_session_leaders
 
@@ -288,11 +288,7 @@ def ensure_database_key(keys_dir: Path) -> Path:
     keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = keys_dir / "gateway-db.key"
     if not path.exists():
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
-        os.replace(tmp, path)
+        create_once(path, base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
     return path
 
 

@@ -1,9 +1,10 @@
 """Each user's JupyterLab, run under their own Unix account, with credentials minted at spawn.
 
 Before the server starts, the hub (which may ask the issuer for any user) mints the user's
-data token and gateway token and writes them, with the catalog of the datasets the user may
-read, into ``~/.casa/`` (folder 0700, files 0600, owned by the user; see
-:class:`casa.filesystem.UserFolder` for why a planted link cannot misdirect them). The server's
+data token and gateway token and writes them into ``~/.casa/`` (folder 0700, files 0600,
+owned by the user; see :class:`casa.filesystem.UserFolder` for why a planted link cannot
+misdirect them), and the catalog of the datasets the user may read into the facility's
+``services/hub/catalogs/NAME.json`` (the user's, 0600). The server's
 environment points WLCG discovery, Dask Gateway and ``casa.datasets()`` at them, so
 ``casa.connect()``, ``dask_gateway.Gateway()`` and ``root://`` reads just work. The tokens
 are renewed in place well before they expire, for as long as the server runs; the catalog
@@ -26,7 +27,7 @@ from traitlets import Integer, Unicode
 
 from casa.compute.gateway import GATEWAY_TOKEN_FILE_ENV
 from casa.data.catalog import DatasetCatalog
-from casa.data.exports import EXPORT_NAME, CatalogExports
+from casa.data.exports import CatalogExports
 from casa.facility import Facility, facility_context
 from casa.filesystem import USER_FOLDER, UserFolder
 
@@ -77,8 +78,8 @@ class CasaSpawner(LocalProcessSpawner):
         return written
 
     def _write_catalog(self) -> None:
-        """The public datasets and the user's own, in ``~/.casa``; each catalog change
-        rewrites it while the server runs (:mod:`casa.data.exports`)."""
+        """The public datasets and the user's own, where ``$CASA_CATALOG`` names; each
+        catalog change rewrites it while the server runs (:mod:`casa.data.exports`)."""
         ctx = self._ctx()
         catalog = DatasetCatalog(ctx.paths.database)
         try:
@@ -139,7 +140,7 @@ class CasaSpawner(LocalProcessSpawner):
                 "DASK_GATEWAY__AUTH__TYPE": "casa.compute.gateway.FileTokenAuth",
                 "DASK_LABEXTENSION__FACTORY__MODULE": "dask_gateway",
                 "DASK_LABEXTENSION__FACTORY__CLASS": "GatewayCluster",
-                "CASA_CATALOG": str(folder / EXPORT_NAME),
+                "CASA_CATALOG": str(CatalogExports(ctx.paths).user_file(self.user.name)),
             }
         )
         return env
