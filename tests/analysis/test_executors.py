@@ -102,7 +102,7 @@ def test_unknown_backend_names_the_choices():
 
 def test_the_registry_holds_every_backend_casa_ships():
     """Found through the entry points casa's pyproject.toml declares (a site adds its own)."""
-    assert {"iterative", "futures", "dask", "gateway", "htcondor", "slurm"} <= set(backend_names())
+    assert {"iterative", "futures", "dask", "gateway", "htcondor"} <= set(backend_names())
     local = create_backend("futures", None, Scaling(), worker_memory=3.0)  # not its option
     assert isinstance(local, FuturesBackend) and local.size.workers >= 1
 

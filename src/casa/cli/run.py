@@ -42,8 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=["local", *(n for n in backend_names() if n not in LOCAL)],
         help="local: this machine with --executor; gateway: your Dask Gateway cluster "
         "(its workers run where gateway.backend says: the gateway's host or Slurm jobs); "
-        "htcondor, slurm: workers submitted from here as HTCondor or Slurm jobs ([htcondor], "
-        "[slurm] in casa.toml); others: the backends a site registered",
+        "htcondor: workers submitted from here as HTCondor jobs ([htcondor] in casa.toml); "
+        "others: the backends a site registered",
     )
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="workers (default: the number of cores locally, 2 on the gateway)")  # fmt: skip
