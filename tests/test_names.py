@@ -45,16 +45,18 @@ def test_other_dataset_names_are_refused_in_one_sentence(name):
         check_dataset_name(name)
 
 
-def test_accounts_the_issuer_and_the_catalog_use_the_same_rules(tmp_path):
+def test_accounts_the_issuer_and_the_catalog_refuse_what_cannot_be_theirs(tmp_path):
     accounts = AccountStore(tmp_path / "casa.sqlite")
     catalog = DatasetCatalog(tmp_path / "catalog.sqlite")
     try:
         for name in ("first.last", "Ann", "a" * 33):
             with pytest.raises(UsageError, match="user name .* is not valid"):
                 accounts.add(name, "a long enough password")
-            # The facility's own account may ask for any user's token, but not for these.
+        # The facility's own account may ask for any user's token, but not for names that
+        # cannot be a storage folder (a site's first.last can: OpenID Connect accounts).
+        for name in ("../x", "a/b", "ann~", ".hidden", "ännä"):
             answer = _mint_for_peer(None, None, os.geteuid(), {"user": name})
-            assert set(answer) == {"error"} and "is not valid: use 1-32" in answer["error"]
+            assert set(answer) == {"error"} and "cannot name a folder" in answer["error"], name
         for name in ("-x", "münchen"):
             with pytest.raises(UsageError, match="dataset name .* is not valid"):
                 catalog.add(name, [str(tmp_path)])
@@ -63,3 +65,15 @@ def test_accounts_the_issuer_and_the_catalog_use_the_same_rules(tmp_path):
         assert accounts.list() == [] and catalog.list() == []
     finally:
         catalog.close()
+
+
+def test_the_issuer_mints_for_a_sites_dotted_account(tmp_path):
+    """OpenID Connect logs in a site's own accounts; first.last gets its own area only."""
+    from casa.auth.tokens import TokenIssuer, ensure_signing_key, unverified_claims
+    from casa.config import FacilityConfig
+
+    issuer = TokenIssuer(ensure_signing_key(tmp_path / "keys"), "https://t/casa", "casa")
+    answer = _mint_for_peer(issuer, FacilityConfig(), os.geteuid(), {"user": "first.last"})
+    claims = unverified_claims(answer["token"])
+    assert claims["sub"] == "first.last"
+    assert "storage.read:/store/user/first.last~" in claims["scope"].split()

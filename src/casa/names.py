@@ -41,16 +41,26 @@ def check_user_name(name: str) -> str:
     each user's notebook server and clusters run under it), the ``sub`` of their tokens and
     the folder ``/store/user/NAME~``. The rule is the one valid for all three: what
     ``useradd`` accepts by default (1-32 characters, lower-case letters, digits, '-' and
-    '_', starting with a letter), in ASCII as storage folders are. The issuer once took
-    more for a token's user (any letters, digits, '-', '_' and '.'); the two rules for one
-    kind of name are now this one, the stricter, so an account outside it (``first.last``,
-    ``Ann``) gets no token from the issuer.
+    '_', starting with a letter), in ASCII as storage folders are. The issuer mints for
+    any account whose area can be a storage folder (:func:`check_storage_name`): a site's
+    own accounts, which OpenID Connect logs in, may be spelled ``first.last``.
     """
     if not isinstance(name, str) or not _USER_NAME.fullmatch(name):
         raise UsageError(
             f"user name {name!r} is not valid: use 1-32 lower-case letters, digits, '-' or '_', "
             "starting with a letter"
         )
+    return name
+
+
+def check_facility_name(name: str) -> str:
+    """``name`` if it can name the facility; UsageError in one sentence if not.
+
+    The name is every token's audience (and ``NAME-gateway`` the gateway tokens'), and the
+    last part of the issuer's URL, so it holds letters, digits, '-' and '_' only.
+    """
+    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_" for c in name):
+        raise UsageError(f"facility.name = {name!r} may hold only letters, digits, '-' and '_'")
     return name
 
 

@@ -90,7 +90,12 @@ def job_token_file(token_file: str | os.PathLike | None = None, spill: Path | No
     A token found only in ``$BEARER_TOKEN`` (as in a notebook on Kubernetes) is written,
     readable by its owner only, into the private folder ``spill``, since jobs receive files.
     """
-    from casa.auth.tokens import discover_token, discovery_locations, store_token
+    from casa.auth.tokens import (
+        discover_token,
+        discovery_locations,
+        store_token,
+        token_file_name,
+    )
 
     if token_file is not None:
         path = Path(token_file)
@@ -109,7 +114,7 @@ def job_token_file(token_file: str | os.PathLike | None = None, spill: Path | No
                 "HTCondor workers receive the token as a file, but yours is only in "
                 "$BEARER_TOKEN: store it with 'casa token issue' or set $BEARER_TOKEN_FILE"
             )
-        return store_token(found.token, spill / f"bt_u{os.getuid()}").absolute()
+        return store_token(found.token, spill / token_file_name()).absolute()
     return Path(found.source).absolute()
 
 

@@ -21,7 +21,8 @@ from casa.config.model import (
     FacilityPaths,
     parse_size,
 )
-from casa.errors import ConfigError
+from casa.errors import ConfigError, UsageError
+from casa.names import check_facility_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -151,9 +152,10 @@ def _validate(config: FacilityConfig, errors: list[str]) -> None:
             if not getattr(hub, key):
                 errors.append(f"hub.{key} is needed when hub.auth = 'oidc'")
     _validate_site(config, errors)
-    name = config.facility.name
-    if not name or not all(c.isalnum() or c in "-_" for c in name):
-        errors.append(f"facility.name = {name!r} may hold only letters, digits, '-' and '_'")
+    try:
+        check_facility_name(config.facility.name)
+    except UsageError as e:
+        errors.append(str(e))
 
 
 def _validate_site(config: FacilityConfig, errors: list[str]) -> None:

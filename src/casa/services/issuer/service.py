@@ -32,7 +32,7 @@ from casa.auth.tokens import (
 from casa.config import FacilityConfig, facility_paths, load_config
 from casa.errors import UsageError
 from casa.facility import Facility
-from casa.names import check_user_name, close_scope
+from casa.names import check_storage_name, close_scope
 from casa.services.base import Health, Service, get_json
 from casa.services.issuer.unix_socket import TokenSocketServer
 
@@ -89,7 +89,9 @@ def _mint_for_peer(issuer: TokenIssuer, config: FacilityConfig, uid: int, reques
     if user != caller and not privileged:
         return {"error": f"{caller} may get tokens for {caller} only, not for {user}"}
     try:
-        check_user_name(user)
+        # Any account whose area can be a storage folder: a site's accounts (OpenID Connect
+        # logs in existing ones, such as first.last) need not follow casa user add's rule.
+        check_storage_name(user, "user name")
     except UsageError as e:
         return {"error": str(e)}
     kind = request.get("kind") or "data"
