@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import os
 import pwd
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+import pytest
+
+
+def needs_xrootd_and_root(why: str) -> list:
+    """The marks of a module that starts a facility and Unix accounts of its own: xrootd
+    (never skipped in CI, where the Makefile installs it) and root (to ``why``)."""
+    return [
+        pytest.mark.skipif(
+            shutil.which("xrootd") is None and not os.environ.get("CI"),
+            reason="xrootd is not installed (make install puts it in place with apt)",
+        ),
+        pytest.mark.skipif(os.geteuid() != 0, reason=f"needs root to {why}"),
+    ]
 
 
 def remove_unix_account(name: str) -> None:

@@ -14,7 +14,6 @@ import base64
 import json
 import os
 import posixpath
-import shutil
 import socket
 import subprocess
 import sys
@@ -27,16 +26,10 @@ import pytest
 import requests
 from XRootD import client as xrd
 
-from accounts import remove_unix_account
+from accounts import needs_xrootd_and_root, remove_unix_account
 from casa.generate.generator import generate_dataset
 
-pytestmark = [
-    pytest.mark.skipif(
-        shutil.which("xrootd") is None and not os.environ.get("CI"),
-        reason="xrootd is not installed (make install puts it in place with apt)",
-    ),
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create the attackers' accounts"),
-]
+pytestmark = needs_xrootd_and_root("create the attackers' accounts")
 
 ATTACKER, VICTIM = "ata", "atab"
 SYSTEM_PYTHON = "/usr/bin/python3"

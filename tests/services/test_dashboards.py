@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import shutil
 import subprocess
 
 import aiohttp
@@ -21,18 +19,12 @@ import psutil
 import pytest
 import requests
 
-from accounts import remove_unix_account
+from accounts import needs_xrootd_and_root, remove_unix_account
 from casa.compute.gateway import gateway_client
 from casa.generate.generator import generate_dataset
 from casa.services.gateway.dashboards import SESSION_COOKIE, TICKET_PARAM
 
-pytestmark = [
-    pytest.mark.skipif(
-        shutil.which("xrootd") is None and not os.environ.get("CI"),
-        reason="xrootd is not installed (make install puts it in place with apt)",
-    ),
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create the users' Unix accounts"),
-]
+pytestmark = needs_xrootd_and_root("create the users' Unix accounts")
 
 USERS = {"dsha": False, "dshab": False, "dsadm": True}  # name: facility admin
 PAGES = ["status", "json/identity.json", "info/main/logs.html", "metrics", "workers"]

@@ -20,19 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from accounts import remove_unix_account
+from accounts import needs_xrootd_and_root, remove_unix_account
 from casa.data.catalog import DatasetCatalog
 from casa.generate.generator import generate_dataset
 from casa.services.hub.config import hub_api_token
 from hub_client import HubAdmin
 
-pytestmark = [
-    pytest.mark.skipif(
-        shutil.which("xrootd") is None and not os.environ.get("CI"),
-        reason="xrootd is not installed (make install puts it in place with apt)",
-    ),
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create the users' Unix accounts"),
-]
+pytestmark = needs_xrootd_and_root("create the users' Unix accounts")
 
 #: ``fma`` is a prefix of ``fmab``: a check by name prefix would mix them up.
 USERS = {"fma": "fma-password-1", "fmab": "fmab-password-1"}

@@ -17,19 +17,13 @@ import pytest
 import requests
 import websocket
 
-from accounts import remove_unix_account
+from accounts import needs_xrootd_and_root, remove_unix_account
 from casa.auth.accounts import AccountStore
 from casa.generate.generator import generate_dataset
 from casa.services.hub.config import hub_api_token
 from hub_client import HubAdmin, HubClient, Kernel
 
-pytestmark = [
-    pytest.mark.skipif(
-        shutil.which("xrootd") is None and not os.environ.get("CI"),
-        reason="xrootd is not installed (make install puts it in place with apt)",
-    ),
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create the users' Unix accounts"),
-]
+pytestmark = needs_xrootd_and_root("create the users' Unix accounts")
 
 USERS = {"tcalice": "alice-password", "tcbob": "bob-password"}
 

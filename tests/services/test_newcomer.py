@@ -9,25 +9,15 @@ then sees it too (tests/services/test_hub.py::test_datasets_added_while_the_lab_
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import pwd
-import shutil
 from pathlib import Path
 
-import pytest
-
-from accounts import remove_unix_account
+from accounts import needs_xrootd_and_root, remove_unix_account
 from casa.services.hub.config import hub_api_token
 from hub_client import HubAdmin, HubClient, Kernel
 
-pytestmark = [
-    pytest.mark.skipif(
-        shutil.which("xrootd") is None and not os.environ.get("CI"),
-        reason="xrootd is not installed (make install puts it in place with apt)",
-    ),
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create the user's Unix account"),
-]
+pytestmark = needs_xrootd_and_root("create the user's Unix account")
 
 USER, PASSWORD = "tnnewcomer", "newcomer-password"
 EVENTS = 40_000

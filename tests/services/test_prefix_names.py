@@ -18,17 +18,11 @@ from pathlib import Path
 import pytest
 from XRootD import client
 
-from accounts import remove_unix_account
+from accounts import needs_xrootd_and_root, remove_unix_account
 from casa.data.catalog import DatasetCatalog
 from casa.generate.generator import generate_dataset
 
-pytestmark = [
-    pytest.mark.skipif(
-        shutil.which("xrootd") is None and not os.environ.get("CI"),
-        reason="xrootd is not installed (make install puts it in place with apt)",
-    ),
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create the users' Unix accounts"),
-]
+pytestmark = needs_xrootd_and_root("create the users' Unix accounts")
 
 USERS = ("rela", "relab")
 USER_PYTHON = Path("/opt/casa-user-env/bin/python")
