@@ -51,8 +51,6 @@ if TYPE_CHECKING:
 SECTION = "htcondor"
 #: HTCondor's name for the job's scratch directory, expanded by the job's shell.
 SCRATCH = "$_CONDOR_SCRATCH_DIR"
-#: The environment variable naming the cache workers read ``root://`` through.
-CACHE_URL_ENV = SITE_CACHE_ENV
 
 
 def htcondor_settings(ctx: Facility) -> HTCondorSection:
@@ -221,7 +219,7 @@ def cluster_kwargs(
         "transfer_input_files": transfer,
         "encrypt_input_files": transfer,
         "transfer_output_files": "",  # nothing comes back: results travel through Dask
-        "environment": f'"{quote_environment({CACHE_URL_ENV: cache_url})}"',
+        "environment": f'"{quote_environment({SITE_CACHE_ENV: cache_url})}"',
         "+DaskSchedulerAddress": f'"{contact_address}"',
         "Stream_Output": "False",
         "Stream_Error": "False",
