@@ -11,10 +11,16 @@ from rich.table import Table
 
 from casa.cli.console import console
 from casa.config import facility_paths
-from casa.data.catalog import DEFAULT_TREE, DatasetCatalog
+from casa.data.catalog import DEFAULT_TREE, DatasetCatalog, check_schema_name
 from casa.data.exports import facility_catalog
 from casa.errors import DataError, UsageError
 from casa.facility import facility_context
+
+#: What --schema records.
+SCHEMA_HELP = (
+    "the dataset's default coffea schema for 'casa run' (NanoAODSchema, BaseSchema, ..., "
+    "module:Class or path/to/file.py:Class)"
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add.add_argument("name", help="dataset name")
     add.add_argument("paths", nargs="+", metavar="PATH", help="files, glob patterns or folders")
     add.add_argument("--tree", default=DEFAULT_TREE, help="tree to read (default: Events)")
+    add.add_argument("--schema", metavar="NAME", help=SCHEMA_HELP)
     add.add_argument(
         "--store",
         action="store_true",
@@ -57,6 +64,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     imp = ds.add_parser("import", help="register the datasets of a coffea fileset JSON file")
     imp.add_argument("file", help="fileset JSON ({name: [files]} or {name: {'files': ...}})")
+    imp.add_argument(
+        "--schema",
+        metavar="NAME",
+        help=SCHEMA_HELP + "; for every imported dataset whose entry names no 'schema'",
+    )
     imp.set_defaults(handler=handle_import)
 
     exp = ds.add_parser("export", help="write datasets as a coffea fileset JSON")
@@ -86,13 +98,15 @@ def handle_add(args: argparse.Namespace) -> int:
     catalog = open_catalog(args)
     if (args.public or args.user) and not args.store:
         raise UsageError("--public and --user choose a storage area: use them with --store")
+    args.schema = recorded_schema(args.schema)
     if args.store:
         dataset = _add_stored(args, catalog)
     else:
-        dataset = catalog.add(args.name, args.paths, args.tree)
+        dataset = catalog.add(args.name, args.paths, args.tree, schema=args.schema)
     console.print(
         f"added dataset [bold]{dataset.name}[/]: {len(dataset.files)} file(s), "
         f"{dataset.events:,} events, {dataset.bytes / 1e6:.1f} MB"
+        + (f", schema {dataset.schema}" if dataset.schema else "")
     )
     _report_exports(catalog)
     return 0
@@ -107,11 +121,12 @@ def handle_list(args: argparse.Namespace) -> int:
     if not datasets:
         console.print("no datasets yet: add one with 'casa datasets add NAME PATH...'")
         return 0
-    table = Table("name", "files", "events", "size", "created")
+    table = Table("name", "files", "events", "size", "schema", "created")
     for d in datasets:
         table.add_row(
-            d.name, str(len(d.files)), f"{d.events:,}", _size(d.bytes), d.created.isoformat(" ")
-        )
+            d.name, str(len(d.files)), f"{d.events:,}", _size(d.bytes), d.schema or "-",
+            d.created.isoformat(" "),
+        )  # fmt: skip
     console.print(table)
     return 0
 
@@ -124,11 +139,15 @@ def handle_show(args: argparse.Namespace) -> int:
         return 0
     console.print(
         f"[bold]{d.name}[/]: {len(d.files)} file(s), {d.events:,} events, {_size(d.bytes)}, "
+        f"schema {d.schema or '(none: casa run uses NanoAODSchema)'}, "
         f"created {d.created.isoformat(' ')}"
     )
-    table = Table("url", "tree", "events", "size")
+    if d.metadata:
+        console.print("metadata: " + json.dumps(d.metadata), soft_wrap=True, markup=False)
+    table = Table("url", "tree", "events", "size", "steps")
     for f in d.files:
-        table.add_row(f.url, f.tree, f"{f.events:,}", _size(f.bytes))
+        steps = f"{len(f.steps)}" if f.steps else "-"
+        table.add_row(f.url, f.tree, f"{f.events:,}", _size(f.bytes), steps)
     console.print(table)
     return 0
 
@@ -204,10 +223,14 @@ def handle_import(args: argparse.Namespace) -> int:
     except json.JSONDecodeError as e:
         raise DataError(f"{path} is not valid JSON: {e}") from None
     catalog = open_catalog(args)
-    added = catalog.import_fileset(fileset)
+    added = catalog.import_fileset(fileset, schema=recorded_schema(args.schema))
     for d in added:
+        extras = [f"schema {d.schema}"] if d.schema else []
+        if d.metadata:
+            extras.append(f"metadata {', '.join(d.metadata)}")
         console.print(
             f"imported dataset [bold]{d.name}[/]: {len(d.files)} file(s), {d.events:,} events"
+            + "".join(f", {x}" for x in extras)
         )
     _report_exports(catalog)
     return 0
@@ -226,6 +249,24 @@ def handle_export(args: argparse.Namespace) -> int:
     else:
         print(text, end="")
     return 0
+
+
+def recorded_schema(spec: str | None) -> str | None:
+    """``--schema`` as the catalog records it: checked now, a schema file's path made absolute.
+
+    A dataset's default schema is resolved when a run uses it, from wherever that run
+    starts; a file named relative to this folder would not be found from another.
+    """
+    spec = check_schema_name(spec)
+    if spec is None:
+        return None
+    where, _, name = spec.rpartition(":")
+    if where.endswith(".py"):
+        path = Path(where).expanduser()
+        if not path.is_file():
+            raise UsageError(f"--schema {spec}: schema file {path} does not exist")
+        spec = f"{path.resolve()}:{name}"
+    return spec
 
 
 def _size(n: int) -> str:
@@ -255,7 +296,10 @@ def _add_stored(args: argparse.Namespace, catalog: DatasetCatalog):
     copied = storage.store(args.name, files, user=args.user)
     try:
         return catalog.add_files(
-            args.name, copied, metadata={"area": storage.area(args.name, args.user)}
+            args.name,
+            copied,
+            metadata={"area": storage.area(args.name, args.user)},
+            schema=args.schema,
         )
     except BaseException:
         storage.remove(args.name, args.user)

@@ -1,4 +1,8 @@
-"""Finding ROOT files on disk and reading what the catalog records about each one."""
+"""Finding ROOT files on disk and reading what the catalog records about each one.
+
+Files are inspected where they are: local paths directly, ``root://`` URLs through XRootD
+with the caller's bearer token (:class:`casa.data.sources.TokenXRootDSource`).
+"""
 
 from __future__ import annotations
 
@@ -14,12 +18,19 @@ ROOT_MAGIC = b"root"
 
 @dataclass(frozen=True)
 class FileInfo:
-    """One file of a dataset: where it is, which tree to read, how many events and bytes."""
+    """One file of a dataset: where it is, which tree to read, how many events and bytes.
+
+    ``uuid`` is the file's own ROOT UUID (as coffea writes it in a preprocessed fileset;
+    None in catalogs made before casa recorded it); ``steps`` are the entry ranges a
+    fileset gave for the file (coffea's ``steps``), which runs then follow as their chunks.
+    """
 
     url: str
     tree: str
     events: int
     bytes: int
+    uuid: str | None = None
+    steps: tuple[tuple[int, int], ...] | None = None
 
 
 def sha256_of(path: Path) -> str:
@@ -60,15 +71,22 @@ def expand_paths(paths: list[str]) -> list[Path]:
     return list(unique)
 
 
-def inspect_root_file(path: Path, tree: str) -> FileInfo:
-    """Open ``path``, check it is whole and read the number of entries of ``tree``.
+def inspect_root_file(path: Path | str, tree: str) -> FileInfo:
+    """Open ``path`` (a local file, or a ``root://`` URL), check it and read ``tree``'s entries.
 
     DataError (one sentence naming the file) if it is not a ROOT file, lacks the tree, or is
     truncated or damaged: every basket of the tree, every key and the streamers must lie inside
-    the file. Only metadata is read, never the baskets themselves.
+    the file. Only metadata is read, never the baskets themselves. A ``root://`` URL is read
+    through XRootD with the bearer token WLCG discovery finds.
     """
     import uproot
 
+    from casa.data.sources import is_remote
+
+    if isinstance(path, str) and is_remote(path):
+        return inspect_remote_file(path, tree)
+
+    path = Path(path)
     try:
         with open(path, "rb") as f:
             magic = f.read(4)
@@ -79,22 +97,62 @@ def inspect_root_file(path: Path, tree: str) -> FileInfo:
     size = path.stat().st_size
     try:
         with uproot.open(path) as f:
-            try:
-                obj = f.get(tree)
-            except Exception:
-                check_file_length(f.file, path, size)
-                raise
-            if obj is None or not hasattr(obj, "num_entries"):
-                raise DataError(f"{path} has no tree {tree!r}: {_what_it_holds(f)}")
-            check_baskets_inside(obj, path, size)
-            check_file_length(f.file, path, size)
-            check_keys_and_streamers(f, path, size)
-            events = int(obj.num_entries)
+            events, file_uuid = _check_open_file(f, path, tree, size)
     except DataError:
         raise
     except Exception as e:  # uproot raises many kinds on a damaged file
         raise DataError(f"{path} is not a readable ROOT file: {e}") from None
-    return FileInfo(url=str(path), tree=tree, events=events, bytes=size)
+    return FileInfo(url=str(path), tree=tree, events=events, bytes=size, uuid=file_uuid)
+
+
+def inspect_remote_file(url: str, tree: str) -> FileInfo:
+    """:func:`inspect_root_file` for a ``root://`` URL, read with the caller's token."""
+    import uproot
+
+    from casa.data.sources import (
+        XROOTD_REQUEST_TIMEOUT,
+        TokenXRootDSource,
+        require_token,
+        scrub,
+    )
+
+    require_token([url])
+    try:
+        opened = uproot.open(url, handler=TokenXRootDSource, timeout=XROOTD_REQUEST_TIMEOUT)
+    except DataError:
+        raise
+    except Exception as e:
+        reason = scrub(str(e)).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "not a ROOT file" in reason:
+            raise DataError(f"{url} is not a ROOT file ({reason})") from None
+        raise DataError(
+            f"{url} cannot be opened through XRootD ({reason}): check the URL, that its "
+            "server is up, and that your token may read it ('casa token show')"
+        ) from None
+    try:
+        with opened as f:
+            size = f.file.source.num_bytes
+            events, file_uuid = _check_open_file(f, url, tree, size)
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"{url} is not a readable ROOT file: {scrub(str(e))}") from None
+    return FileInfo(url=url, tree=tree, events=events, bytes=size, uuid=file_uuid)
+
+
+def _check_open_file(f, where: Path | str, tree: str, size: int) -> tuple[int, str]:
+    """The entries of ``tree`` in the open file ``f`` and the file's UUID, after its checks."""
+    try:
+        obj = f.get(tree)
+    except Exception:
+        check_file_length(f.file, where, size)
+        raise
+    if obj is None or not hasattr(obj, "num_entries"):
+        raise DataError(f"{where} has no tree {tree!r}: {_what_it_holds(f)}")
+    check_baskets_inside(obj, where, size)
+    check_file_length(f.file, where, size)
+    check_keys_and_streamers(f, where, size)
+    return int(obj.num_entries), str(f.file.uuid)
 
 
 def _what_it_holds(f) -> str:
@@ -114,7 +172,7 @@ def _what_it_holds(f) -> str:
     return f"it holds no tree ({'its objects: ' + ', '.join(others) if others else 'it is empty'})"
 
 
-def check_baskets_inside(tree, path: Path, size: int) -> None:
+def check_baskets_inside(tree, path: Path | str, size: int) -> None:
     """DataError naming the first basket of ``tree`` (a TTree) that ends past ``size`` bytes."""
     from uproot.behaviors.TTree import TTree
 
@@ -133,7 +191,7 @@ def check_baskets_inside(tree, path: Path, size: int) -> None:
             )
 
 
-def check_file_length(file, path: Path, size: int) -> None:
+def check_file_length(file, path: Path | str, size: int) -> None:
     """DataError if the ROOT header of ``file`` says it is longer than ``size`` bytes."""
     if file.fEND > size:
         raise DataError(
@@ -142,7 +200,7 @@ def check_file_length(file, path: Path, size: int) -> None:
         )
 
 
-def check_keys_and_streamers(directory, path: Path, size: int) -> None:
+def check_keys_and_streamers(directory, path: Path | str, size: int) -> None:
     """DataError if a key of ``directory`` (recursively) or the streamers lie past ``size``."""
     for name in directory.keys(recursive=True):
         key = directory.key(name)

@@ -10,6 +10,7 @@ file fails, every copy made by that command is removed again.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from collections.abc import Callable
@@ -130,7 +131,7 @@ class FacilityStorage:
                 os.replace(tmp, destination)
                 os.chmod(destination, 0o644)
                 url = f"{self.cache_url.rstrip('/')}/{area}/{name}"
-                copied.append(FileInfo(url, f.tree, f.events, f.bytes))
+                copied.append(dataclasses.replace(f, url=url))
             self._hand_over(target)
         except BaseException:
             shutil.rmtree(target, ignore_errors=True)
