@@ -306,7 +306,8 @@ def restore_user_frames(details: str | None, processor: Any) -> str | None:
     cloudpickle ships code from a user's file by value and names its frames
     ``<dynamic-code>``; the line numbers are still right, so the file can be named again.
     """
-    module = sys.modules.get(type(processor).__module__)
+    # A processor instance answers with its class's module, a callable processor with its own.
+    module = sys.modules.get(getattr(processor, "__module__", None) or type(processor).__module__)
     path = getattr(module, "__file__", None)
     if not details or not path:
         return details

@@ -203,6 +203,7 @@ def run_analysis(
     skip_bad_files: bool = False,
     column_cache: bool = True,
     tree_cache: bool = True,
+    schema: type | str | None = None,
 ) -> RunResult:
     """Run ``processor`` over ``files`` on ``backend`` (opened here, closed after).
 
@@ -218,10 +219,14 @@ def run_analysis(
     ``RunResult.skipped`` instead of ending the run.
     ``column_cache`` and ``tree_cache`` allow the backend to keep columns and trees on its
     workers between chunks and runs (:meth:`casa.compute.base.OpenBackend.for_run`).
+    ``schema`` is the NanoEvents schema the trees are read with: a class or a name
+    :func:`casa.analysis.schemas.resolve_schema` knows (default NanoAODSchema).
     """
     from coffea import processor as coffea_processor
-    from coffea.nanoevents import NanoAODSchema
 
+    from casa.analysis.schemas import resolve_schema
+
+    schema_class = resolve_schema(schema)
     quiet_schema_warnings()
     if not files:
         raise DataError(f"dataset {dataset!r} holds no files")
@@ -241,7 +246,7 @@ def run_analysis(
         uproot_options = {**uproot_options, **setup.uproot_options}
         runner = coffea_processor.Runner(
             executor=setup.executor,
-            schema=NanoAODSchema,
+            schema=schema_class,
             cachestrategy=setup.cachestrategy,
             chunksize=chunksize,
             savemetrics=True,
