@@ -41,7 +41,12 @@ def connect(workers: int | None = 2, adapt: tuple[int, int] | None = None):
 
 
 def datasets() -> dict:
-    """The facility's datasets as a coffea fileset (name -> files)."""
+    """The facility's datasets you may read, as a coffea fileset with their metadata.
+
+    ``{name: {"files": {url: {"object_path": tree, "num_entries": n, "uuid": u}},
+    "metadata": {...}}}``, as ``casa datasets export`` writes it (a file's ``steps`` when a
+    fileset gave them, ``"schema"`` when the dataset has a default schema).
+    """
     path = os.environ.get("CASA_CATALOG")
     if not path:
         raise RuntimeError("CASA_CATALOG is not set: this is not a notebook started by casa's hub")
@@ -50,12 +55,16 @@ def datasets() -> dict:
 
 
 def fileset(name: str) -> dict:
-    """One dataset as a coffea fileset ``{name: {"files": {url: tree}}}``."""
+    """One dataset as a coffea fileset with its metadata: ``{name: datasets()[name]}``.
+
+    It is what coffea's ``preprocess`` and ``apply_to_fileset`` take; give coffea's
+    ``Runner`` ``treename=`` with it (its files map each URL to an object, not a tree name).
+    """
     all_sets = datasets()
     if name not in all_sets:
         raise KeyError(f"no dataset {name!r}; there are: {', '.join(all_sets) or 'none'}")
-    files = {url: spec["object_path"] for url, spec in all_sets[name]["files"].items()}
-    return {name: {"files": files}}
+    entry = all_sets[name]
+    return {name: {**entry, "metadata": entry.get("metadata") or {}}}
 
 
 def uproot_options() -> dict:

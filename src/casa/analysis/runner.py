@@ -69,29 +69,46 @@ def quiet_schema_warnings() -> None:
     os.environ["PYTHONWARNINGS"] = ",".join(current)
 
 
-def plan_chunks(dataset: str, files: Sequence[FileInfo], chunksize: int) -> list:
-    """Split each file into nearly equal chunks of about ``chunksize`` entries.
+def plan_chunks(
+    dataset: str,
+    files: Sequence[FileInfo],
+    chunksize: int,
+    metadata: Mapping[str, Any] | None = None,
+) -> list:
+    """coffea ``WorkItem`` chunks of ``files``: a file's own ``steps``, else chunks of about
+    ``chunksize`` entries.
 
-    The rule is coffea's own (``round(entries / chunksize)`` chunks per file), so a run
-    from the catalog is chunked exactly as coffea's preprocessing would chunk it.
-    Each chunk carries a name-based UUID of its file's URL (the catalog does not hold the
-    files' own ROOT UUIDs): coffea's worker affinity hashes it with the entry range, and
+    A file imported with coffea's ``steps`` (a preprocessed fileset) is read in exactly
+    those ranges, as coffea's ``apply_to_fileset`` reads it: entries outside them are not
+    read, and ``chunksize`` does not apply to it. Other files are split by coffea's own rule
+    (``round(entries / chunksize)`` nearly equal chunks), so a run from the catalog is
+    chunked exactly as coffea's preprocessing would chunk it.
+    ``metadata`` (the dataset's fileset metadata) travels in every chunk as its
+    ``usermeta``, which coffea merges into ``events.metadata``.
+    Each chunk carries its file's ROOT UUID, or for files catalogued without one a
+    name-based UUID of the URL: coffea's worker affinity hashes it with the entry range, and
     without it equal ranges of different files would all go to one worker.
     """
     from coffea.processor.executor import WorkItem
 
+    from casa.data.catalog import check_metadata
+
     if chunksize < 1:
         raise AnalysisError(f"--chunksize must be at least 1 (got {chunksize})")
+    usermeta = check_metadata(dataset, dict(metadata)) if metadata else None
     items = []
     for f in files:
         if f.events == 0:
             continue
-        n = max(1, round(f.events / chunksize))
-        step = math.ceil(f.events / n)
-        file_id = uuid.uuid5(uuid.NAMESPACE_URL, f.url).bytes
-        for start in range(0, f.events, step):
-            stop = min(start + step, f.events)
-            items.append(WorkItem(dataset, f.url, f.tree, start, stop, file_id))
+        if f.steps is not None:
+            ranges = [(start, stop) for start, stop in f.steps if stop > start]
+        else:
+            n = max(1, round(f.events / chunksize))
+            step = math.ceil(f.events / n)
+            ranges = [(a, min(a + step, f.events)) for a in range(0, f.events, step)]
+        file_id = uuid.UUID(f.uuid).bytes if f.uuid else uuid.uuid5(uuid.NAMESPACE_URL, f.url).bytes
+        for start, stop in ranges:
+            items.append(WorkItem(dataset, f.url, f.tree, start, stop, file_id, usermeta))
     return items
 
 
@@ -195,6 +212,7 @@ def run_analysis(
     backend: ComputeBackend,
     *,
     chunksize: int = DEFAULT_CHUNKSIZE,
+    metadata: Mapping[str, Any] | None = None,
     on_start: Callable[[int, int, str | None], None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     uproot_options: dict | None = None,
@@ -207,10 +225,13 @@ def run_analysis(
 ) -> RunResult:
     """Run ``processor`` over ``files`` on ``backend`` (opened here, closed after).
 
-    Planning (chunks from the catalog's entry counts), running (coffea's Runner on the
-    executor the backend sets up for this run) and collecting (counts per file, chunks
-    repeated or skipped, bytes read); what the workers are is the backend's business.
+    Planning (chunks from the catalog's entry counts and steps, :func:`plan_chunks`),
+    running (coffea's Runner on the executor the backend sets up for this run) and
+    collecting (counts per file, chunks repeated or skipped, bytes read); what the
+    workers are is the backend's business.
 
+    ``metadata`` (the dataset's fileset metadata) reaches the processor in
+    ``events.metadata``.
     ``on_start(chunks, events, dashboard)`` is called once the workers are ready and
     ``on_progress(chunks_done, events_done)`` whenever chunks finish.
     ``explain_refusal(path)`` says in words why the storage refused to serve ``path``;
@@ -231,7 +252,7 @@ def run_analysis(
     if not files:
         raise DataError(f"dataset {dataset!r} holds no files")
     check_files_present(files)
-    chunks = plan_chunks(dataset, files, chunksize)
+    chunks = plan_chunks(dataset, files, chunksize, metadata)
     total_events = sum(len(c) for c in chunks)
     if total_events == 0:
         raise DataError(f"dataset {dataset!r} holds no events: there is nothing to analyse")

@@ -97,9 +97,9 @@ def handle(args: argparse.Namespace) -> int:
     processor = load_processor(args.analysis)
     if args.dataset:
         dataset = facility().catalog().get(args.dataset)
-        name, files = dataset.name, list(dataset.files)
+        name, files, metadata = dataset.name, list(dataset.files), dataset.metadata
     else:
-        name = "files"
+        name, metadata = "files", None
         files = [inspect_root_file(p, args.tree) for p in expand_paths(args.files)]
     explain = servers = None
     if any(f.url.startswith(("root://", "roots://")) for f in files):
@@ -119,6 +119,7 @@ def handle(args: argparse.Namespace) -> int:
             files,
             backend,
             chunksize=DEFAULT_CHUNKSIZE if args.chunksize is None else args.chunksize,
+            metadata=metadata,
             on_start=started,
             on_progress=progress.update,
             explain_refusal=explain,
