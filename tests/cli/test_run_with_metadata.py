@@ -101,3 +101,15 @@ def test_metadata_weights_every_executor_and_steps_choose_the_entries(casa, gen_
         assert result["chunks"] == expected_chunks[name]
         summary = json.loads((out / "summary.json").read_text())
         assert summary["events"] == len(met)
+
+
+def test_import_refuses_metadata_that_is_not_an_object_and_changes_nothing(casa, gen_dir, tmp_path):
+    f0 = str(gen_dir / "events_0000.root")
+    casa("datasets", "add", "kept", f0, check=True)
+    before = casa("datasets", "export", check=True).out
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"fine": [f0], "odd": {"files": [f0], "metadata": [1, 2]}}))
+    refused = casa("datasets", "import", bad)
+    assert refused.code == 4
+    assert "the metadata of dataset 'odd' is a list, not an object" in " ".join(refused.err.split())
+    assert casa("datasets", "export", check=True).out == before
