@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import pwd
+import re
 import sqlite3
 import uuid
 
@@ -180,3 +181,26 @@ def test_notebooks_get_the_datasets_with_their_metadata(tmp_path, files, monkeyp
     assert casa.notebook.datasets() == catalog.export_fileset()
     assert casa.notebook.fileset("ttbar") == {"ttbar": catalog.export_fileset(["ttbar"])["ttbar"]}
     assert casa.notebook.fileset("data")["data"]["metadata"] == {"process": "data", "is_data": True}
+
+
+def test_root_urls_are_inspected_as_urls_and_need_a_token(tmp_path, files, monkeypatch):
+    from casa.data.files import FileInfo
+
+    url = "root://127.0.0.1:1//store/data/sim~/events_0000.root"
+    seen = []
+
+    def inspect(where, tree):
+        seen.append(where)
+        return FileInfo(str(where), tree, 10, 100, None)
+
+    catalog = DatasetCatalog(tmp_path / "c.sqlite")
+    catalog.import_fileset({"remote": {"files": {url: "Events"}, "metadata": META}},
+                           inspect=inspect)  # fmt: skip
+    assert seen == [url] and catalog.get("remote").files[0].url == url
+    before = _state(tmp_path / "c.sqlite")
+    monkeypatch.setenv("BEARER_TOKEN", "")
+    monkeypatch.setenv("BEARER_TOKEN_FILE", str(tmp_path / "no-token"))
+    other = url.replace("sim", "x")
+    with pytest.raises(DataError, match=f"reading {re.escape(other)} needs a bearer token"):
+        catalog.import_fileset({"local": [files[0][0]], "other": [other]})
+    assert _state(tmp_path / "c.sqlite") == before

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,6 +124,7 @@ def inspect_remote_file(url: str, tree: str) -> FileInfo:
         raise
     except Exception as e:
         reason = scrub(str(e)).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = re.sub(r" in file \S+", "", reason)  # the URL starts the sentence already
         if "not a ROOT file" in reason:
             raise DataError(f"{url} is not a ROOT file ({reason})") from None
         raise DataError(
