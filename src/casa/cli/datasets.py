@@ -252,11 +252,14 @@ def handle_export(args: argparse.Namespace) -> int:
 
 
 def recorded_schema(spec: str | None) -> str | None:
-    """``--schema`` as the catalog records it: checked now, a schema file's path made absolute.
+    """``--schema`` as the catalog records it: resolved now (a typo fails here, not in a
+    later run), a schema file's path made absolute.
 
-    A dataset's default schema is resolved when a run uses it, from wherever that run
+    A dataset's default schema is resolved again when a run uses it, from wherever that run
     starts; a file named relative to this folder would not be found from another.
     """
+    from casa.analysis.schemas import resolve_schema
+
     spec = check_schema_name(spec)
     if spec is None:
         return None
@@ -266,6 +269,7 @@ def recorded_schema(spec: str | None) -> str | None:
         if not path.is_file():
             raise UsageError(f"--schema {spec}: schema file {path} does not exist")
         spec = f"{path.resolve()}:{name}"
+    resolve_schema(spec)
     return spec
 
 
