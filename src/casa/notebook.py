@@ -74,17 +74,43 @@ def uproot_options() -> dict:
     return {"handler": TokenXRootDSource}
 
 
-def run(analysis: str | Any, dataset: str, client, chunksize: int = 200_000):
-    """Run a built-in analysis (or a processor instance) on a dataset with coffea, on ``client``."""
+def run(
+    analysis: str | Any,
+    dataset: str,
+    client,
+    chunksize: int = 200_000,
+    *,
+    schema: str | type | None = None,
+    treename: str | None = None,
+):
+    """Run an analysis on a dataset with coffea's Runner on ``client``; returns coffea's output.
+
+    ``analysis`` is a processor instance (a ``ProcessorABC`` or a function of the events) or
+    a name ``casa run`` takes (a built-in, ``path/to/file.py:NAME``). ``schema`` is a coffea
+    schema class or a name ``casa run --schema`` takes (default: the dataset's, else
+    NanoAODSchema); ``treename`` reads that tree in every file instead of the catalog's.
+    The dataset's metadata reaches the processor in ``events.metadata``.
+    """
     from coffea import processor
-    from coffea.nanoevents import NanoAODSchema
 
     from casa.analysis.registry import load_processor
+    from casa.analysis.schemas import resolve_schema
 
     proc = load_processor(analysis) if isinstance(analysis, str) else analysis
+    entry = fileset(dataset)[dataset]
+    if schema is None:
+        schema = entry.get("schema")
+    # coffea's Runner takes each file's tree name where the export has an object per file.
+    trees = {
+        url: treename or (spec["object_path"] if isinstance(spec, dict) else spec)
+        for url, spec in entry["files"].items()
+    }
     runner = processor.Runner(
         executor=processor.DaskExecutor(client=client, status=False),
-        schema=NanoAODSchema,
+        schema=resolve_schema(schema),
         chunksize=chunksize,
     )
-    return runner(fileset(dataset), proc, treename="Events", uproot_options=uproot_options())
+    remote = any("://" in url for url in trees)
+    options = uproot_options() if remote else {}  # the token handler reads root:// only
+    files = {dataset: {"files": trees, "metadata": entry.get("metadata") or {}}}
+    return runner(files, proc, uproot_options=options)

@@ -104,13 +104,16 @@ def flat_files(tmp_path_factory):
     paths = []
     for i, n in enumerate((1500, 900)):
         path = d / f"flat_{i}.root"
-        with uproot.recreate(path) as f:
-            f[TREE] = {
-                "lep_pt": rng.exponential(40.0, n),
-                "lep_eta": rng.uniform(-2.5, 2.5, n),
-                "weight": rng.uniform(0.2, 1.8, n),
-                "njet": rng.integers(0, 7, n).astype(np.int32),
-            }
+        branches = {
+            "lep_pt": rng.exponential(40.0, n),
+            "lep_eta": rng.uniform(-2.5, 2.5, n),
+            "weight": rng.uniform(0.2, 1.8, n),
+            "njet": rng.integers(0, 7, n).astype(np.int32),
+        }
+        with uproot.recreate(path) as f:  # a TTree, as users' ntuples are (not an RNTuple)
+            f.mktree(TREE, {k: v.dtype for k, v in branches.items()})
+            f[TREE].extend(branches)
+        assert uproot.open(path)[TREE].classname == "TTree"
         paths.append(path)
     return paths
 

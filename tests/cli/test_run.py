@@ -127,7 +127,9 @@ def test_processor_errors_show_the_users_traceback(casa, gen_dir, tmp_path):
     assert "my_analysis.py" in r.err and 'raise ValueError("boom' in r.err
 
     r = casa("run", f"{code}:Missing", "--files", gen_dir, "--out", tmp_path / "o")
-    assert r.code == 5 and "has no class 'Missing'" in r.err and "Broken, MyMuons" in r.err
+    assert (
+        r.code == 5 and "has no class or function 'Missing'" in r.err and "Broken, MyMuons" in r.err
+    )
 
     syntax = tmp_path / "syntax.py"
     syntax.write_text("def broken(:\n")

@@ -12,6 +12,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from casa.analysis.runner import RunResult
 from casa.errors import UsageError
 
@@ -30,6 +32,71 @@ def iter_histograms(output: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
         for key, value in output.items():
             name = f"{prefix}/{key}" if prefix else str(key)
             yield from iter_histograms(value, name)
+
+
+#: hist storages that keep one count per bin, whose sum is the number of entries.
+COUNTING_STORAGES = ("Int64", "AtomicInt64", "Double", "Unlimited")
+#: Storages uproot cannot write as they are (no 64-bit integer TArray): written as doubles.
+INTEGER_STORAGES = ("Int64", "AtomicInt64")
+
+
+def histogram_stats(h: Any) -> dict[str, Any]:
+    """What summary.json and the terminal say of one histogram: its storage, entries
+    (flow bins included), sum of weights, and for one axis the mean and the peak bin.
+
+    Counting storages (Int64, Double, ...) keep one number per bin: its sum is the number
+    of entries (the sum of weights, had a Double histogram been filled with weights), and
+    ``sum_of_weights`` is None. A Weight storage keeps sums of weights and of their squares
+    but no count of fills, so its ``entries`` are the effective entries (sum w)^2 / sum w^2,
+    ROOT's ``GetEffectiveEntries`` (the count itself when all weights are equal), and
+    ``entries_kind`` says ``"effective"``. Mean storage counts its fills; WeightedMean keeps
+    weights as Weight does. ``peak_bin`` is the fullest bin of a one-axis histogram:
+    ``[low, high]`` on a continuous axis, the value itself on an integer or category axis
+    (which has no mean).
+    """
+    storage = h.storage_type.__name__
+    view = h.view(flow=True)
+    sum_w = sum_w2 = None
+    if storage == "Weight":
+        sum_w, sum_w2 = float(view.value.sum()), float(view.variance.sum())
+        in_range = h.view().value
+    elif storage == "WeightedMean":
+        sum_w = float(view.sum_of_weights.sum())
+        sum_w2 = float(view.sum_of_weights_squared.sum())
+        in_range = h.view().sum_of_weights
+    elif storage == "Mean":
+        in_range = h.view().count
+        entries: float = int(view.count.sum())
+    else:
+        in_range = h.values()
+        total = h.values(flow=True).sum()
+        entries = int(total) if storage in INTEGER_STORAGES else float(total)
+    if sum_w is not None:
+        entries = sum_w**2 / sum_w2 if sum_w2 else 0.0
+    stats: dict[str, Any] = {
+        "storage": storage,
+        "axes": h.ndim,
+        "entries": entries,
+        "entries_kind": "counted" if sum_w is None else "effective",
+        "sum_of_weights": sum_w,
+        "sum_of_weights_squared": sum_w2,
+        "mean": None,
+        "peak_bin": None,
+    }
+    in_range = np.asarray(in_range, dtype=float)
+    if h.ndim == 1 and in_range.sum() > 0:
+        axis = h.axes[0]
+        i = int(np.argmax(in_range))
+        if axis.traits.continuous:  # Regular, Variable: the bins' centres
+            stats["mean"] = float(np.average(axis.centers, weights=in_range))
+            stats["peak_bin"] = [float(axis.edges[i]), float(axis.edges[i + 1])]
+        elif not axis.traits.ordered:  # categories: no mean
+            value = axis.value(i)
+            stats["peak_bin"] = value.item() if hasattr(value, "item") else value
+        else:  # Integer, Boolean: the integers themselves
+            stats["mean"] = float(np.average(axis.edges[:-1], weights=in_range))
+            stats["peak_bin"] = int(axis.edges[i])
+    return stats
 
 
 def prepare_out_dir(out: Path) -> Path:
@@ -87,6 +154,7 @@ def _write_all(out: Path, result: RunResult, analysis: str, dataset: str, plots:
 
     histograms = list(iter_histograms(result.output))
     not_in_root = _write_root(out / HISTOGRAMS, histograms)
+    stats = {name: histogram_stats(h) for name, h in histograms}
     (out / RESULT).write_bytes(pickle.dumps(result.output, protocol=pickle.HIGHEST_PROTOCOL))
     pngs = _write_plots(out, histograms, analysis) if plots else []
     summary = {
@@ -107,6 +175,7 @@ def _write_all(out: Path, result: RunResult, analysis: str, dataset: str, plots:
         "dashboard": result.dashboard,
         "versions": {"casa": version("casa"), "coffea": coffea.__version__},
         "histograms": [name for name, _ in histograms],
+        "histogram_stats": stats,
         "histograms_not_in_root_file": not_in_root,
         "plots": [p.name for p in pngs],
         **result.extra,
@@ -115,18 +184,47 @@ def _write_all(out: Path, result: RunResult, analysis: str, dataset: str, plots:
     return summary
 
 
-def _write_root(path: Path, histograms: list[tuple[str, Any]]) -> list[str]:
-    """Write each histogram as a ROOT TH1/TH2/TH3; return those ROOT cannot hold."""
+def _write_root(path: Path, histograms: list[tuple[str, Any]]) -> dict[str, str]:
+    """Write each histogram as a ROOT TH1/TH2/TH3 (TProfile for one-axis Mean storages);
+    return those that cannot be written, each with the reason."""
     import uproot
 
-    skipped = []
+    skipped = {}
     with uproot.recreate(path) as f:
         for name, h in histograms:
-            try:
-                f[name] = h
-            except Exception:  # category axes and other shapes ROOT histograms cannot hold
-                skipped.append(name)
+            reason = _not_writable_because(h)
+            if reason is None:
+                try:
+                    f[name] = _as_writable(h)
+                except Exception as e:  # shapes ROOT histograms cannot hold
+                    reason = f"uproot cannot write it as a ROOT histogram ({e})"
+            if reason is not None:
+                skipped[name] = reason
     return skipped
+
+
+def _not_writable_because(h: Any) -> str | None:
+    """Why ``h`` cannot be a ROOT histogram, known before trying; None if it can be tried."""
+    if not 1 <= h.ndim <= 3:
+        return f"ROOT histograms have 1 to 3 axes and it has {h.ndim}"
+    if h.kind == "MEAN" and h.ndim > 1:
+        return (
+            f"it is a profile ({h.storage_type.__name__} storage) of {h.ndim} axes, and uproot "
+            "writes profiles of one axis only (TProfile)"
+        )
+    return None
+
+
+def _as_writable(h: Any) -> Any:
+    """``h``, or for an integer storage a copy with double storage (ROOT's TH*D): uproot has
+    no 64-bit integer arrays to write, and a double holds every count below 2**53 exactly."""
+    import hist
+
+    if h.storage_type.__name__ not in INTEGER_STORAGES:
+        return h
+    copy = hist.Hist(*h.axes, storage=hist.storage.Double(), name=h.name, label=h.label)
+    copy.view(flow=True)[...] = h.view(flow=True)
+    return copy
 
 
 def _write_plots(out: Path, histograms: list[tuple[str, Any]], analysis: str) -> list[Path]:

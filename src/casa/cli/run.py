@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+from typing import Any
 
-import numpy as np
+from rich.markup import escape
 from rich.table import Table
 
 from casa.cli.console import console, err_console
@@ -24,7 +25,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run a coffea processor chunk by chunk and write histograms.root, "
         "result.pkl, summary.json and a PNG per histogram into --out.",
     )
-    p.add_argument("analysis", help="dimuon, adl1 ... adl8, or path/to/file.py:ClassName")
+    p.add_argument(
+        "analysis",
+        help="dimuon, adl1 ... adl8, or path/to/file.py:NAME (a ProcessorABC subclass, a "
+        "function returning a processor, or a function of the events)",
+    )
+    p.add_argument(
+        "--arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a keyword argument for your processor's class or factory, repeatable; VALUE is "
+        "read as JSON when it is JSON (25, true, [1, 2], '\"text\"'), else as a string",
+    )
+    p.add_argument(
+        "--schema",
+        metavar="NAME",
+        help="the NanoEvents schema: one of coffea's (NanoAODSchema, BaseSchema for flat "
+        "trees, PHYSLITESchema, ...), or your own as module:Class or path/to/file.py:Class "
+        "(default: the dataset's, else NanoAODSchema)",
+    )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", metavar="NAME", help="a dataset from the catalog")
     source.add_argument("--files", nargs="+", metavar="PATH", help="ROOT files, globs or folders")
@@ -72,8 +92,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def handle(args: argparse.Namespace) -> int:
     """Run the analysis and print a short table of its histograms."""
     from casa.analysis.outputs import prepare_out_dir, write_outputs
-    from casa.analysis.registry import load_processor
+    from casa.analysis.registry import load_processor, parse_processor_args
     from casa.analysis.runner import DEFAULT_CHUNKSIZE, run_analysis
+    from casa.analysis.schemas import resolve_schema
     from casa.compute.base import Scaling
     from casa.compute.registry import create_backend
     from casa.data.files import expand_paths, inspect_root_file
@@ -94,13 +115,17 @@ def handle(args: argparse.Namespace) -> int:
     backend = create_backend(
         name, None if name in LOCAL else facility(), size, worker_memory=args.worker_memory
     )
-    processor = load_processor(args.analysis)
+    processor = load_processor(args.analysis, parse_processor_args(args.arg))
+    schema = args.schema
     if args.dataset:
         dataset = facility().catalog().get(args.dataset)
         name, files, metadata = dataset.name, list(dataset.files), dataset.metadata
+        if schema is None:
+            schema = dataset.schema  # recorded by 'casa datasets add/import --schema'
     else:
         name, metadata = "files", None
         files = [inspect_root_file(p, args.tree) for p in expand_paths(args.files)]
+    schema_class = resolve_schema(schema)
     explain = servers = None
     if any(f.url.startswith(("root://", "roots://")) for f in files):
         ctx = facility()
@@ -127,6 +152,7 @@ def handle(args: argparse.Namespace) -> int:
             skip_bad_files=args.skip_bad_files,
             column_cache=not args.no_column_cache,
             tree_cache=not args.no_tree_cache,
+            schema=schema_class,
         )
     summary = write_outputs(args.out, result, args.analysis, name, plots=not args.no_plots)
     print_summary(args.out, summary, result.output)
@@ -152,26 +178,38 @@ def storage_server_names(config) -> dict[str, str]:
     return names
 
 
-def print_summary(out: str, summary: dict, output) -> None:
-    """A table of the histograms (entries, mean, peak) and where the files went."""
-    from casa.analysis.outputs import iter_histograms
-
+def print_summary(out: str, summary: dict, output: Any = None) -> None:
+    """A table of the histograms (storage, entries, sum of weights, mean, peak) from the
+    summary's ``histogram_stats``, and where the files went (``output`` is not needed)."""
     table = Table(title=f"{summary['analysis']} on {summary['dataset']}")
-    for col in ("histogram", "entries", "mean", "peak bin"):
-        table.add_column(col, justify="left" if col == "histogram" else "right")
-    for name, h in iter_histograms(output):
-        values = h.values()
-        entries = float(h.values(flow=True).sum())
-        if h.ndim == 1 and values.sum() > 0:
-            centers = h.axes[0].centers
-            mean = f"{np.average(centers, weights=values):.2f}"
-            i = int(np.argmax(values))
-            edges = h.axes[0].edges
-            peak = f"{edges[i]:g}-{edges[i + 1]:g}"
-        else:
-            mean = peak = "-"
-        table.add_row(name, f"{entries:,.0f}", mean, peak)
+    for col in ("histogram", "storage", "entries", "sum of weights", "mean", "peak bin"):
+        table.add_column(col, justify="left" if col in ("histogram", "storage") else "right")
+    effective = False
+    for name, stats in summary.get("histogram_stats", {}).items():
+        entries = _number(stats["entries"])
+        if stats["entries_kind"] == "effective":
+            entries += "*"
+            effective = True
+        sum_w = "-" if stats["sum_of_weights"] is None else _number(stats["sum_of_weights"])
+        mean = "-" if stats["mean"] is None else f"{stats['mean']:.2f}"
+        peak = stats["peak_bin"]
+        if peak is None:
+            peak = "-"
+        elif isinstance(peak, list):
+            peak = f"{peak[0]:g}-{peak[1]:g}"
+        table.add_row(name, stats["storage"], entries, sum_w, mean, str(peak))
     console.print(table)
+    if effective:
+        console.print(
+            "* effective entries, (sum w)^2 / sum w^2: a Weight histogram keeps no count of "
+            "its fills (with equal weights this is the count)",
+            soft_wrap=True,
+        )
+    for name, reason in summary.get("histograms_not_in_root_file", {}).items():
+        console.print(
+            f"[yellow]{escape(name)} is not in histograms.root: {escape(reason)}[/]",
+            soft_wrap=True,
+        )
     console.print(
         f"{summary['events']:,} events in {summary['wall_seconds']:.2f} s "
         f"({summary['events_per_second'] / 1e6:.2f} M events/s) on {summary['executor']} "
@@ -188,3 +226,8 @@ def print_summary(out: str, summary: dict, output) -> None:
     console.print(f"outputs in {out}: histograms.root, result.pkl, summary.json")
     for png in summary["plots"]:
         console.print(f"  plot: {os.path.join(out, png)}")
+
+
+def _number(value: float) -> str:
+    """``1,234`` for whole numbers, ``1,234.57`` otherwise."""
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.2f}"
