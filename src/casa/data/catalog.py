@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import ForeignKey, String, create_engine, event, inspect, select
+from sqlalchemy import ForeignKey, String, create_engine, event, select
+from sqlalchemy import inspect as inspect_database
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
@@ -515,7 +516,7 @@ def _add_missing_columns(engine) -> None:
     """Give a catalog made by an older casa the columns of :data:`ADDED_COLUMNS` it lacks."""
     with engine.connect() as conn:
         for table, columns in ADDED_COLUMNS.items():
-            have = {c["name"] for c in inspect(conn).get_columns(table)}
+            have = {c["name"] for c in inspect_database(conn).get_columns(table)}
             for name in columns:
                 if name in have:
                     continue
