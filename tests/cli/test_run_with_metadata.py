@@ -1,4 +1,5 @@
-"""Fileset metadata reaches the analysis: ``casa datasets import`` of a coffea fileset with
+"""Fileset metadata reaches the analysis on the local executors (iterative, futures, dask):
+``casa datasets import`` of a coffea fileset with
 ``metadata`` (process, cross-section, generated events) and ``steps``, then ``casa run`` of a
 processor whose weights and bookkeeping come from ``events.metadata``, checked against numpy."""
 
@@ -80,8 +81,8 @@ def test_metadata_weights_every_executor_and_steps_choose_the_entries(casa, gen_
         | {("ttbar", f1, 0, 4_000), ("ttbar", f1, 4_000, 8_000)},
         "wjets": {("wjets", f2, 0, 4_000), ("wjets", f2, 4_000, 8_000)},
     }
-    for name, executor in (("ttbar", "iterative"), ("wjets", "futures")):
-        out = tmp_path / name
+    for name, executor in (("ttbar", "iterative"), ("wjets", "futures"), ("ttbar", "dask")):
+        out = tmp_path / f"{name}-{executor}"
         casa("run", f"{tmp_path / 'weighted.py'}:WeightedMET", "--dataset", name,
              "--executor", executor, "--workers", "2", "--chunksize", "4000", "--out", out,
              "--no-plots", check=True)  # fmt: skip
