@@ -81,16 +81,22 @@ def test_import_of_root_urls_inspects_them_and_the_metadata_reaches_the_run(
         assert f["bytes"] == path.stat().st_size and f["url"].endswith(path.name)
 
     (tmp_path / "weighted.py").write_text(WEIGHTED)
-    out = tmp_path / "out"
-    facility.casa("run", f"{tmp_path / 'weighted.py'}:Weighted", "--dataset", "remote-ttbar",
-                  "--executor", "futures", "--workers", "2", "--out", out, "--no-plots",
-                  env=env, check=True)  # fmt: skip
-    result = pickle.loads((out / "result.pkl").read_bytes())
     met = np.concatenate([uproot.open(p)["Events"]["MET_pt"].array(library="np") for p in local])
     counts, _ = np.histogram(met[met < 200], bins=np.linspace(0, 200, 21))
     weight = METADATA["xsec"] / METADATA["nevts"]
-    assert np.allclose(result["met"].values(), counts * weight, rtol=1e-12, atol=0)
-    assert result["process"] == {"ttbar": len(met)}
+    where = {"futures": ["--executor", "futures", "--workers", "2"],
+             "gateway": ["--cluster", "gateway", "--workers", "1"]}  # fmt: skip
+    try:
+        for name, options in where.items():
+            out = tmp_path / name
+            facility.casa("run", f"{tmp_path / 'weighted.py'}:Weighted", "--dataset",
+                          "remote-ttbar", *options, "--out", out, "--no-plots", env=env,
+                          check=True)  # fmt: skip
+            result = pickle.loads((out / "result.pkl").read_bytes())
+            assert np.allclose(result["met"].values(), counts * weight, rtol=1e-12, atol=0), name
+            assert result["process"] == {"ttbar": len(met)}, name
+    finally:
+        facility.casa("cluster", "stop", "--all")
 
 
 def test_a_remote_file_that_cannot_be_opened_is_named_and_nothing_is_stored(
