@@ -122,6 +122,8 @@ def test_the_export_is_a_fileset_coffea_accepts(tmp_path, files):
          r"its steps overlap at entry 500"),
         (lambda fs: next(iter(fs["ttbar"]["files"].values())).update(steps=[[5, "a"]]),
          r"steps must be a non-empty list of \[start, stop\]"),
+        (lambda fs: fs["data"].update(files=[{"not": "a path"}]),
+         r"the files of dataset 'data' are neither a list of paths nor an object"),
         (lambda fs: fs["data"].update(files={"/nowhere/x.root": "Events"}),
          r"/nowhere/x.root: no such file"),
         (lambda fs: fs["data"].update(files={"https://example.org/x.root": "Events"}),

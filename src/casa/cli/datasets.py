@@ -222,6 +222,9 @@ def handle_import(args: argparse.Namespace) -> int:
         raise DataError(f"fileset file {path} does not exist") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path} is not valid JSON: {e}") from None
+    for entry in fileset.values() if isinstance(fileset, dict) else ():
+        if isinstance(entry, dict) and isinstance(entry.get("schema"), str):
+            entry["schema"] = recorded_schema(entry["schema"])
     catalog = open_catalog(args)
     added = catalog.import_fileset(fileset, schema=recorded_schema(args.schema))
     for d in added:

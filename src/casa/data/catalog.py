@@ -266,7 +266,7 @@ class DatasetCatalog:
                             bytes=f.bytes,
                             uuid=f.uuid,
                             steps_json=None if f.steps is None else json.dumps(f.steps),
-                        )  # fmt: skip
+                        )
                         for i, f in enumerate(files)
                     ]
                     s.add(row)
@@ -391,20 +391,20 @@ def _parse_dataset(
     schema = default_schema
     tree = DEFAULT_TREE
     if isinstance(spec, list):
-        files: object = dict.fromkeys(spec)
+        files: object = spec
     elif isinstance(spec, dict) and "files" in spec:
         files = spec["files"]
         metadata = {} if spec.get("metadata") is None else spec["metadata"]
         if spec.get("schema") is not None:
             schema = check_schema_name(spec["schema"])
         tree = spec.get("treename") or DEFAULT_TREE
-        if isinstance(files, list):
-            files = dict.fromkeys(files)
     else:
         raise DataError(
             f"dataset {name!r} in the fileset has no 'files': expected a list of files or "
             "{'files': {url: tree}}"
         )
+    if isinstance(files, list) and all(isinstance(u, str) for u in files):
+        files = dict.fromkeys(files)
     if not isinstance(files, dict) or not all(isinstance(u, str) for u in files):
         raise DataError(
             f"the files of dataset {name!r} are neither a list of paths nor an object mapping "
