@@ -1,6 +1,8 @@
 """The catalog as notebooks read it: coffea filesets rewritten whenever the catalog changes.
 
-The database is private (it holds password hashes too), so users' notebooks read exports:
+The database is private (it holds password hashes too), so users' notebooks read exports,
+each what ``casa datasets export`` writes (the files, each dataset's metadata, its default
+schema when it has one):
 
 - ``services/hub/catalog.json`` (0644): the public datasets, for everyone;
 - ``services/hub/catalogs/NAME.json`` (0600, NAME's): the public datasets and NAME's own
