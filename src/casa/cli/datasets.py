@@ -137,10 +137,14 @@ def handle_show(args: argparse.Namespace) -> int:
     if args.json:
         console.print_json(json.dumps(d.to_dict()))
         return 0
+    from casa.analysis.schemas import DEFAULT_SCHEMA
+
+    schema = (
+        f"schema {d.schema}" if d.schema else f"no schema of its own (runs use {DEFAULT_SCHEMA})"
+    )
     console.print(
         f"[bold]{d.name}[/]: {len(d.files)} file(s), {d.events:,} events, {_size(d.bytes)}, "
-        f"schema {d.schema or '(none: casa run uses NanoAODSchema)'}, "
-        f"created {d.created.isoformat(' ')}"
+        f"{schema}, created {d.created.isoformat(' ')}"
     )
     if d.metadata:
         console.print("metadata: " + json.dumps(d.metadata), soft_wrap=True, markup=False)
