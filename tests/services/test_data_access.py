@@ -202,3 +202,152 @@ def test_issuer_gives_others_only_their_own_tokens(facility):
     lines = p.stdout.splitlines()
     assert lines[0] == "storage.read:/store/data storage.read:/store/user/nobody~"
     assert lines[1].startswith("REFUSED") and "nobody may get tokens for nobody only" in lines[1]
+
+
+# -- standard tools, holding nothing but the token file (XRootD's ztn protocol) ----------
+
+#: What plain uproot and ROOT report of each file named on the command line: its entries and
+#: how many have two muons, or None. One process reads all files (ROOT takes seconds to import);
+#: uproot and ROOT each in their own (their two XRootD clients crash when in one process).
+UPROOT_COUNTS = """
+import json, sys
+import numpy, uproot
+got = {}
+for url in sys.argv[1:]:
+    try:
+        t = uproot.open(url)["Events"]
+        got[url] = f"{t.num_entries} {int(numpy.sum(t['nMuon'].array(library='np') >= 2))}"
+    except Exception:
+        got[url] = None
+print(json.dumps(got))
+"""
+ROOT_COUNTS = """
+import json, sys
+import ROOT
+got = {}
+for url in sys.argv[1:]:
+    try:
+        f = ROOT.TFile.Open(url)  # kept: the tree is read through it
+    except OSError:  # refused
+        got[url] = None
+        continue
+    t = f.Get("Events")
+    got[url] = f"{t.GetEntries()} {t.GetEntries('nMuon >= 2')}"
+    f.Close()
+print(json.dumps(got))
+"""
+
+
+def _fresh_shell(tmp_path, token: str | None) -> dict[str, str]:
+    """The environment of a new login shell: no casa, at most a token file (0600)."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8"}
+    if token is not None:
+        path = tmp_path / f"bt-{hashlib.sha1(token.encode()).hexdigest()[:8]}"
+        path.write_text(token + "\n")
+        path.chmod(0o600)
+        env["BEARER_TOKEN_FILE"] = str(path)
+    return env
+
+
+def _tools_read(urls: list[str], env: dict[str, str], tmp_path) -> dict[str, str | None]:
+    """What xrdcp, plain uproot and ROOT each got from each URL (``"URL TOOL"``): the file's
+    checksum (xrdcp) or counts, or None."""
+    import subprocess
+    import sys
+
+    got: dict[str, str | None] = {}
+    copy = tmp_path / "copy.root"
+    for url in urls:
+        copy.unlink(missing_ok=True)
+        p = subprocess.run(["xrdcp", "-f", "-s", url, str(copy)], env=env, capture_output=True)
+        ok = p.returncode == 0
+        got[f"{url} xrdcp"] = hashlib.sha256(copy.read_bytes()).hexdigest() if ok else None
+    for tool, code in (("uproot", UPROOT_COUNTS), ("ROOT", ROOT_COUNTS)):
+        p = subprocess.run([sys.executable, "-c", code, *urls], env=env, capture_output=True,
+                           text=True, timeout=120)  # fmt: skip
+        assert p.returncode == 0, p.stderr
+        counts = json.loads(p.stdout.strip().splitlines()[-1])
+        got.update({f"{url} {tool}": value for url, value in counts.items()})
+    return got
+
+
+def _expected(url: str, path) -> dict[str, str]:
+    import uproot
+
+    n_muon = uproot.open(path)["Events"]["nMuon"].array(library="np")
+    counts = f"{len(n_muon)} {int(np.sum(n_muon >= 2))}"
+    return {f"{url} xrdcp": hashlib.sha256(path.read_bytes()).hexdigest(),
+            f"{url} uproot": counts, f"{url} ROOT": counts}  # fmt: skip
+
+
+def _on_origin(facility, url: str) -> str:
+    return url.replace(f":{facility.ports['cache']}/", f":{facility.ports['origin']}/")
+
+
+def test_standard_tools_read_with_only_the_token_file(facility, stored, tmp_path):
+    """xrdcp, uproot and ROOT in a fresh shell that holds only $BEARER_TOKEN_FILE read the
+    facility's data through the cache (a miss, then a hit) and from the origin; they need no
+    casa code, no URL option and no X509_CERT_DIR (casa installed its CA where they look)."""
+    facility.casa("datasets", "add", "plain", stored / "events_0001.root", "--store", check=True)
+    url = _urls(facility, "plain")[0]
+    cached = facility.home / "cache" / "store" / "data" / "plain~" / url.rsplit("/", 1)[1]
+    assert not cached.exists()
+    env = _fresh_shell(tmp_path, facility.token())
+    # The first read is a miss: the cache reads the origin with its own token, the client's
+    # URL having none; xrdcp reads first, uproot and ROOT then read the cache's copy.
+    origin = _on_origin(facility, url)
+    expected = {**_expected(url, stored / "events_0001.root"),
+                **_expected(origin, stored / "events_0001.root")}  # fmt: skip
+    assert _tools_read([url, origin], env, tmp_path) == expected
+    assert cached.exists()
+    own = _urls(facility, "alice-sim")[0]
+    alice = _fresh_shell(tmp_path, facility.token("--user", ALICE))
+    assert _tools_read([own], alice, tmp_path) == _expected(own, stored / "events_0000.root")
+
+
+def test_standard_tools_are_refused_what_the_token_does_not_cover(facility, stored, tmp_path):
+    """No token, an expired one, another user's, one scoped elsewhere, a forged one: every
+    tool is refused, on the cache (with the file already in it) and on the origin."""
+    import time
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    public = _urls(facility, "sim")[0]
+    alices = _urls(facility, "alice-sim")[0]
+    assert _read_all(alices, facility.token("--user", ALICE))[0]  # now in the cache too
+    claims = {"iss": facility.ctx().config.issuer_url, "sub": ALICE, "aud": "casa",
+              "exp": int(time.time()) + 600, "iat": int(time.time()),
+              "scope": f"storage.read:/store/user/{ALICE}~", "wlcg.ver": "1.0"}  # fmt: skip
+    forged = jwt.encode(claims, ec.generate_private_key(ec.SECP256R1()), algorithm="ES256",
+                        headers={"kid": "casa-1"})  # fmt: skip
+    expired = facility.token("--user", ALICE, "--lifetime", "1")
+    attempts = {
+        "no": (None, public),
+        "an expired": (expired, alices),
+        "another user's": (facility.token("--user", "bob"), alices),
+        "a public-data-only": (facility.token("--scope", "storage.read:/store/data"), alices),
+        "a forged": (forged, alices),
+    }
+    time.sleep(1.5)
+    got_through = []
+    for what, (token, url) in attempts.items():
+        got = _tools_read([url, _on_origin(facility, url)], _fresh_shell(tmp_path, token), tmp_path)
+        got_through += [f"{key} with {what} token" for key, value in got.items() if value]
+    assert got_through == []
+
+
+def test_the_caches_own_token_reads_only_and_only_the_daemon_has_it(facility):
+    """The token the cache presents to the origin for ztn clients: read-only, in a file of
+    the XRootD account's alone."""
+    import pwd
+
+    from casa.auth.tokens import unverified_claims
+
+    path = facility.home / "services" / "cache" / "origin.token"
+    info = path.stat()
+    assert info.st_mode & 0o777 == 0o600
+    if os.geteuid() == 0:
+        assert pwd.getpwuid(info.st_uid).pw_name == facility.ctx().config.xrootd.user
+    claims = unverified_claims(path.read_text().strip())
+    assert claims["scope"] == "storage.read:/store" and claims["sub"] == "casa-cache"

@@ -57,6 +57,11 @@ class FacilityPaths:
         return self.home / "keys"
 
     @property
+    def certificates(self) -> Path:
+        """The facility's CA certificate, as a CA folder (``$X509_CERT_DIR``) for clients."""
+        return self.home / "certificates"
+
+    @property
     def storage(self) -> Path:
         """Facility storage, served by the origin as ``/store``."""
         return self.home / "storage"

@@ -2,6 +2,22 @@
 
 Both authorise every request with XRootD's SciTokens plugin against the facility issuer's
 key, which casa preloads into the plugin's key cache (see :mod:`casa.auth.keycache`).
+
+A client presents its token either way XRootD knows:
+
+- by the ``ztn`` security protocol, as every standard client (uproot, coffea, ``xrdcp``,
+  ROOT) does by itself with the token WLCG discovery finds (``$BEARER_TOKEN``,
+  ``$BEARER_TOKEN_FILE``, ``$XDG_RUNTIME_DIR/bt_u<UID>``, ``/tmp/bt_u<UID>``). ``ztn`` needs
+  TLS: each server has a host certificate from the facility's CA
+  (:mod:`casa.auth.certificates`), and logins are over TLS;
+- as ``?authz=Bearer%20<token>`` on the URL (casa's own reader adds it, so that a worker's
+  renewed token applies to a connection opened with an older one). The SciTokens plugin
+  takes the URL's token before the login's.
+
+The cache passes a URL's token on to the origin. A client that logged in with ``ztn`` only
+has none in its URLs: for it the cache reads from the origin with a read-only token of its own
+(:func:`write_cache_origin_token`), after its own SciTokens check has let that client's
+token read the path.
 """
 
 from __future__ import annotations
@@ -15,12 +31,14 @@ import stat
 import struct
 from pathlib import Path
 
+from casa.auth.certificates import GRID_CERTIFICATES, ensure_ca, install_ca, publish_ca
 from casa.auth.keycache import preload_issuer_keys
-from casa.auth.tokens import jwks_from_public_pem
+from casa.auth.tokens import TokenIssuer, jwks_from_public_pem, unverified_claims
 from casa.config import parse_size
 from casa.data.storage import migrate_layout, old_layout_folders
-from casa.errors import ServiceError
+from casa.errors import DataError, ServiceError
 from casa.facility import Facility
+from casa.filesystem import write_file
 from casa.services.base import Health, Service, get_json
 
 INSTALL_HINT = (
@@ -29,6 +47,10 @@ INSTALL_HINT = (
     "(make install does this when run as root)"
 )
 SCITOKENS_PLUGIN = "libXrdAccSciTokens.so"
+ZTN_PLUGIN = "libXrdSecztn"
+#: Who the cache's own token names, and how long it lasts (the issuer renews it).
+CACHE_SUBJECT = "casa-cache"
+CACHE_TOKEN_LIFETIME = 7 * 24 * 3600
 
 
 def _plugin_installed(name: str) -> bool:
@@ -78,6 +100,11 @@ class XRootDService(Service):
             raise ServiceError(
                 f"cannot start '{self.name}': XRootD's SciTokens plugin is missing; {INSTALL_HINT}"
             )
+        if not _plugin_installed(ZTN_PLUGIN):
+            raise ServiceError(
+                f"cannot start '{self.name}': XRootD's ztn security plugin (libXrdSecztn, by "
+                f"which clients present their tokens) is missing; {INSTALL_HINT}"
+            )
         if ctx.as_root:
             try:
                 account = ctx.daemon_account()
@@ -121,8 +148,12 @@ class XRootDService(Service):
         return cmd
 
     def environment(self, ctx: Facility) -> dict[str, str]:
-        """The SciTokens plugin reads its key cache from $XDG_CACHE_HOME."""
-        return {"XDG_CACHE_HOME": str(self._xdg_cache(ctx))}
+        """The SciTokens plugin reads its key cache from $XDG_CACHE_HOME; the server's own
+        XRootD client (the cache's, towards the origin) verifies servers with the CA folder."""
+        return {
+            "XDG_CACHE_HOME": str(self._xdg_cache(ctx)),
+            "X509_CERT_DIR": str(ca_folder(ctx)),
+        }
 
     def config_file(self, ctx: Facility) -> Path:
         """The generated ``xrootd`` configuration."""
@@ -139,6 +170,37 @@ class XRootDService(Service):
         directory = ctx.service_dir(self.name)
         return [self.config_file(ctx), self._token_config(ctx), directory / "authdb"]
 
+    def _host_certificate(self, ctx: Facility) -> tuple[Path, Path]:
+        return ctx.service_dir(self.name) / "hostcert.pem", ctx.service_dir(
+            self.name
+        ) / "hostkey.pem"
+
+    def certificate_names(self, ctx: Facility) -> list[str]:
+        """What the host certificate is valid for: every address clients may use for it."""
+        names = [*self.hosts(ctx), ctx.config.facility.host, "localhost", "127.0.0.1",
+                 # casa bench moves loopback URLs to 127.0.0.2 for ROOT (casa.bench.rdf)
+                 "127.0.0.2", "::1", socket.gethostname()]  # fmt: skip
+        return list(dict.fromkeys(names))
+
+    def _security(self, ctx: Facility) -> str:
+        """Configuration lines for TLS and the ``ztn`` protocol (see the module's docstring)."""
+        cert, key = self._host_certificate(ctx)
+        account = ctx.daemon_account()
+        owner = (account.pw_uid, account.pw_gid) if account else None
+        ca = ensure_ca(ctx.paths.keys, ctx.config.facility.name)
+        publish_ca(ca, ctx.paths.certificates)
+        if ctx.as_root:
+            install_ca(ctx.paths.certificates)
+        ca.issue(self.certificate_names(ctx), cert, key, owner)
+        return (
+            f"xrd.tls {cert} {key}\n"
+            f"xrd.tlsca certdir {ca_folder(ctx)}\n"
+            "xrootd.seclib libXrdSec.so\n"
+            "sec.protocol ztn\n"
+            "sec.protocol unix\n"
+            "sec.protbind * ztn unix\n"
+        )
+
     def _authorization(self, ctx: Facility) -> str:
         """Configuration lines that make every request need a valid facility token."""
         authdb = ctx.service_dir(self.name) / "authdb"
@@ -154,7 +216,7 @@ class XRootDService(Service):
         return (
             "ofs.authorize 1\n"
             f"ofs.authlib {SCITOKENS_PLUGIN} config={self._token_config(ctx)}\n"
-            f"acc.authdb {authdb}\n"
+            f"acc.authdb {authdb}\n" + self._security(ctx)
         )
 
     def _prepare_common(self, ctx: Facility) -> None:
@@ -234,8 +296,13 @@ class CacheService(XRootDService):
     ORIGIN_CLIENT_ENV = {"XRD_CONNECTIONWINDOW": "3", "XRD_CONNECTIONRETRY": "2"}
 
     def environment(self, ctx: Facility) -> dict[str, str]:
-        """The key cache location, and short retries towards the origin."""
-        return {**super().environment(ctx), **self.ORIGIN_CLIENT_ENV}
+        """The key cache location, short retries towards the origin, and the cache's own
+        token for reads that came without one in the URL."""
+        env = {**super().environment(ctx), **self.ORIGIN_CLIENT_ENV}
+        token = cache_origin_token_file(ctx)
+        if token.exists():
+            env["BEARER_TOKEN_FILE"] = str(token)
+        return env
 
     def port(self, ctx: Facility) -> int:
         """``cache.port``."""
@@ -246,8 +313,12 @@ class CacheService(XRootDService):
         return ctx.config.cache_hosts()
 
     def prepare(self, ctx: Facility) -> None:
-        """The cache's disk space, the token configuration and the xrootd configuration."""
+        """The cache's disk space, its token, the token configuration and the xrootd
+        configuration."""
         self._prepare_common(ctx)
+        issuer_key = ctx.paths.keys / "issuer.pem"
+        if issuer_key.exists():
+            write_cache_origin_token(ctx, _issuer(ctx, issuer_key))
         disk = ctx.paths.cache_disk
         disk.mkdir(parents=True, exist_ok=True)
         for stale in old_layout_folders(disk):  # copies of files storage now names otherwise
@@ -272,6 +343,49 @@ class CacheService(XRootDService):
             f"pfc.prefetch {c.prefetch}\n" + self._authorization(ctx)
         )
         self._let_daemon_read(ctx, *self._generated_files(ctx))
+
+
+def ca_folder(ctx: Facility) -> Path:
+    """The CA folder the servers and their own clients use: the system's, where casa installs
+    the facility's CA when it runs as root (so every account's clients find it), else the
+    facility's own (``$X509_CERT_DIR`` for its clients)."""
+    return GRID_CERTIFICATES if ctx.as_root else ctx.paths.certificates
+
+
+def cache_origin_token_file(ctx: Facility) -> Path:
+    """The cache's own token, which its XRootD client presents to the origin."""
+    return ctx.service_dir(CacheService.name) / "origin.token"
+
+
+def _issuer(ctx: Facility, key: Path) -> TokenIssuer:
+    return TokenIssuer(key, ctx.config.issuer_url, ctx.config.facility.name)
+
+
+def write_cache_origin_token(ctx: Facility, issuer: TokenIssuer) -> Path:
+    """Mint the cache's token (read-only, all of ``/store``) into :func:`cache_origin_token_file`.
+
+    Only the daemon's account reads it. The cache presents it to the origin when a client's
+    URL carries no token (the client logged in with ``ztn``), and only after the cache's own
+    SciTokens check let that client read the path: it never widens what a client may read.
+    """
+    path = cache_origin_token_file(ctx)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    account = ctx.daemon_account()
+    token = issuer.mint(CACHE_SUBJECT, ["storage.read:/store"], CACHE_TOKEN_LIFETIME)
+    owner = (account.pw_uid, account.pw_gid) if account else None
+    write_file(path, token + "\n", mode=0o600, owner=owner)
+    return path
+
+
+def cache_origin_token_due(ctx: Facility) -> bool:
+    """Whether the cache's token is missing or past a third of its lifetime."""
+    import time
+
+    try:
+        claims = unverified_claims(cache_origin_token_file(ctx).read_text().strip())
+    except (OSError, DataError):
+        return True
+    return time.time() > claims.get("iat", 0) + CACHE_TOKEN_LIFETIME / 3
 
 
 def _migrate_storage_layout(ctx: Facility) -> None:

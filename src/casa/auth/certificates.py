@@ -1,0 +1,196 @@
+"""The facility's TLS certificates for its XRootD servers, and where clients find its CA.
+
+XRootD's ``ztn`` protocol, by which every standard client (uproot, coffea, ``xrdcp``, ROOT)
+presents the WLCG bearer token it finds itself, requires TLS: the origin and the cache each
+hold a host certificate, signed by a CA of the facility's own (:func:`ensure_ca`), and clients
+must trust that CA. They look for CAs in ``$X509_CERT_DIR``, else in
+``/etc/grid-security/certificates`` (:data:`GRID_CERTIFICATES`), where each CA is a file
+named after OpenSSL's hash of its subject (``HASH.0``). :func:`install_ca` puts the
+facility's CA into such a folder, as a link to the facility's copy.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import secrets
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from casa.errors import ServiceError
+from casa.filesystem import create_once, write_file
+
+#: Where XRootD's and OpenSSL's clients look for CA certificates when ``$X509_CERT_DIR`` is unset.
+GRID_CERTIFICATES = Path("/etc/grid-security/certificates")
+#: The facility's CA certificate inside a certificates folder of casa's (linked to from others).
+CA_FILE = "casa-ca.pem"
+CA_DAYS = 3650
+HOST_DAYS = 365
+
+
+@dataclass(frozen=True)
+class FacilityCA:
+    """The facility's CA: its key (private, 0600) and its certificate (public)."""
+
+    key: Path
+    cert: Path
+
+    def issue(self, names: list[str], cert: Path, key: Path, owner: tuple[int, int] | None) -> None:
+        """A host certificate for ``names`` (host names and IP addresses), its key mode 0600
+        owned by ``owner`` (the daemon's account) and its certificate 0644."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+        ca_key = serialization.load_pem_private_key(self.key.read_bytes(), password=None)
+        ca_cert = x509.load_pem_x509_certificate(self.cert.read_bytes())
+        host_key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        built = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+            .issuer_name(ca_cert.subject)
+            .public_key(host_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=HOST_DAYS))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([_alt_name(n) for n in names]), False)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                False,
+            )  # fmt: skip
+            .sign(ca_key, hashes.SHA256())
+        )
+        key_pem = host_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        write_file(key, key_pem, mode=0o600, owner=owner)
+        write_file(cert, built.public_bytes(serialization.Encoding.PEM), mode=0o644, owner=owner)
+
+
+def ensure_ca(keys_dir: Path, facility_name: str) -> FacilityCA:
+    """The facility's CA, made once in ``keys_dir`` (key 0600).
+
+    Its subject carries a random part, so that the CAs of two facilities on one machine never
+    share a subject hash in a certificates folder.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ca = FacilityCA(keys_dir / "tls-ca.key", keys_dir / "tls-ca.pem")
+    if not ca.key.exists():
+        key = ec.generate_private_key(ec.SECP256R1())
+        create_once(ca.key, key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ))  # fmt: skip
+    if not ca.cert.exists():
+        key = serialization.load_pem_private_key(ca.key.read_bytes(), password=None)
+        name = x509.Name([
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "casa"),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"{facility_name} CA {secrets.token_hex(4)}"),
+        ])  # fmt: skip
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )  # fmt: skip
+            .sign(key, hashes.SHA256())
+        )
+        create_once(ca.cert, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    return ca
+
+
+def publish_ca(ca: FacilityCA, folder: Path) -> Path:
+    """``folder`` as a certificates folder holding the facility's CA (readable by every
+    account: it is what their clients verify the servers with); returns ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o755)
+    copy = folder / CA_FILE
+    if not copy.exists() or copy.read_bytes() != ca.cert.read_bytes():
+        write_file(copy, ca.cert.read_bytes(), mode=0o644)
+    _link_by_hash(copy, folder)
+    return folder
+
+
+def install_ca(published: Path, folder: Path = GRID_CERTIFICATES) -> Path:
+    """Link the facility's CA (``published / CA_FILE``) into a system certificates folder,
+    removing links an earlier facility of casa left dangling there; returns the link."""
+    for made in [*reversed(folder.parents), folder]:
+        if not made.exists():  # every account's clients read it, whatever casa's umask
+            made.mkdir(mode=0o755)
+            os.chmod(made, 0o755)
+    for entry in folder.iterdir():
+        if entry.is_symlink() and not entry.exists() and os.readlink(entry).endswith(CA_FILE):
+            entry.unlink()
+    return _link_by_hash(published / CA_FILE, folder)
+
+
+def _link_by_hash(cert: Path, folder: Path) -> Path:
+    """``folder/HASH.N`` linking to ``cert``, as OpenSSL's ``openssl rehash`` would name it."""
+    digest = subject_hash(cert)
+    for n in range(10):
+        link = folder / f"{digest}.{n}"
+        if link.is_symlink() and Path(os.readlink(link)) == cert:
+            return link
+        if not link.exists() and not link.is_symlink():
+            link.symlink_to(cert)
+            return link
+    raise ServiceError(f"{folder} has ten certificates named {digest}.N already: remove stale ones")
+
+
+def subject_hash(cert: Path) -> str:
+    """OpenSSL's hash of a certificate's subject, by which CA folders name their files."""
+    try:
+        done = subprocess.run(
+            ["openssl", "x509", "-hash", "-noout", "-in", str(cert)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+    except FileNotFoundError:
+        raise ServiceError(
+            "the openssl program is not installed (apt-get install openssl): casa needs it to "
+            "name the facility's CA certificate the way XRootD's clients look it up"
+        ) from None
+    except subprocess.CalledProcessError as e:
+        raise ServiceError(f"openssl cannot read {cert}: {e.stderr.strip()}") from None
+    return done.stdout.strip()
+
+
+def _alt_name(name: str):
+    from cryptography import x509
+
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
