@@ -9,7 +9,9 @@ for the pods:
 
 - state paths are the containers' (``/var/lib/casa``);
 - the token configuration and authdb are read from the ConfigMap (``/etc/casa-xrootd``);
-- the cache reaches the origin through its Service (``casa-origin``), not ``facility.host``.
+- the cache reaches the origin through its Service (``casa-origin``), not ``facility.host``;
+- the host certificate and its key are the Secret ``casa-xrootd-tls`` (``tls.crt``,
+  ``tls.key``; its ``ca.crt`` is the CA the init containers put into the CA folder).
 
 The daemons run as the unprivileged ``xrootd`` account of the image (never as root), so the
 text is the one casa writes when it does not run as root. ``--check`` changes nothing and
@@ -32,6 +34,8 @@ from casa.services.xrootd.service import CacheService, OriginService
 #: Where the pods keep casa's state, and where the ConfigMap is mounted.
 STATE = "/var/lib/casa"
 CONFIGMAP = "/etc/casa-xrootd"
+#: Where the pods mount the Secret casa-xrootd-tls.
+TLS_SECRET = "/etc/casa-xrootd-tls"
 #: The origin's Service, as the cache pod reaches it.
 ORIGIN_SERVICE = "casa-origin"
 FILES = ("origin.cfg", "cache.cfg", "scitokens.cfg", "authdb")
@@ -67,6 +71,8 @@ def render(casa_toml: str) -> dict[str, str]:
             text = service.config_file(ctx).read_text()
             text = text.replace(f"{folder}/scitokens.cfg", f"{CONFIGMAP}/scitokens.cfg")
             text = text.replace(f"{folder}/authdb", f"{CONFIGMAP}/authdb")
+            text = text.replace(f"{folder}/hostcert.pem", f"{TLS_SECRET}/tls.crt")
+            text = text.replace(f"{folder}/hostkey.pem", f"{TLS_SECRET}/tls.key")
             text = text.replace(str(home), STATE)
             if service.name == "cache":
                 here = f"pss.origin {config.facility.host}:{config.origin.port}\n"

@@ -39,7 +39,11 @@ CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole", "Clust
 #: Traefik's resources: their CRDs are a site prerequisite, so no schema is at hand here.
 TRAEFIK_KINDS = {"IngressRoute", "Middleware"}
 #: What the base leaves to each site's overlay (made by secrets/make-secrets.sh).
-SITE_PROVIDED = {("Secret", "casa-issuer-key"), ("ConfigMap", "casa-issuer-public")}
+SITE_PROVIDED = {
+    ("Secret", "casa-issuer-key"),
+    ("ConfigMap", "casa-issuer-public"),
+    ("Secret", "casa-xrootd-tls"),
+}
 
 
 # -- a minimal kustomize ---------------------------------------------------------------------
@@ -172,27 +176,22 @@ def _load_module(path: Path, name: str):
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
-    """deploy/kubernetes copied, with the secrets a site makes (as make-secrets.sh does)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+    """deploy/kubernetes copied, with the secrets a site makes: its provider's OpenID Connect
+    client secret, and what make-secrets.sh (run here) makes of the rest."""
+    import subprocess
 
     copied = tmp_path_factory.mktemp("deploy") / "kubernetes"
     shutil.copytree(KUBERNETES, copied)
     secrets = copied / "overlays" / "example" / "secrets"
-    key = ec.generate_private_key(ec.SECP256R1())
-    (secrets / "issuer.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    (secrets / "issuer.pub.pem").write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
     (secrets / "oidc-client-secret").write_text("client-secret-for-tests\n")
+    made = subprocess.run(["sh", str(secrets / "make-secrets.sh")], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    # The XRootD certificate is the CA's, for the names the pods are reached by.
+    checked = subprocess.run(
+        ["openssl", "verify", "-CAfile", "xrootd-ca.crt", "-verify_hostname", "casa-cache",
+         "xrootd.crt"], cwd=secrets, capture_output=True, text=True,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
     return copied
 
 
@@ -462,8 +461,11 @@ def test_xrootd_pods_match_their_configuration(build):
         assert "preload_issuer_keys" in init["command"][-1]
         text = xrootd_cm[f"{name}.cfg"]
         mounts = {m["mountPath"] for m in daemon["volumeMounts"]}
-        for path in re.findall(r"(?:localroot|adminpath) (\S+)", text):
+        paths = re.findall(r"(?:localroot|adminpath|certdir) (\S+)", text)
+        paths += re.findall(r"xrd\.tls (\S+) (\S+)", text)[0]
+        for path in paths:
             assert any(path == m or path.startswith(m + "/") for m in mounts), path
+        assert env["X509_CERT_DIR"] == re.findall(r"certdir (\S+)", text)[0]
         if name == "cache":
             assert {
                 k: v for k, v in env.items() if k.startswith("XRD_")

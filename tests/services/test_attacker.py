@@ -463,6 +463,7 @@ def test_nothing_of_the_facility_is_readable_that_is_not_meant_to_be(
     public = {
         site.home / "casa.toml": "the configuration: no secrets, every user's casa reads it",
         site.home / "keys" / "issuer.pub.pem": "the issuer's public key",
+        site.home / "certificates": "the facility's CA certificate, which clients verify with",
         site.home / "services" / "issuer" / "issuer.sock": "anyone may ask for their own token",
         site.home / "services" / "hub" / "catalog.json": "the public datasets, for notebooks",
         site.home / "services" / "hub" / "catalogs" / f"{ATTACKER}.json": "ata's own catalog",

@@ -37,6 +37,7 @@ PUBLIC_FILES = {
     "casa.toml": "written by the admin; users' casa commands read it",
     "services/issuer/issuer.sock": "anyone may ask for their own token",
     "services/hub/catalog.json": "the public datasets, for notebooks",
+    "certificates": "the facility's CA folder, which clients verify the XRootD servers with",
 }
 #: Folders any account may pass through (but not list) to reach the files above, its own
 #: cluster's folder and its own catalog (services/hub/catalogs/NAME.json, NAME's, 0600).
@@ -184,6 +185,8 @@ def _allowed(f, path: Path, uid: int) -> bool:
         parts = relative.split("/")
         if relative in PUBLIC_FILES or relative in PASSABLE:
             return True
+        if parts[0] == "certificates":
+            return True  # the CA certificate and its link by hash
         if len(parts) == 2 and parts[0] == "services":
             return True  # services/NAME: passable only (listing is checked apart)
         if len(parts) == 3 and parts[0] == "services" and parts[2] == f"{parts[1]}.pid":

@@ -38,8 +38,8 @@ class FacilityCA:
     cert: Path
 
     def issue(self, names: list[str], cert: Path, key: Path, owner: tuple[int, int] | None) -> None:
-        """A host certificate for ``names`` (host names and IP addresses), its key mode 0600
-        owned by ``owner`` (the daemon's account) and its certificate 0644."""
+        """A host certificate for ``names`` (host names and IP addresses) and its key, both
+        mode 0600 and owned by ``owner`` (the daemon's account)."""
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import ec
@@ -73,7 +73,7 @@ class FacilityCA:
             serialization.NoEncryption(),
         )
         write_file(key, key_pem, mode=0o600, owner=owner)
-        write_file(cert, built.public_bytes(serialization.Encoding.PEM), mode=0o644, owner=owner)
+        write_file(cert, built.public_bytes(serialization.Encoding.PEM), mode=0o600, owner=owner)
 
 
 def ensure_ca(keys_dir: Path, facility_name: str) -> FacilityCA:
@@ -132,14 +132,14 @@ def ensure_ca(keys_dir: Path, facility_name: str) -> FacilityCA:
     return ca
 
 
-def publish_ca(ca: FacilityCA, folder: Path) -> Path:
-    """``folder`` as a certificates folder holding the facility's CA (readable by every
-    account: it is what their clients verify the servers with); returns ``folder``."""
+def publish_ca(ca_cert: Path, folder: Path) -> Path:
+    """``folder`` as a certificates folder holding the facility's CA certificate ``ca_cert``
+    (readable by every account: it is what their clients verify the servers with)."""
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o755)
     copy = folder / CA_FILE
-    if not copy.exists() or copy.read_bytes() != ca.cert.read_bytes():
-        write_file(copy, ca.cert.read_bytes(), mode=0o644)
+    if not copy.exists() or copy.read_bytes() != ca_cert.read_bytes():
+        write_file(copy, ca_cert.read_bytes(), mode=0o644)
     _link_by_hash(copy, folder)
     return folder
 
@@ -155,6 +155,17 @@ def install_ca(published: Path, folder: Path = GRID_CERTIFICATES) -> Path:
         if entry.is_symlink() and not entry.exists() and os.readlink(entry).endswith(CA_FILE):
             entry.unlink()
     return _link_by_hash(published / CA_FILE, folder)
+
+
+def trust_facility_ca(published: Path, env: dict | None = None) -> None:
+    """Make this process's XRootD clients trust the facility's CA (``published``, a folder
+    made by :func:`publish_ca`): ``$X509_CERT_DIR`` is set to it when casa could not install
+    the CA where clients look by default (casa not root) and the caller set no folder."""
+    env = os.environ if env is None else env
+    if env.get("X509_CERT_DIR") or not (published / CA_FILE).exists():
+        return
+    if os.geteuid() != 0:
+        env["X509_CERT_DIR"] = str(published)
 
 
 def _link_by_hash(cert: Path, folder: Path) -> Path:

@@ -143,6 +143,8 @@ class CasaSpawner(LocalProcessSpawner):
                 "CASA_CATALOG": str(CatalogExports(ctx.paths).user_file(self.user.name)),
             }
         )
+        if os.environ.get("X509_CERT_DIR"):  # the facility's CA, when casa is not root
+            env["X509_CERT_DIR"] = os.environ["X509_CERT_DIR"]
         return env
 
     async def start(self):

@@ -158,6 +158,7 @@ def serve(home: str, config_file: str | None) -> None:
         privileged={0, os.geteuid()},
     )
     unix.start()
+    threading.Thread(target=_renew_cache_token, args=(ctx, issuer), daemon=True).start()
     sys.stderr.write(f"issuer {config.issuer_url} ready on port {config.issuer.port}\n")
     sys.stderr.flush()
     import signal
@@ -167,6 +168,31 @@ def serve(home: str, config_file: str | None) -> None:
         http.serve_forever()
     finally:
         unix.stop()
+
+
+#: How often the issuer looks whether the cache's own token is due for renewal.
+CACHE_TOKEN_CHECK_SECONDS = 600
+
+
+def _renew_cache_token(ctx: Facility, issuer: TokenIssuer) -> None:
+    """Keep the token of this host's cache (:func:`casa.services.xrootd.service.
+    write_cache_origin_token`) fresh, for as long as the issuer runs."""
+    import time
+
+    from casa.services.xrootd.service import (
+        CacheService,
+        cache_origin_token_due,
+        write_cache_origin_token,
+    )
+
+    while True:
+        try:
+            if CacheService().runs_here(ctx) and cache_origin_token_due(ctx):
+                write_cache_origin_token(ctx, issuer)
+                sys.stderr.write("issuer: renewed the cache's token\n")
+        except OSError as e:  # a full disk, say: try again at the next check
+            sys.stderr.write(f"issuer: cannot renew the cache's token: {e}\n")
+        time.sleep(CACHE_TOKEN_CHECK_SECONDS)
 
 
 def main() -> None:

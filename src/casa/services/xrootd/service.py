@@ -188,7 +188,7 @@ class XRootDService(Service):
         account = ctx.daemon_account()
         owner = (account.pw_uid, account.pw_gid) if account else None
         ca = ensure_ca(ctx.paths.keys, ctx.config.facility.name)
-        publish_ca(ca, ctx.paths.certificates)
+        publish_ca(ca.cert, ctx.paths.certificates)
         if ctx.as_root:
             install_ca(ctx.paths.certificates)
         ca.issue(self.certificate_names(ctx), cert, key, owner)
