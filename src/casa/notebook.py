@@ -68,10 +68,13 @@ def fileset(name: str) -> dict:
 
 
 def uproot_options() -> dict:
-    """uproot options that read ``root://`` through the cache with your token."""
-    from casa.data.sources import TokenXRootDSource
+    """Nothing any more (``{}``), kept so that notebooks written for older casa still run.
 
-    return {"handler": TokenXRootDSource}
+    uproot, coffea, ``xrdcp`` and ROOT read the facility's ``root://`` URLs by themselves:
+    XRootD's client presents the token it finds by WLCG discovery (the hub sets
+    ``$BEARER_TOKEN_FILE``) through the servers' ``ztn`` protocol.
+    """
+    return {}
 
 
 def run(
@@ -95,6 +98,7 @@ def run(
 
     from casa.analysis.registry import load_processor
     from casa.analysis.schemas import resolve_schema
+    from casa.data.sources import uproot_options_for
 
     proc = load_processor(analysis) if isinstance(analysis, str) else analysis
     entry = fileset(dataset)[dataset]
@@ -110,7 +114,8 @@ def run(
         schema=resolve_schema(schema),
         chunksize=chunksize,
     )
-    remote = any("://" in url for url in trees)
-    options = uproot_options() if remote else {}  # the token handler reads root:// only
+    # casa's own reader, as casa run's: the token in each request's URL, so that workers'
+    # renewed tokens apply to connections opened with older ones.
+    options = uproot_options_for(list(trees))
     files = {dataset: {"files": trees, "metadata": entry.get("metadata") or {}}}
     return runner(files, proc, uproot_options=options)
