@@ -327,3 +327,61 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def _z_candidates(files) -> tuple[int, int, int]:
+    """Independently of coffea (uproot, awkward, numpy): events, opposite-charge muon pairs
+    of mass 60-120 GeV, and events with such a pair and MET below 200 GeV (adl5's filled bins)."""
+    import awkward as ak
+    import numpy as np
+    import uproot
+
+    events = pairs = selected = 0
+    for path in files:
+        t = uproot.open(path)["Events"]
+        mu = t.arrays(["Muon_pt", "Muon_eta", "Muon_phi", "Muon_mass", "Muon_charge", "MET_pt"])
+        p4 = ak.zip({"pt": mu.Muon_pt, "eta": mu.Muon_eta, "phi": mu.Muon_phi,
+                     "m": mu.Muon_mass, "q": mu.Muon_charge})  # fmt: skip
+        a, b = ak.unzip(ak.combinations(p4, 2))
+
+        def parts(v):
+            px, py, pz = v.pt * np.cos(v.phi), v.pt * np.sin(v.phi), v.pt * np.sinh(v.eta)
+            return px, py, pz, np.sqrt(px**2 + py**2 + pz**2 + v.m**2)
+
+        (ax, ay, az, ae), (bx, by, bz, be) = parts(a), parts(b)
+        mass = np.sqrt(np.maximum((ae + be) ** 2 - (ax + bx) ** 2 - (ay + by) ** 2
+                                  - (az + bz) ** 2, 0))  # fmt: skip
+        z_like = (a.q != b.q) & (mass > 60) & (mass < 120)
+        events += len(mu)
+        pairs += int(ak.sum(z_like))
+        selected += int(np.sum(ak.any(z_like, axis=1) & (mu.MET_pt < 200)))
+    return events, pairs, selected
+
+
+def test_example_notebooks_of_each_style_run_in_the_users_kernel(hub):
+    """The examples a user finds in ~/examples, cell by cell in their kernel on their gateway
+    cluster, reading root:// with plain uproot (nothing but what the hub gave them): coffea's
+    Runner (adl_walkthrough), dask mode, and preprocess + apply_to_fileset. Each result
+    equals an uproot + numpy computation over the dataset's files."""
+
+    hub.admin.spawn("tcalice")
+    examples = Path(pwd.getpwnam("tcalice").pw_dir) / "examples"
+    events, pairs, selected = _z_candidates(sorted(hub.data.glob("*.root")))
+    assert pairs > 0 and selected > 0
+    kernel = Kernel(hub.base, "tcalice", hub.admin.user_token("tcalice"))
+    printed = {}
+    try:
+        for name in ("dask_mode", "apply_to_fileset", "adl_walkthrough"):
+            notebook = json.loads((examples / f"{name}.ipynb").read_text())
+            printed[name] = ""
+            for cell in [c for c in notebook["cells"] if c["cell_type"] == "code"]:
+                done = kernel.execute("".join(cell["source"]), timeout=300)
+                assert done["error"] is None, (name, cell["source"], done["error"])
+                printed[name] += done["stdout"]
+    finally:
+        kernel.close()
+    z_line = f"{events} events, {pairs} opposite-charge muon pairs between 60 and 120 GeV"
+    assert z_line in printed["dask_mode"], printed["dask_mode"]
+    assert z_line in printed["apply_to_fileset"], printed["apply_to_fileset"]
+    mine, built_in = map(float, re.findall(r"[\d.]+", printed["adl_walkthrough"])[-2:])
+    assert mine == built_in == selected, printed["adl_walkthrough"]
