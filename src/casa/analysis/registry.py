@@ -257,9 +257,6 @@ def import_user_file(path: Path) -> Any:
         raise AnalysisError(f"{path} cannot be imported as a Python module")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    folder = str(path.resolve().parent)  # importable as under 'python file.py' (issue 15)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
     try:
         spec.loader.exec_module(module)
     except Exception:

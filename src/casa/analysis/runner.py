@@ -261,7 +261,7 @@ def run_analysis(
         uproot_options = uproot_options_for([f.url for f in files])
         if uproot_options and backend.callers_token:
             require_token([f.url for f in files])
-    with backend as opened, quiet_coffea(), opened.shipping(processor):
+    with backend as opened, quiet_coffea():
         setup = opened.for_run(chunks, column_cache=column_cache, tree_cache=tree_cache)
         tracked = TrackedProcessor(processor, opened.channel.reporter(), setup.hooks)
         uproot_options = {**uproot_options, **setup.uproot_options}
