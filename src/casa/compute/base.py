@@ -148,11 +148,6 @@ class OpenBackend:
         """
         return RunSetup(self.executor)
 
-    def shipping(self, processor: Any) -> contextlib.AbstractContextManager:
-        """Around one run: the code of ``processor``'s own folder on the workers. Local
-        workers need nothing (they share this machine and inherit ``sys.path``)."""
-        return contextlib.nullcontext()
-
     def connected(self) -> bool:
         """Whether the workers can still be reached (a lost scheduler ends the run)."""
         return True

@@ -49,15 +49,6 @@ class DaskOpenBackend(OpenBackend):
             setup.hooks = ChunkHooks(forget=forget, kept_bytes=take_thread_bytes)
         return setup
 
-    def shipping(self, processor: Any) -> contextlib.AbstractContextManager:
-        """The analysis's folder on the workers for the run (:mod:`casa.compute.code`)."""
-        from casa.compute.code import shipped_to
-
-        sent = _SENT.get(self.client)
-        if sent is None:
-            sent = _SENT[self.client] = {}
-        return shipped_to(self.client, processor, sent)
-
     def connected(self) -> bool:
         """Whether the client is still connected to its scheduler."""
         return self.client.status == "running"
@@ -128,8 +119,6 @@ def on_dask_client(
     )  # fmt: skip
 
 
-#: The analysis folder (its digest) each connected client's workers hold.
-_SENT: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
 #: The worker plugins each connected client has registered, and whether the caches took.
 _REGISTERED: weakref.WeakKeyDictionary[Any, dict[str, bool]] = weakref.WeakKeyDictionary()
 
