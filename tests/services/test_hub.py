@@ -297,38 +297,6 @@ def test_the_lab_shows_the_users_own_dashboard_only(hub):
         requests.delete(f"{clusters}/{model['id']}", headers=alice, timeout=60)
 
 
-def test_down_after_a_killed_hub_stops_its_proxy(hub):
-    """JupyterHub starts configurable-http-proxy in a session of its own: a hub killed with
-    SIGKILL leaves it running, and casa down must stop it too. (Runs last: it stops the hub.)"""
-    import signal
-
-    proxy_pid = int((hub.home / "services" / "hub" / "proxy.pid").read_text())
-    assert b"configurable-http-proxy" in Path(f"/proc/{proxy_pid}/cmdline").read_bytes()
-    hub_pid = json.loads((hub.home / "services" / "hub" / "hub.pid").read_text())["pid"]
-    os.kill(hub_pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while _alive(hub_pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _alive(hub_pid)
-    assert _alive(proxy_pid), "the proxy went with the hub: nothing to test"
-    down = hub.casa("down")
-    assert down.returncode == 0, down.stderr
-    assert "hub" in down.stdout
-    deadline = time.monotonic() + 10
-    while _alive(proxy_pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _alive(proxy_pid), "casa down left the hub's proxy running"
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie waiting for its parent counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
-
-
 def _z_candidates(files) -> tuple[int, int, int]:
     """Independently of coffea (uproot, awkward, numpy): events, opposite-charge muon pairs
     of mass 60-120 GeV, and events with such a pair and MET below 200 GeV (adl5's filled bins)."""
@@ -385,3 +353,35 @@ def test_example_notebooks_of_each_style_run_in_the_users_kernel(hub):
     assert z_line in printed["apply_to_fileset"], printed["apply_to_fileset"]
     mine, built_in = map(float, re.findall(r"[\d.]+", printed["adl_walkthrough"])[-2:])
     assert mine == built_in == selected, printed["adl_walkthrough"]
+
+
+def test_down_after_a_killed_hub_stops_its_proxy(hub):
+    """JupyterHub starts configurable-http-proxy in a session of its own: a hub killed with
+    SIGKILL leaves it running, and casa down must stop it too. (Runs last: it stops the hub.)"""
+    import signal
+
+    proxy_pid = int((hub.home / "services" / "hub" / "proxy.pid").read_text())
+    assert b"configurable-http-proxy" in Path(f"/proc/{proxy_pid}/cmdline").read_bytes()
+    hub_pid = json.loads((hub.home / "services" / "hub" / "hub.pid").read_text())["pid"]
+    os.kill(hub_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _alive(hub_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(hub_pid)
+    assert _alive(proxy_pid), "the proxy went with the hub: nothing to test"
+    down = hub.casa("down")
+    assert down.returncode == 0, down.stderr
+    assert "hub" in down.stdout
+    deadline = time.monotonic() + 10
+    while _alive(proxy_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(proxy_pid), "casa down left the hub's proxy running"
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for its parent counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")

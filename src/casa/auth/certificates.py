@@ -58,7 +58,7 @@ class FacilityCA:
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=HOST_DAYS))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName([_alt_name(n) for n in names]), False)
+            .add_extension(x509.SubjectAlternativeName(_alt_names(names)), False)
             .add_extension(
                 x509.ExtendedKeyUsage(
                     [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -198,10 +198,17 @@ def subject_hash(cert: Path) -> str:
     return done.stdout.strip()
 
 
-def _alt_name(name: str):
+def _alt_names(names: list[str]) -> list:
+    """Each name as a DNS name, and each address also as an IP address: XRootD's client
+    (5.5) matches the host of a URL without a reverse name, ``root://10.0.0.5``, against the
+    DNS names only."""
     from cryptography import x509
 
-    try:
-        return x509.IPAddress(ipaddress.ip_address(name))
-    except ValueError:
-        return x509.DNSName(name)
+    alt: list = []
+    for name in names:
+        alt.append(x509.DNSName(name))
+        try:
+            alt.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            pass
+    return alt
