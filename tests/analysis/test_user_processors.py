@@ -7,6 +7,10 @@ uproot and numpy alone.
 
 from __future__ import annotations
 
+import pickle
+import subprocess
+import sys
+
 import coffea.nanoevents
 import numpy as np
 import pytest
@@ -193,6 +197,25 @@ def test_a_users_own_schema_from_a_file(user_file, infos, raw):
     assert np.array_equal(out["forward_pt"].values(), expected)
     with pytest.raises(AnalysisError, match="Lepton"):  # without it, there is no such field
         _run(processor, infos, schema="BaseSchema")
+
+
+def test_a_users_schema_travels_to_processes_that_cannot_import_its_file(user_file):
+    """As a process pool or a Dask scheduler and its workers pickle coffea's task."""
+    schema = resolve_schema(f"{user_file}:LeptonSchema")
+    again = pickle.loads(pickle.dumps(schema))  # a scheduler in this process, then a worker
+    assert again is schema
+    worker = (
+        "import pickle, sys\n"
+        "from coffea.nanoevents import BaseSchema\n"
+        "cls = pickle.loads(sys.stdin.buffer.read())\n"
+        "cls = pickle.loads(pickle.dumps(cls))  # passed on from there\n"
+        "print(cls.__name__, issubclass(cls, BaseSchema), cls.__doc__.startswith('A schema of'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", worker], input=pickle.dumps(again), capture_output=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().split() == ["LeptonSchema", "True", "True"]
 
 
 def test_schema_names_come_from_coffea():

@@ -9,6 +9,7 @@ imported as ``casa run`` imports a processor's file, so its code travels to the 
 
 from __future__ import annotations
 
+import copyreg
 import importlib
 import traceback
 from pathlib import Path
@@ -73,15 +74,64 @@ def _import_schema(spec: str) -> object:
                 f"schema file {path} does not exist: give --schema path/to/file.py:Class"
             )
         module = import_user_file(path)
-    else:
-        try:
-            module = importlib.import_module(where)
-        except Exception:
-            raise UsageError(
-                f"schema module {where!r} cannot be imported: check that it is installed or on "
-                "PYTHONPATH, or give its file as path/to/file.py:Class",
-                details=traceback.format_exc(),
-            ) from None
+        if not hasattr(module, name):
+            raise UsageError(f"{where} has no schema class {name!r}")
+        return _shipped_by_value(getattr(module, name))
+    try:
+        module = importlib.import_module(where)
+    except Exception:
+        raise UsageError(
+            f"schema module {where!r} cannot be imported: check that it is installed or on "
+            "PYTHONPATH, or give its file as path/to/file.py:Class",
+            details=traceback.format_exc(),
+        ) from None
     if not hasattr(module, name):
         raise UsageError(f"{where} has no schema class {name!r}")
     return getattr(module, name)
+
+
+class ShippedByValue(type):
+    """Metaclass of a schema from a user's file, so that it travels to workers by value.
+
+    coffea's Runner sends its schema class to the workers inside the task, pickled by
+    reference (the standard pickle of a process pool, and Dask's first choice), and workers
+    cannot import a user's file by the name casa imported it under. A class of this
+    metaclass is pickled (``copyreg``, which pickle consults before it pickles a class by
+    name) as the user's class by value with cloudpickle, and comes back as a class of this
+    metaclass again: a Dask scheduler that unpickles a task and pickles it again for a
+    worker sends it by value too.
+    """
+
+
+#: The class of this metaclass made for each user's schema class, made once per process.
+_SHIPPED: dict[type, type] = {}
+
+
+def _reduce_by_value(cls: type) -> tuple:
+    import cloudpickle
+
+    return _load_by_value, (cloudpickle.dumps(cls.__bases__[0]),)
+
+
+def _load_by_value(blob: bytes) -> type:
+    """The user's schema class unpickled by value, as a class of :class:`ShippedByValue`."""
+    import cloudpickle
+
+    return _shipped_by_value(cloudpickle.loads(blob))
+
+
+copyreg.pickle(ShippedByValue, _reduce_by_value)
+
+
+def _shipped_by_value(cls: object) -> object:
+    """A subclass of ``cls`` (a class of plain metaclass) that pickles as ``cls`` by value."""
+    if not isinstance(cls, type) or type(cls) is not type:
+        return cls  # not a class, or a metaclass of its own: resolve_schema reports or keeps it
+    if cls not in _SHIPPED:
+        namespace = {
+            "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__,
+            "__doc__": cls.__doc__,
+        }
+        _SHIPPED[cls] = ShippedByValue(cls.__name__, (cls,), namespace)
+    return _SHIPPED[cls]
