@@ -98,6 +98,8 @@ def test_the_datasets_schema_is_the_default(casa, flat, tmp_path):
              "--dataset", "flat", "--schema", "NanoAODSchema", "--executor", "iterative",
              "--no-plots", "--out", tmp_path / "nano")  # fmt: skip
     assert r.code == 5 and "missing event ID fields" in r.err
+    assert "the tree lacks NanoAOD's event IDs (run, luminosityBlock, event)" in r.err
+    assert "give --schema BaseSchema for a flat tree" in r.err
 
 
 def test_bad_arguments_and_schemas_are_usage_errors(casa, flat, tmp_path):

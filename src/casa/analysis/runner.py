@@ -33,7 +33,7 @@ from casa.analysis.failures import (
 from casa.compute.base import ChunkHooks, ComputeBackend, OpenBackend, chunk_key
 from casa.data.files import FileInfo
 from casa.data.sources import require_token, uproot_options_for
-from casa.errors import AnalysisError, DataError
+from casa.errors import AnalysisError, CasaError, DataError
 from casa.workarounds import quiet_coffea
 
 #: Entries per chunk. Each chunk pays a fixed cost (opening the file, reading the tree's
@@ -293,7 +293,7 @@ def run_analysis(
                 raise cluster_lost(opened.name, opened.scheduler_address()) from outcome["error"]
             error = analysis_error(outcome["error"], explain_refusal, servers)
             error.details = restore_user_frames(error.details, processor)
-            raise error from outcome["error"]  # the chain is for --debug
+            raise _schema_hint(error, schema_class) from outcome["error"]  # for --debug
 
     wrapped = outcome["out"]
     out = wrapped["out"]
@@ -327,6 +327,23 @@ def run_analysis(
             "tree_cache": setup.tree_cache,
             "kept_bytes": out.get("kept_bytes", 0),
         },
+    )
+
+
+def _schema_hint(error: CasaError, schema: type) -> CasaError:
+    """``error``, or when NanoAODSchema refused a tree without NanoAOD's event IDs (a flat
+    ntuple, say) an error saying which schema to give instead, coffea's text below it."""
+    from coffea.nanoevents import NanoAODSchema
+
+    text = str(error)
+    if not (issubclass(schema, NanoAODSchema) and "missing event ID fields" in text):
+        return error
+    where = text.partition(": ")[0]
+    return type(error)(
+        f"{where}: the tree lacks NanoAOD's event IDs (run, luminosityBlock, event), which "
+        f"{schema.__name__} requires: give --schema BaseSchema for a flat tree, or the schema "
+        "it was written for",
+        details="\n".join(x for x in (text, error.details) if x),
     )
 
 
