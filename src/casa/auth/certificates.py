@@ -30,6 +30,38 @@ CA_DAYS = 3650
 HOST_DAYS = 365
 
 
+def private_key_pem(key) -> bytes:
+    """A private key as unencrypted PKCS#8 PEM (files holding it are 0600)."""
+    from cryptography.hazmat.primitives import serialization
+
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def certificate(subject, public_key, issuer, signing_key, days: int, extensions: list):
+    """An X.509 certificate for ``subject`` signed by ``issuer``'s key, valid from five minutes
+    ago (clocks differ) for ``days``; ``extensions`` are ``(extension, critical)`` pairs."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+    )
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    return builder.sign(signing_key, hashes.SHA256())
+
+
 @dataclass(frozen=True)
 class FacilityCA:
     """The facility's CA: its key (private, 0600) and its certificate (public)."""
@@ -41,38 +73,22 @@ class FacilityCA:
         """A host certificate for ``names`` (host names and IP addresses) and its key, both
         mode 0600 and owned by ``owner`` (the daemon's account)."""
         from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import ec
         from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
         ca_key = serialization.load_pem_private_key(self.key.read_bytes(), password=None)
         ca_cert = x509.load_pem_x509_certificate(self.cert.read_bytes())
         host_key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
-        built = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-            .issuer_name(ca_cert.subject)
-            .public_key(host_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=HOST_DAYS))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName(_alt_names(names)), False)
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                False,
-            )  # fmt: skip
-            .sign(ca_key, hashes.SHA256())
-        )
-        key_pem = host_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        write_file(key, key_pem, mode=0o600, owner=owner)
+        usage = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+        built = certificate(
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]),
+            host_key.public_key(), ca_cert.subject, ca_key, HOST_DAYS,
+            [(x509.BasicConstraints(ca=False, path_length=None), True),
+             (x509.SubjectAlternativeName(_alt_names(names)), False),
+             (x509.ExtendedKeyUsage(usage), False)],
+        )  # fmt: skip
+        write_file(key, private_key_pem(host_key), mode=0o600, owner=owner)
         write_file(cert, built.public_bytes(serialization.Encoding.PEM), mode=0o600, owner=owner)
 
 
@@ -83,51 +99,29 @@ def ensure_ca(keys_dir: Path, facility_name: str) -> FacilityCA:
     share a subject hash in a certificates folder.
     """
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
     keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     ca = FacilityCA(keys_dir / "tls-ca.key", keys_dir / "tls-ca.pem")
     if not ca.key.exists():
-        key = ec.generate_private_key(ec.SECP256R1())
-        create_once(ca.key, key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ))  # fmt: skip
+        create_once(ca.key, private_key_pem(ec.generate_private_key(ec.SECP256R1())))
     if not ca.cert.exists():
         key = serialization.load_pem_private_key(ca.key.read_bytes(), password=None)
         name = x509.Name([
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "casa"),
             x509.NameAttribute(NameOID.COMMON_NAME, f"{facility_name} CA {secrets.token_hex(4)}"),
         ])  # fmt: skip
-        now = datetime.datetime.now(datetime.timezone.utc)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )  # fmt: skip
-            .sign(key, hashes.SHA256())
-        )
+        signs_only = x509.KeyUsage(
+            digital_signature=False, content_commitment=False, key_encipherment=False,
+            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+            encipher_only=False, decipher_only=False,
+        )  # fmt: skip
+        cert = certificate(
+            name, key.public_key(), name, key, CA_DAYS,
+            [(x509.BasicConstraints(ca=True, path_length=0), True), (signs_only, True)],
+        )  # fmt: skip
         create_once(ca.cert, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     return ca
 

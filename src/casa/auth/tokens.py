@@ -42,21 +42,17 @@ def gateway_audience(facility_name: str) -> str:
 
 def ensure_signing_key(keys_dir: Path) -> Path:
     """Create the facility's ES256 key pair once (private key mode 0600); return its path."""
-    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
+
+    from casa.auth.certificates import private_key_pem
 
     keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(keys_dir, 0o700)
     private = keys_dir / "issuer.pem"
     public = keys_dir / "issuer.pub.pem"
     if not private.exists():
-        key = ec.generate_private_key(ec.SECP256R1())
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        create_once(private, pem)  # two processes starting at once agree on one key
+        # Two processes starting at once agree on one key.
+        create_once(private, private_key_pem(ec.generate_private_key(ec.SECP256R1())))
     if not public.exists():
         write_file(public, public_key_pem(private), 0o644)
     return private

@@ -6,7 +6,6 @@ site's files (``[htcondor] tls_*``); the Dask ``Security`` of each side.
 
 from __future__ import annotations
 
-import datetime
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,33 +48,23 @@ class TLSFiles:
 def write_cluster_certificate(directory: Path, days: int = 30) -> TLSFiles:
     """A self-signed certificate (its own CA) and its key, for one cluster; key mode 0600."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
+
+    from casa.auth.certificates import certificate, private_key_pem
 
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "casa-cluster")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("dask-internal")]), False)
-        .sign(key, hashes.SHA256())
-    )
+    cert = certificate(
+        name, key.public_key(), name, key, days,
+        [(x509.BasicConstraints(ca=True, path_length=None), True),
+         (x509.SubjectAlternativeName([x509.DNSName("dask-internal")]), False)],
+    )  # fmt: skip
     files = TLSFiles(directory / "ca.pem", directory / "cluster.pem", directory / "cluster.key")
     pem = cert.public_bytes(serialization.Encoding.PEM)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+    key_pem = private_key_pem(key)
     for path, data, mode in [(files.ca, pem, 0o644), (files.cert, pem, 0o644),
                              (files.key, key_pem, 0o600)]:  # fmt: skip
         write_file(path, data, mode)

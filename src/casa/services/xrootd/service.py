@@ -171,9 +171,8 @@ class XRootDService(Service):
         return [self.config_file(ctx), self._token_config(ctx), directory / "authdb"]
 
     def _host_certificate(self, ctx: Facility) -> tuple[Path, Path]:
-        return ctx.service_dir(self.name) / "hostcert.pem", ctx.service_dir(
-            self.name
-        ) / "hostkey.pem"
+        folder = ctx.service_dir(self.name)
+        return folder / "hostcert.pem", folder / "hostkey.pem"
 
     def certificate_names(self, ctx: Facility) -> list[str]:
         """What the host certificate is valid for: every address clients may use for it."""
@@ -182,8 +181,9 @@ class XRootDService(Service):
                  "127.0.0.2", "::1", socket.gethostname()]  # fmt: skip
         return list(dict.fromkeys(names))
 
-    def _security(self, ctx: Facility) -> str:
-        """Configuration lines for TLS and the ``ztn`` protocol (see the module's docstring)."""
+    def _make_certificates(self, ctx: Facility) -> None:
+        """The facility's CA (made once, published, installed under root) and this server's
+        host certificate from it, the daemon's alone."""
         cert, key = self._host_certificate(ctx)
         account = ctx.daemon_account()
         owner = (account.pw_uid, account.pw_gid) if account else None
@@ -192,6 +192,10 @@ class XRootDService(Service):
         if ctx.as_root:
             install_ca(ctx.paths.certificates)
         ca.issue(self.certificate_names(ctx), cert, key, owner)
+
+    def _security(self, ctx: Facility) -> str:
+        """Configuration lines for TLS and the ``ztn`` protocol (see the module's docstring)."""
+        cert, key = self._host_certificate(ctx)
         return (
             f"xrd.tls {cert} {key}\n"
             f"xrd.tlsca certdir {ca_folder(ctx)}\n"
@@ -225,6 +229,7 @@ class XRootDService(Service):
         jwks = issuer_jwks(ctx, self.name)
         preload_issuer_keys(self._xdg_cache(ctx), ctx.config.issuer_url, jwks)
         self._give_to_daemon(ctx, self.working_dir(ctx), self._xdg_cache(ctx))
+        self._make_certificates(ctx)
 
     def _give_to_daemon(self, ctx: Facility, *paths: Path) -> None:
         """Hand folders the daemon writes to over to its account, for its eyes only.
