@@ -306,8 +306,9 @@ def test_standard_tools_read_with_only_the_token_file(facility, stored, tmp_path
 
 
 def test_standard_tools_are_refused_what_the_token_does_not_cover(facility, stored, tmp_path):
-    """No token, an expired one, another user's, one scoped elsewhere, a forged one: every
-    tool is refused, on the cache (with the file already in it) and on the origin."""
+    """No token, an expired one, another user's (also one whose name is a prefix of the
+    owner's), one scoped elsewhere, a forged one: every tool is refused, on the cache (with
+    the file already in it) and on the origin."""
     import time
 
     import jwt
@@ -326,6 +327,8 @@ def test_standard_tools_are_refused_what_the_token_does_not_cover(facility, stor
         "no": (None, public),
         "an expired": (expired, alices),
         "another user's": (facility.token("--user", "bob"), alices),
+        # realic's name is a prefix of realice's: a check by string prefix would let it in.
+        "a prefix user's": (facility.token("--user", ALICE[:-1]), alices),
         "a public-data-only": (facility.token("--scope", "storage.read:/store/data"), alices),
         "a forged": (forged, alices),
     }
