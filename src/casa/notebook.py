@@ -92,12 +92,14 @@ def run(
     a name ``casa run`` takes (a built-in, ``path/to/file.py:NAME``). ``schema`` is a coffea
     schema class or a name ``casa run --schema`` takes (default: the dataset's, else
     NanoAODSchema); ``treename`` reads that tree in every file instead of the catalog's.
-    The dataset's metadata reaches the processor in ``events.metadata``.
+    The dataset's metadata reaches the processor in ``events.metadata``. Named by its file,
+    an analysis has its folder importable here and on the workers, as ``casa run`` has.
     """
     from coffea import processor
 
     from casa.analysis.registry import load_processor
     from casa.analysis.schemas import resolve_schema
+    from casa.compute.on_dask import analysis_code_on
     from casa.data.sources import uproot_options_for
 
     proc = load_processor(analysis) if isinstance(analysis, str) else analysis
@@ -118,4 +120,5 @@ def run(
     # renewed tokens apply to connections opened with older ones.
     options = uproot_options_for(list(trees))
     files = {dataset: {"files": trees, "metadata": entry.get("metadata") or {}}}
-    return runner(files, proc, uproot_options=options)
+    with analysis_code_on(client, proc):  # a file's folder goes to the workers with it
+        return runner(files, proc, uproot_options=options)

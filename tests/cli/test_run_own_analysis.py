@@ -4,10 +4,13 @@ outputs of weighted and Int64 histograms, checked against uproot + numpy."""
 from __future__ import annotations
 
 import json
+import pickle
 
 import numpy as np
 import pytest
 import uproot
+
+from multi_module import expected, write_analysis
 
 TREE = "ntuple"
 
@@ -112,3 +115,36 @@ def test_bad_arguments_and_schemas_are_usage_errors(casa, flat, tmp_path):
     r = casa("run", analysis, "--arg", "cut=1", "--arg", "label=x", "--schema", "Flat", *common)
     assert r.code == 2 and "unknown schema 'Flat'" in r.err and "PHYSLITESchema" in r.err
     assert not (tmp_path / "o").exists()
+
+
+def test_an_analysis_folder_too_big_for_workers_is_refused_before_any_starts(casa, flat, tmp_path):
+    """A multi-module analysis beside a 60 MB file: local processes read the folder itself;
+    Dask workers would need a copy, refused in one sentence before a cluster starts."""
+    folder = tmp_path / "ana"
+    proc = write_analysis(folder, "cli")
+    with open(folder / "model.onnx", "wb") as f:
+        f.truncate(60 * 1024 * 1024)  # sparse: costs no disk
+    common = (f"{proc}:Scaled", "--arg", "column=pt", "--schema", "BaseSchema", "--files",
+              flat / "flat.root", "--tree", TREE, "--no-plots")  # fmt: skip
+    pt = uproot.open(flat / "flat.root")[TREE]["pt"].array(library="np")
+
+    casa("run", *common, "--executor", "futures", "--workers", "2", "--out", tmp_path / "f",
+         check=True)  # fmt: skip
+    result = pickle.loads((tmp_path / "f" / "result.pkl").read_bytes())
+    assert np.array_equal(result["x"].values(), expected(pt))
+    assert set(result["package_at"]) == {str(folder / "helpers_cli")}
+
+    r = casa("run", *common, "--executor", "dask", "--workers", "1", "--out", tmp_path / "d")
+    err = " ".join(r.err.split())
+    assert r.code == 5, r.err
+    assert f"the analysis folder {folder} holds 60.0 MB of files for the workers" in err
+    assert "the biggest is model.onnx, 60.0 MB" in err and "Traceback" not in err
+    assert not (tmp_path / "d").exists()
+
+    (folder / "model.onnx").unlink()
+    casa("run", *common, "--executor", "dask", "--workers", "1", "--out", tmp_path / "d",
+         check=True)  # fmt: skip
+    result = pickle.loads((tmp_path / "d" / "result.pkl").read_bytes())
+    assert np.array_equal(result["x"].values(), expected(pt))
+    (package_at,) = result["package_at"]
+    assert "casa-analysis-" in package_at and not package_at.startswith(str(folder))

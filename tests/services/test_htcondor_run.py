@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import uproot
 
 from casa.analysis.registry import load_processor
 from casa.analysis.runner import run_analysis
@@ -27,6 +28,7 @@ from casa.generate.generator import generate_dataset
 from casa.services.issuer.service import IssuerService
 from casa.services.supervisor import Supervisor
 from casa.services.xrootd.service import CacheService, OriginService
+from multi_module import expected, write_analysis
 
 STANDIN = Path(__file__).with_name("condor_standin.py")
 
@@ -104,3 +106,25 @@ def test_casa_run_on_htcondor_workers(new_facility, tmp_path):
     assert sorted(p.name for p in cached.glob("*.root")) == sorted(
         p.name for p in data.glob("*.root")
     )
+
+    # A multi-module analysis: its folder reaches the jobs' workers, which run elsewhere.
+    folder = tmp_path / "ana"
+    proc = write_analysis(folder, "condor")
+    out = tmp_path / "out-own"
+    done = subprocess.run(
+        [sys.executable, "-m", "casa", "run", f"{proc}:Scaled", "--arg", "column=MET.pt",
+         "--dataset", "d", "--cluster", "htcondor", "--workers", "1", "--out", str(out),
+         "--no-plots"],
+        capture_output=True, text=True, timeout=300, env={**env_without, **env},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    output = pickle.loads((out / "result.pkl").read_bytes())
+    met = np.concatenate(
+        [
+            uproot.open(p)["Events"]["MET_pt"].array(library="np")
+            for p in sorted(data.glob("*.root"))
+        ]
+    )
+    assert np.array_equal(output["x"].values(), expected(met))
+    (package_at,) = output["package_at"]
+    assert not package_at.startswith(str(folder)) and "casa-analysis-" in package_at

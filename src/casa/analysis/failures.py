@@ -15,6 +15,7 @@ import re
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from casa.data.sources import refused_path, scrub
@@ -298,6 +299,8 @@ def _xrootd_status(cause: str) -> str:
 
 
 _DYNAMIC_FRAME = re.compile(r'File "<dynamic-code>", line (\d+), in (\S+)')
+#: A frame in the workers' copy of the analysis folder (casa.worker.analysis_code).
+_SHIPPED_FOLDER = re.compile(r'File "[^"]*/casa-analysis-[0-9a-f]{16}/[^/"]+/')
 
 
 def restore_user_frames(details: str | None, processor: Any) -> str | None:
@@ -305,12 +308,15 @@ def restore_user_frames(details: str | None, processor: Any) -> str | None:
 
     cloudpickle ships code from a user's file by value and names its frames
     ``<dynamic-code>``; the line numbers are still right, so the file can be named again.
+    Code shipped with the analysis's folder ran from the workers' copy of it
+    (``.../casa-analysis-DIGEST/FOLDER/utils/x.py``): its frames name the user's folder.
     """
     # A processor instance answers with its class's module, a callable processor with its own.
     module = sys.modules.get(getattr(processor, "__module__", None) or type(processor).__module__)
     path = getattr(module, "__file__", None)
     if not details or not path:
         return details
+    folder = str(Path(path).parent)
     out = []
     for line in details.splitlines():
         m = _DYNAMIC_FRAME.search(line)
@@ -319,6 +325,8 @@ def restore_user_frames(details: str | None, processor: Any) -> str | None:
             source = linecache.getline(path, int(m[1])).strip()
             if source:
                 out.append(f"    {source}")
-        else:
-            out.append(line)
+            continue
+        # Modules shipped with the folder run from the workers' copy: name the user's file.
+        line = _SHIPPED_FOLDER.sub(lambda _: f'File "{folder}/', line)
+        out.append(line)
     return "\n".join(out)

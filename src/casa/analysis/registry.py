@@ -15,11 +15,8 @@
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import inspect
 import json
-import sys
 import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -247,21 +244,8 @@ def _processors_in(module: Any) -> list[str]:
 
 
 def import_user_file(path: Path) -> Any:
-    """Import a user's module from its file, so workers receive its code by value."""
-    import cloudpickle
+    """Import a user's module from its file, its folder importable as under ``python path``
+    and shipped to Dask workers (:func:`casa.compute.code.import_analysis_file`)."""
+    from casa.compute.code import import_analysis_file
 
-    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
-    name = f"casa_user_{path.stem}_{digest}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise AnalysisError(f"{path} cannot be imported as a Python module")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception:
-        del sys.modules[name]
-        raise AnalysisError(f"importing {path} failed", details=traceback.format_exc()) from None
-    # Worker processes cannot import this file by name: ship its code with the processor.
-    cloudpickle.register_pickle_by_value(module)
-    return module
+    return import_analysis_file(path)

@@ -31,6 +31,7 @@ from casa.analysis.failures import (
     restore_user_frames,
 )
 from casa.compute.base import ChunkHooks, ComputeBackend, OpenBackend, chunk_key
+from casa.compute.code import check_analysis_folder
 from casa.data.files import FileInfo
 from casa.data.sources import require_token, uproot_options_for
 from casa.errors import AnalysisError, CasaError, DataError
@@ -261,7 +262,9 @@ def run_analysis(
         uproot_options = uproot_options_for([f.url for f in files])
         if uproot_options and backend.callers_token:
             require_token([f.url for f in files])
-    with backend as opened, quiet_coffea():
+    if backend.ships_analysis_folder:
+        check_analysis_folder(processor)  # before a cluster starts for nothing
+    with backend as opened, quiet_coffea(), opened.shipping(processor):
         setup = opened.for_run(chunks, column_cache=column_cache, tree_cache=tree_cache)
         tracked = TrackedProcessor(processor, opened.channel.reporter(), setup.hooks)
         uproot_options = {**uproot_options, **setup.uproot_options}

@@ -148,6 +148,12 @@ class OpenBackend:
         """
         return RunSetup(self.executor)
 
+    def shipping(self, processor: Any) -> contextlib.AbstractContextManager:
+        """Around one run: the folder of ``processor``'s file on the workers
+        (:mod:`casa.compute.code`). Local workers need nothing: they share this machine's
+        files and are started with this process's ``sys.path``."""
+        return contextlib.nullcontext()
+
     def connected(self) -> bool:
         """Whether the workers can still be reached (a lost scheduler ends the run)."""
         return True
@@ -174,6 +180,9 @@ class ComputeBackend(abc.ABC):
     #: discovery, so the runner checks for it first); False where the workers get theirs
     #: elsewhere (the gateway hands each cluster its owner's token).
     callers_token: ClassVar[bool] = True
+    #: Whether the workers get a copy of the analysis's folder (:mod:`casa.compute.code`):
+    #: Dask workers do; local processes share this machine's files and ``sys.path``.
+    ships_analysis_folder: ClassVar[bool] = False
 
     def __init__(self, facility: Facility | None = None, size: Scaling | None = None):
         size = size or Scaling()

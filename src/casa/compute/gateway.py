@@ -141,6 +141,7 @@ class GatewayBackend(ComputeBackend):
     """coffea's DaskExecutor on the caller's Dask Gateway cluster (reused between runs)."""
 
     name = "gateway"
+    ships_analysis_folder = True
     options = ("worker_memory",)
     adaptive = True
     callers_token = False  # the gateway gives each cluster its owner's token

@@ -317,6 +317,7 @@ class HTCondorBackend(ComputeBackend):
     """
 
     name = "htcondor"
+    ships_analysis_folder = True
 
     def __init__(
         self, facility: Facility | None = None, size: Scaling | None = None, *,

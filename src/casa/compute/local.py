@@ -90,6 +90,7 @@ class LocalDaskBackend(ComputeBackend):
     """A Dask cluster of single-threaded worker processes on this machine."""
 
     name = "dask"
+    ships_analysis_folder = True
 
     def default_workers(self) -> int:
         """One per core."""

@@ -49,6 +49,11 @@ class DaskOpenBackend(OpenBackend):
             setup.hooks = ChunkHooks(forget=forget, kept_bytes=take_thread_bytes)
         return setup
 
+    def shipping(self, processor: Any) -> contextlib.AbstractContextManager:
+        """The folder of ``processor``'s file on the workers for the run
+        (:func:`casa.compute.code.shipped_to`); sent once per version to each cluster."""
+        return analysis_code_on(self.client, processor)
+
     def connected(self) -> bool:
         """Whether the client is still connected to its scheduler."""
         return self.client.status == "running"
@@ -117,6 +122,18 @@ def on_dask_client(
         executor, channel, name, workers, dashboard, client=client,
         column_cache_ready=caches["column_cache"], tree_cache_ready=caches["tree_cache"],
     )  # fmt: skip
+
+
+#: The analysis folder (its digest) each connected client's workers hold.
+_SENT: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def analysis_code_on(client, processor: Any) -> contextlib.AbstractContextManager:
+    """Around one run on ``client``: the folder of ``processor``'s file on its workers
+    (:func:`casa.compute.code.shipped_to`), sent once per version of the folder."""
+    from casa.compute.code import shipped_to
+
+    return shipped_to(client, processor, _SENT.setdefault(client, {}))
 
 
 #: The worker plugins each connected client has registered, and whether the caches took.

@@ -70,6 +70,7 @@ class SlurmBackend(ComputeBackend):
     """
 
     name = "slurm"
+    ships_analysis_folder = True
     options = ("token", "cache_url", "queue", "cores", "memory", "walltime", "interface",
                "scheduler_interface", "python", "workdir", "job_extra_directives",
                "wait_seconds", "token_source")  # fmt: skip
