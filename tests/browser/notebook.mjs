@@ -1,21 +1,42 @@
-// Log in to casa's JupyterHub in Debian's Chromium, open an example notebook, run all of
-// its cells and wait for the plot; save a screenshot. Usage:
-//   node notebook.mjs HUB_URL USER PASSWORD NOTEBOOK_PATH SCREENSHOT.png
+// Log in to casa's JupyterHub in Debian's Chromium and, for each example notebook given,
+// open it, run all of its cells and wait for its plot; print what its cells printed and
+// save a screenshot of each. Usage:
+//   node notebook.mjs HUB_URL USER PASSWORD SCREENSHOT_DIR NOTEBOOK_PATH...
+// Prints "lab loaded", then per notebook "OUT <path>: <line>" for each printed line and
+// "PLOT OK <path>"; exits 1 at the first notebook whose cell fails or that shows no plot.
 import { chromium } from "playwright-core";
 
-const [hub, user, password, notebook, screenshot] = process.argv.slice(2);
+const [hub, user, password, shots, ...notebooks] = process.argv.slice(2);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"],
 });
-const fail = async (page, message) => {
-  await page.screenshot({ path: screenshot, fullPage: true });
-  console.error(message);
+const shotOf = (notebook) => `${shots}/${notebook.split("/").pop().replace(".ipynb", "")}.png`;
+const fail = async (page, notebook, message) => {
+  await page.screenshot({ path: shotOf(notebook), fullPage: true });
+  console.error(`${notebook}: ${message}`);
   await browser.close();
   process.exit(1);
 };
+
+// The kernels this lab runs, shut down through Jupyter Server's API with the page's own
+// session (its _xsrf cookie), so that each notebook's kernel and Dask client go with it.
+const shutDownKernels = async (page) => {
+  await page.evaluate(async (base) => {
+    const xsrf = (document.cookie.match(/_xsrf=([^;]+)/) || [])[1] || "";
+    const headers = { "X-XSRFToken": xsrf };  // cookie-authenticated API requests need it
+    const kernels = await (await fetch(`${base}/api/kernels`, { headers })).json();
+    for (const k of kernels) {
+      await fetch(`${base}/api/kernels/${k.id}`, { method: "DELETE", headers });
+    }
+  }, `/user/${user}`);
+};
+
+// The notebook in the lab's main area (other tabs' notebooks are hidden).
+const shown = ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook";
 const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+let current = "login";
 try {
   await page.goto(`${hub}/hub/login`);
   await page.fill("#username_input", user);
@@ -23,30 +44,36 @@ try {
   await page.click("#login_submit");
   await page.waitForURL(`**/user/${user}/lab**`, { timeout: 120000 });
   console.log("lab loaded");
-  await page.goto(`${hub}/user/${user}/lab/tree/${notebook}`);
-  await page.waitForSelector(".jp-Notebook .jp-Cell", { timeout: 60000 });
-  // A notebook without kernel metadata asks which kernel to use; take the default.
-  const select = await page.waitForSelector("button:has-text('Select')", { timeout: 5000 })
-    .catch(() => null);
-  if (select) await select.click();
-  // Wait for the kernel to be idle before running everything.
-  await page.waitForSelector(".jp-Notebook-ExecutionIndicator[data-status='idle']", { timeout: 60000 })
-    .catch(() => {});
-  await page.click("text=Run", { timeout: 10000 });
-  await page.click("text=Run All Cells", { timeout: 10000 });
-  console.log("running all cells");
-  const plot = await page.waitForSelector(".jp-OutputArea-output img", { timeout: 240000 })
-    .catch(() => null);
-  const errors = await page.$$eval("[data-mime-type='application/vnd.jupyter.error']",
-    (els) => els.map((e) => e.innerText));
-  if (errors.length) await fail(page, "a cell failed:\n" + errors.join("\n"));
-  if (!plot) await fail(page, "no plot appeared");
-  await plot.scrollIntoViewIfNeeded();
-  const text = await page.innerText(".jp-Notebook");
-  await page.screenshot({ path: screenshot, fullPage: false });
-  console.log("PLOT OK");
-  console.log(text.split("\n").filter((l) => l.includes("Z peak") || l.includes("dimuon events")).join("\n"));
+  for (const notebook of notebooks) {
+    current = notebook;
+    // ?reset: a workspace of this notebook alone (the lab would reopen the previous ones).
+    await page.goto(`${hub}/user/${user}/lab/tree/${notebook}?reset`);
+    await page.waitForSelector(`${shown} .jp-Cell`, { timeout: 60000 });
+    // A notebook without kernel metadata asks which kernel to use; take the default.
+    const select = await page.waitForSelector("button:has-text('Select')", { timeout: 5000 })
+      .catch(() => null);
+    if (select) await select.click();
+    // Wait for the kernel to be idle before running everything.
+    await page.waitForSelector(".jp-Notebook-ExecutionIndicator[data-status='idle']", { timeout: 60000 })
+      .catch(() => {});
+    await page.click("text=Run", { timeout: 10000 });
+    await page.click("text=Run All Cells", { timeout: 10000 });
+    console.log(`running all cells of ${notebook}`);
+    const error = `${shown} [data-mime-type='application/vnd.jupyter.error']`;
+    const plot = await page.waitForSelector(`${shown} .jp-OutputArea-output img, ${error}`, { timeout: 300000 })
+      .catch(() => null);
+    const errors = await page.$$eval(error, (els) => els.map((e) => e.innerText));
+    if (errors.length) await fail(page, notebook, "a cell failed:\n" + errors.join("\n"));
+    if (!plot) await fail(page, notebook, "no plot appeared");
+    await plot.scrollIntoViewIfNeeded();
+    const printed = await page.$$eval(`${shown} [data-mime-type='application/vnd.jupyter.stdout']`,
+      (els) => els.map((e) => e.innerText).join("\n"));
+    for (const line of printed.split("\n").filter((l) => l.trim())) console.log(`OUT ${notebook}: ${line}`);
+    await page.screenshot({ path: shotOf(notebook), fullPage: false });
+    console.log(`PLOT OK ${notebook}`);
+    await shutDownKernels(page).catch((e) => console.log(`kernels not shut down: ${e}`));
+  }
 } catch (e) {
-  await fail(page, String(e));
+  await fail(page, current, String(e));
 }
 await browser.close();
