@@ -1,8 +1,10 @@
-"""Driving a user's JupyterLab over HTTP: log in, spawn, run code in a kernel (no browser)."""
+"""Driving a user's JupyterLab over HTTP: log in, spawn, run code in a kernel, type in a
+terminal (no browser)."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 
@@ -118,3 +120,44 @@ class Kernel:
         """Shut the kernel down."""
         self.ws.close()
         requests.delete(f"{self.url}/api/kernels/{self.id}", headers=self.headers)
+
+
+#: The terminal's control sequences (bracketed paste, colours), not part of what was printed.
+_ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+class Terminal:
+    """A terminal in a user's lab (terminado, as the lab's Terminal tab), driven through the
+    Jupyter REST API and the terminal's websocket: what a user types, what the shell prints."""
+
+    def __init__(self, base: str, user: str, token: str):
+        self.url = f"{base}/user/{user}"
+        self.headers = {"Authorization": f"token {token}"}
+        r = requests.post(f"{self.url}/api/terminals", headers=self.headers, timeout=60)
+        assert r.status_code == 200, r.text
+        self.name = r.json()["name"]
+        ws_url = self.url.replace("http://", "ws://") + f"/terminals/websocket/{self.name}"
+        self.ws = websocket.create_connection(ws_url, header=self.headers, timeout=300)
+        self.run("stty -echo; export PS1='' COLUMNS=200 NO_COLOR=1", timeout=60)
+
+    def run(self, command: str, timeout: float = 300) -> tuple[int, str]:
+        """Type ``command`` and Enter; its exit status and everything it printed."""
+        marker = uuid.uuid4().hex
+        self.ws.send(json.dumps(["stdin", f"{command}; echo {marker}$?{marker}\r"]))
+        text = ""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            self.ws.settimeout(max(deadline - time.time(), 0.1))
+            msg = json.loads(self.ws.recv())
+            if msg[0] == "stdout":
+                text += msg[1]
+            found = re.search(f"{marker}(\\d+){marker}", text)
+            if found:
+                printed = _ESCAPES.sub("", text[: found.start()]).replace("\r\n", "\n")
+                return int(found[1]), printed.strip("\r\n") + "\n"
+        raise TimeoutError(f"{command!r} did not finish in the terminal:\n{text}")
+
+    def close(self) -> None:
+        """Close the terminal."""
+        self.ws.close()
+        requests.delete(f"{self.url}/api/terminals/{self.name}", headers=self.headers, timeout=60)

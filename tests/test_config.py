@@ -137,3 +137,22 @@ def test_the_docs_name_only_keys_that_exist():
             if f"{section}.{key}" not in MODEL_KEYS | NOT_KEYS:
                 stale.append(f"{path.name}: {section}.{key}")
     assert not stale, stale
+
+
+def test_an_account_without_a_facility_of_its_own_uses_the_machines(tmp_path, monkeypatch):
+    """Over SSH, a facility user's casa finds the facility root runs; an account with its
+    own facility folder keeps it; root always has the machine's."""
+    from casa.config import model
+
+    site = tmp_path / "var-lib-casa"
+    monkeypatch.setattr(model, "SITE_HOME", site)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(model.os, "geteuid", lambda: 1000)
+    own = tmp_path / "home" / ".local" / "share" / "casa"
+    assert model.default_home() == own, "no facility on this machine: the account's own"
+    (site / "services").mkdir(parents=True)
+    assert model.default_home() == site
+    own.mkdir(parents=True)
+    assert model.default_home() == own
+    monkeypatch.setattr(model.os, "geteuid", lambda: 0)
+    assert model.default_home() == site

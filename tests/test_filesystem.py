@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +24,9 @@ from casa.data.catalog import DatasetCatalog
 from casa.data.exports import CatalogExports, facility_catalog
 from casa.data.files import FileInfo
 from casa.filesystem import UserFolder, create_once, write_file
+
+#: The users' environment, which other accounts may run (make install builds it).
+USER_PYTHON = Path("/opt/casa-user-env/bin/python")
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root to create the user's Unix account"
@@ -133,3 +139,55 @@ def test_exports_follow_every_change_and_keep_private_datasets_to_their_owner(tm
         assert json.loads(public.read_text()) == {}
         # another process opening the plain catalog sees the same data; it changes nothing
         assert [d.name for d in DatasetCatalog(paths.database).list()] == ["theirs"]
+
+
+def test_a_users_casa_reads_what_they_may_read_and_changes_nothing(tmp_path):
+    """Another account's ``casa`` on this facility (as in the lab's terminal or over SSH):
+    the datasets it may read, from its export, as the admin's casa shows them; the others
+    not even named; every command that changes the facility refused in one sentence."""
+    python = USER_PYTHON
+    if not python.exists() and not os.environ.get("CI"):
+        pytest.skip("no users' environment (make install builds /opt/casa-user-env)")
+    with unix_account("tfsreader") as reader, unix_account("tfsreader2") as other:
+        home = Path(tempfile.mkdtemp(prefix="casa-test-", dir="/tmp")) / "facility"
+        os.chmod(home.parent, 0o711)  # as a facility's folder is: other accounts pass
+        paths = facility_paths(home).ensure()
+        catalog = facility_catalog(paths)
+        mine = f"root://127.0.0.1:1/store/user/{reader.pw_name}~/priv/f.root"
+        others = f"root://127.0.0.1:1/store/user/{other.pw_name}~/theirs/f.root"
+        catalog.add_files(
+            "pub", [FileInfo("root://127.0.0.1:1/store/data/pub~/f.root", "Events", 7, 70)]
+        )
+        catalog.add_files("priv", [FileInfo(mine, "Events", 3, 30)], metadata={"xsec": 1.5})
+        catalog.add_files("theirs", [FileInfo(others, "Events", 1, 10)])
+
+        def casa(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run(
+                ["runuser", "-u", reader.pw_name, "--", "env", f"CASA_HOME={home}", "NO_COLOR=1",
+                 "COLUMNS=200", str(python), "-m", "casa", *args],
+                capture_output=True, text=True, cwd="/", timeout=120,
+            )  # fmt: skip
+
+        listed = json.loads(casa("datasets", "list", "--json").stdout)
+        admin = {d.name: d for d in catalog.list()}
+        assert [d["name"] for d in listed] == ["priv", "pub"]
+        for name in ("priv", "pub"):
+            shown = casa("datasets", "show", name, "--json")
+            assert json.loads(shown.stdout) == admin[name].to_dict(), shown.stderr
+        exported = json.loads(casa("datasets", "export").stdout)
+        assert exported == catalog.export_fileset(["priv", "pub"])
+        refused = casa("datasets", "show", "theirs")
+        assert refused.returncode == 4 and "(priv, pub)" in refused.stderr
+        before = json.dumps(catalog.export_fileset())
+        for command in (["datasets", "add", "x", "/tmp"], ["datasets", "remove", "pub"],
+                        ["datasets", "import", "/tmp/none.json"], ["up"], ["user", "list"]):  # fmt: skip
+            p = casa(*command)
+            err = " ".join(p.stderr.split())
+            assert p.returncode == 2, (command, p.stderr)
+            named = " ".join(command[:1] if command == ["up"] else command[:2])
+            assert f"'casa {named}' is for the facility's admin (root" in err, err
+            assert f"not for your account {reader.pw_name}" in err and "Traceback" not in err
+        assert json.dumps(catalog.export_fileset()) == before
+        p = casa("--home", "/root/none", "datasets", "list")
+        assert p.returncode == 3 and "the facility folder /root/none does not exist" in p.stderr
+        shutil.rmtree(home.parent)

@@ -10,10 +10,11 @@ import pwd
 from dataclasses import dataclass
 from pathlib import Path
 
+from casa.auth.accounts import current_account
 from casa.auth.issuer_client import SOCKET_NAME, request_token
 from casa.config import FacilityConfig, FacilityPaths, facility_paths, load_config
 from casa.data.catalog import DatasetCatalog
-from casa.data.exports import facility_catalog
+from casa.data.exports import ExportedCatalog, facility_catalog
 from casa.data.storage import FacilityStorage
 
 
@@ -41,8 +42,11 @@ class Facility:
             return None
         return pwd.getpwnam(self.config.xrootd.user)
 
-    def catalog(self) -> DatasetCatalog:
-        """The dataset catalog; every change rewrites what notebooks read of it."""
+    def catalog(self) -> DatasetCatalog | ExportedCatalog:
+        """The dataset catalog; every change rewrites what notebooks read of it. For one of
+        the facility's users (not its admin), the datasets they may read, read only."""
+        if not self.paths.run_by_caller():
+            return ExportedCatalog(self.paths, current_account())
         return facility_catalog(self.paths)
 
     def storage(self) -> FacilityStorage:

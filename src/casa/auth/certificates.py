@@ -156,7 +156,11 @@ def trust_facility_ca(published: Path, env: dict | None = None) -> None:
     made by :func:`publish_ca`): ``$X509_CERT_DIR`` is set to it when casa could not install
     the CA where clients look by default (casa not root) and the caller set no folder."""
     env = os.environ if env is None else env
-    if env.get("X509_CERT_DIR") or not (published / CA_FILE).exists():
+    try:
+        found = (published / CA_FILE).exists()
+    except PermissionError:  # a folder this account may not enter: not its facility
+        found = False
+    if env.get("X509_CERT_DIR") or not found:
         return
     if os.geteuid() != 0:
         env["X509_CERT_DIR"] = str(published)

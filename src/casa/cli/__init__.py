@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 
@@ -31,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="facility state directory (default: $CASA_HOME or ~/.local/share/casa)",
     )
     parser.add_argument(
-        "--config", metavar="FILE", help="facility configuration (default: $CASA_HOME/casa.toml)"
+        "--config",
+        metavar="FILE",
+        default=os.environ.get("CASA_CONFIG") or None,
+        help="facility configuration (default: $CASA_CONFIG, else $CASA_HOME/casa.toml)",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -9,10 +9,12 @@ from pathlib import Path
 
 from rich.table import Table
 
+from casa.auth.accounts import current_account
+from casa.cli.access import admin_only
 from casa.cli.console import console
 from casa.config import facility_paths
 from casa.data.catalog import DEFAULT_TREE, DatasetCatalog, check_schema_name
-from casa.data.exports import facility_catalog
+from casa.data.exports import ExportedCatalog, facility_catalog
 from casa.errors import DataError, UsageError
 from casa.facility import facility_context
 
@@ -44,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--public", action="store_true", help="with --store: under /store/data (the default)"
     )
     area.add_argument("--user", metavar="NAME", help="with --store: under /store/user/NAME")
-    add.set_defaults(handler=handle_add)
+    add.set_defaults(handler=admin_only("datasets add")(handle_add))
 
     ls = ds.add_parser("list", help="list the datasets")
     ls.add_argument("--json", action="store_true", help="print JSON")
@@ -60,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="forget a dataset and delete the files casa stored for it (other files stay)",
     )
     rm.add_argument("name")
-    rm.set_defaults(handler=handle_remove)
+    rm.set_defaults(handler=admin_only("datasets remove")(handle_remove))
 
     imp = ds.add_parser("import", help="register the datasets of a coffea fileset JSON file")
     imp.add_argument("file", help="fileset JSON ({name: [files]} or {name: {'files': ...}})")
@@ -69,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help=SCHEMA_HELP + "; for every imported dataset whose entry names no 'schema'",
     )
-    imp.set_defaults(handler=handle_import)
+    imp.set_defaults(handler=admin_only("datasets import")(handle_import))
 
     exp = ds.add_parser("export", help="write datasets as a coffea fileset JSON")
     exp.add_argument("names", nargs="*", metavar="NAME", help="datasets to export (default: all)")
@@ -77,12 +79,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     exp.set_defaults(handler=handle_export)
 
 
-def open_catalog(args: argparse.Namespace) -> DatasetCatalog:
+def open_catalog(args: argparse.Namespace) -> DatasetCatalog | ExportedCatalog:
     """The catalog of the facility chosen by ``--home`` / ``$CASA_HOME``.
 
-    Every change rewrites what notebooks read of it (:mod:`casa.data.exports`).
+    Every change rewrites what notebooks read of it (:mod:`casa.data.exports`). One of the
+    facility's users reads the datasets they may read (:mod:`casa.cli.access`).
     """
-    return facility_catalog(facility_paths(args.home).ensure())
+    paths = facility_paths(args.home).ensure()
+    if not paths.run_by_caller():
+        return ExportedCatalog(paths, current_account())
+    return facility_catalog(paths)
 
 
 def _report_exports(catalog: DatasetCatalog) -> None:
@@ -197,7 +203,7 @@ def _check_storage_user(args: argparse.Namespace, ctx) -> None:
     """UsageError unless ``--user`` names a facility user (a storage area of a real reader)."""
     import pwd
 
-    from casa.auth.accounts import AccountStore, current_account
+    from casa.auth.accounts import AccountStore
     from casa.names import check_storage_name
 
     check_storage_name(args.user, "--user")

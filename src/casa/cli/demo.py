@@ -14,6 +14,7 @@ import contextlib
 import time
 from pathlib import Path
 
+from casa.cli.access import admin_only
 from casa.cli.console import console, err_console
 from casa.cli.progress import ChunkProgress, event_progress
 from casa.errors import DataError
@@ -39,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--files", type=int, default=DEMO_FILES, metavar="K")
     p.add_argument("--workers", type=int, default=2, metavar="N")
     p.add_argument("--out", default="demo-output", metavar="DIR", help="default: ./demo-output")
-    p.set_defaults(handler=handle)
+    p.set_defaults(handler=admin_only("demo")(handle))
 
 
 def handle(args: argparse.Namespace) -> int:

@@ -8,15 +8,16 @@ import os
 
 from rich.table import Table
 
+from casa.cli.access import admin_only
 from casa.cli.console import console
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the facility commands."""
     up = sub.add_parser("up", help="start the facility's services in the background")
-    up.set_defaults(handler=handle_up)
+    up.set_defaults(handler=admin_only("up")(handle_up))
     down = sub.add_parser("down", help="stop every facility service")
-    down.set_defaults(handler=handle_down)
+    down.set_defaults(handler=admin_only("down")(handle_down))
     status = sub.add_parser("status", help="each service's port, PID, health and uptime")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(handler=handle_status)

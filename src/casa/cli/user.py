@@ -10,6 +10,7 @@ import sys
 
 from rich.table import Table
 
+from casa.cli.access import admin_only
 from casa.cli.console import console
 from casa.errors import UsageError
 
@@ -26,13 +27,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="read the password from standard input instead of asking")  # fmt: skip
     add.add_argument("--generate-password", action="store_true",
                      help="generate a password and print it once")  # fmt: skip
-    add.set_defaults(handler=handle_add)
+    add.set_defaults(handler=admin_only("user add")(handle_add))
     ls = us.add_parser("list", help="the facility users")
     ls.add_argument("--json", action="store_true")
-    ls.set_defaults(handler=handle_list)
+    ls.set_defaults(handler=admin_only("user list")(handle_list))
     rm = us.add_parser("remove", help="remove a facility user (the Unix account and files stay)")
     rm.add_argument("name")
-    rm.set_defaults(handler=handle_remove)
+    rm.set_defaults(handler=admin_only("user remove")(handle_remove))
 
 
 def _store(args: argparse.Namespace):

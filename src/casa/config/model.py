@@ -6,7 +6,8 @@ check (``metadata["check"]``): :mod:`casa.config.load` validates a file with the
 :mod:`casa.config.reference` renders ``docs/configuration.md`` from them.
 
 The state directory is ``$CASA_HOME`` (default ``~/.local/share/casa``, or
-``/var/lib/casa`` for root, whose home other service accounts cannot enter). It holds
+``/var/lib/casa`` for root, whose home other service accounts cannot enter, and for the
+accounts of a facility root runs: :func:`default_home`). It holds
 ``casa.toml``, the SQLite database, generated service configurations, logs, PID files,
 keys (mode 0600), storage and the cache's disk.
 """
@@ -20,14 +21,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from casa.errors import ConfigError
+
 CONFIG_NAME = "casa.toml"
 
 
+#: The state directory of a facility root runs: the machine's facility.
+SITE_HOME = Path("/var/lib/casa")
+
+
 def default_home() -> Path:
-    """``~/.local/share/casa``, or ``/var/lib/casa`` when running as root."""
-    if os.geteuid() == 0:
-        return Path("/var/lib/casa")
-    return Path("~/.local/share/casa").expanduser()
+    """``/var/lib/casa`` for root; for other accounts ``~/.local/share/casa``, unless they
+    have none and this machine runs a facility in ``/var/lib/casa``, which they then use
+    (a facility user logged in by SSH, as in the lab's terminal where ``$CASA_HOME`` is set)."""
+    own = Path("~/.local/share/casa").expanduser()
+    if os.geteuid() == 0 or (not own.exists() and (SITE_HOME / "services").is_dir()):
+        return SITE_HOME
+    return own
 
 
 @dataclass(frozen=True)
@@ -71,9 +81,24 @@ class FacilityPaths:
         """The cache's disk space."""
         return self.home / "cache"
 
+    def run_by_caller(self) -> bool:
+        """Whether this account runs the facility (owns the state directory), or is root:
+        the facility's admin. Other accounts are its users (:mod:`casa.cli.access`)."""
+        try:
+            return os.geteuid() in (0, self.home.stat().st_uid)
+        except FileNotFoundError:
+            return True  # a facility this account is about to create
+
     def ensure(self) -> FacilityPaths:
         """Create the state directory if it does not exist."""
-        self.home.mkdir(parents=True, exist_ok=True, mode=0o711)
+        try:
+            self.home.mkdir(parents=True, exist_ok=True, mode=0o711)
+        except PermissionError as e:
+            raise ConfigError(
+                f"the facility folder {self.home} does not exist and your account may not "
+                f"create it ({e.strerror}: {e.filename}): give a facility's folder with "
+                "--home or $CASA_HOME, or one of your own"
+            ) from None
         return self
 
 

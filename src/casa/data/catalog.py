@@ -121,6 +121,17 @@ class Dataset:
             ]  # fmt: skip
         return out
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Dataset:
+        """The dataset :meth:`to_dict` described (with its files)."""
+        files = tuple(
+            FileInfo(f["url"], f["tree"], f["events"], f["bytes"], f.get("uuid"),
+                     tuple(map(tuple, f["steps"])) if f.get("steps") else None)
+            for f in d["files"]
+        )  # fmt: skip
+        created = datetime.datetime.fromisoformat(d["created"])
+        return cls(d["name"], created, files, d.get("metadata") or {}, d.get("schema"))
+
     def to_fileset_entry(self) -> dict:
         """This dataset in coffea's fileset format, with its metadata.
 

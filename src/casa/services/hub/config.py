@@ -14,10 +14,21 @@ from pathlib import Path
 from casa.data.catalog import DatasetCatalog
 from casa.data.exports import CatalogExports
 from casa.facility import Facility
-from casa.filesystem import PASSABLE_FOLDER, create_once
+from casa.filesystem import PASSABLE_FOLDER, create_once, write_file
 from casa.lab.dashboards import EXTENSION as LAB_DASHBOARDS
 
 HUB_API_TOKEN_FILE = "hub-api-token"
+#: The lab's terminal: a login shell's set-up, then the lab's environment first on PATH
+#: (Debian's /etc/profile sets PATH anew, which would put Debian's python3 and pip first).
+TERMINAL_RC = """\
+# casa's lab terminal (written by the hub): a login shell's set-up, then the Python
+# environment of the lab's kernels first on PATH, so that casa, python3 and pip are theirs.
+if [ -r /etc/profile ]; then . /etc/profile; fi
+for rc in ~/.bash_profile ~/.bash_login ~/.profile; do
+  if [ -r "$rc" ]; then . "$rc"; break; fi
+done
+if [ -n "$CASA_LAB_ENV" ]; then export PATH="$CASA_LAB_ENV/bin:$PATH"; fi
+"""
 #: The JupyterHub service casa itself uses (status, tests, admin tasks).
 CASA_SERVICE = "casa"
 
@@ -113,7 +124,12 @@ def configure(c, home: str, config_file: str | None = None) -> None:
     prefix = user_env_prefix(ctx)
     c.Spawner.cmd = [str(prefix / "bin" / "jupyterhub-singleuser")]
     c.Spawner.default_url = "/lab"
-    c.Spawner.args = [f"--ServerApp.jpserver_extensions={LAB_DASHBOARDS}=True"]
+    terminal_rc = state / "terminal.bashrc"
+    write_file(terminal_rc, TERMINAL_RC, 0o644)
+    c.Spawner.args = [
+        f"--ServerApp.jpserver_extensions={LAB_DASHBOARDS}=True",
+        f"--ServerApp.terminado_settings=shell_command={['/bin/bash', '--rcfile', str(terminal_rc), '-i']!r}",
+    ]
     c.Spawner.notebook_dir = "~"
     c.Spawner.start_timeout = 120
     c.Spawner.http_timeout = 90

@@ -30,6 +30,7 @@ from casa.data.catalog import DatasetCatalog
 from casa.data.exports import CatalogExports
 from casa.facility import Facility, facility_context
 from casa.filesystem import USER_FOLDER, UserFolder
+from casa.services.hub.config import user_env_prefix
 
 EXAMPLES_DIR = "examples"
 
@@ -124,7 +125,8 @@ class CasaSpawner(LocalProcessSpawner):
             path.write_text(json.dumps(failures, indent=1))
 
     def get_env(self):
-        """The server's environment: token locations, the gateway, the dataset catalog."""
+        """The server's environment: token locations, the gateway, the dataset catalog, the
+        facility and the environment for casa in the lab's terminal."""
         env = super().get_env()
         ctx = self._ctx()
         g = ctx.config.gateway
@@ -141,8 +143,13 @@ class CasaSpawner(LocalProcessSpawner):
                 "DASK_LABEXTENSION__FACTORY__MODULE": "dask_gateway",
                 "DASK_LABEXTENSION__FACTORY__CLASS": "GatewayCluster",
                 "CASA_CATALOG": str(CatalogExports(ctx.paths).user_file(self.user.name)),
+                # casa in the lab's terminal: this facility, and the kernels' environment.
+                "CASA_HOME": str(ctx.paths.home),
+                "CASA_LAB_ENV": str(user_env_prefix(ctx)),
             }
         )
+        if ctx.config_file is not None:
+            env["CASA_CONFIG"] = str(ctx.config_file)
         if os.environ.get("X509_CERT_DIR"):  # the facility's CA, when casa is not root
             env["X509_CERT_DIR"] = os.environ["X509_CERT_DIR"]
         return env
