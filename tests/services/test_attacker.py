@@ -467,6 +467,11 @@ def test_nothing_of_the_facility_is_readable_that_is_not_meant_to_be(
         site.home / "services" / "issuer" / "issuer.sock": "anyone may ask for their own token",
         site.home / "services" / "hub" / "catalog.json": "the public datasets, for notebooks",
         site.home / "services" / "hub" / "catalogs" / f"{ATTACKER}.json": "ata's own catalog",
+        site.home / "services" / "hub" / "datasets.json": "the public datasets in full",
+        site.home / "services" / "hub" / "catalogs" / "details" / f"{ATTACKER}.json": (
+            "ata's own datasets in full, for ata's casa"
+        ),
+        site.home / "services" / "hub" / "terminal.bashrc": "every lab terminal's start-up",
     }
     # PIDs and start times, which ps shows anyone anyway: users' 'casa status' reads them.
     public.update({pid: "a service's PID" for pid in site.home.glob("services/*/*.pid")})

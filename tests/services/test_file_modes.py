@@ -37,11 +37,14 @@ PUBLIC_FILES = {
     "casa.toml": "written by the admin; users' casa commands read it",
     "services/issuer/issuer.sock": "anyone may ask for their own token",
     "services/hub/catalog.json": "the public datasets, for notebooks",
+    "services/hub/datasets.json": "the public datasets in full, for users' casa commands",
+    "services/hub/terminal.bashrc": "the start-up of every user's lab terminal",
     "certificates": "the facility's CA folder, which clients verify the XRootD servers with",
 }
 #: Folders any account may pass through (but not list) to reach the files above, its own
 #: cluster's folder and its own catalog (services/hub/catalogs/NAME.json, NAME's, 0600).
-PASSABLE = {"", "services", "services/gateway/clusters", "services/hub/catalogs"}
+PASSABLE = {"", "services", "services/gateway/clusters", "services/hub/catalogs",
+            "services/hub/catalogs/details"}  # fmt: skip
 
 #: Tried as each account: the paths it may read (files) or read or enter (folders).
 ACCESS_CHECK = """
@@ -227,14 +230,17 @@ def test_private_datasets_are_listed_for_their_owner_only(used):
         account = pwd.getpwnam(name)
         own = used.home / "services" / "hub" / "catalogs" / f"{name}.json"
         assert set(json.loads(own.read_text())) == expected, name
-        info = own.stat()
-        assert (info.st_uid, info.st_mode & 0o777) == (account.pw_uid, 0o600), name
+        details = used.home / "services" / "hub" / "catalogs" / "details" / f"{name}.json"
+        assert {d["name"] for d in json.loads(details.read_text())} == expected, name
+        for path in (own, details):
+            info = path.stat()
+            assert (info.st_uid, info.st_mode & 0o777) == (account.pw_uid, 0o600), path
 
 
 def test_service_folders_can_be_passed_but_not_listed(used):
     services = used.home / "services"
     folders = [used.home, services, *sorted(services.iterdir()), services / "gateway/clusters",
-               services / "hub/catalogs"]  # fmt: skip
+               services / "hub/catalogs", services / "hub/catalogs/details"]  # fmt: skip
     listed = json.dumps([str(p) for p in folders if p.is_dir()])
     probe = (
         "import json, os, sys\n"

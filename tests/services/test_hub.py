@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+import uproot
 import websocket
 
 from accounts import needs_xrootd_and_root, remove_unix_account
@@ -23,6 +24,7 @@ from casa.auth.accounts import AccountStore
 from casa.generate.generator import generate_dataset
 from casa.services.hub.config import hub_api_token
 from hub_client import HubAdmin, HubClient, Kernel, Terminal
+from wheels import build_wheel
 
 pytestmark = needs_xrootd_and_root("create the users' Unix accounts")
 
@@ -352,12 +354,10 @@ def test_casa_works_in_the_lab_terminal(hub):
     PATH, and casa reaching the facility from the user's own account: the datasets they may
     read, a token, their clusters, runs here and on the gateway; admin commands refused in
     one sentence, changing nothing."""
-    from casa.services.hub.config import user_env_prefix
-
     _stop_clusters_of(hub, "tcalice")
     hub.admin.spawn("tcalice")
-    bin_dir = user_env_prefix(hub.ctx()) / "bin"
     home = Path(pwd.getpwnam("tcalice").pw_dir)
+    bin_dir = home / ".casa" / "envs" / "default" / "bin"  # the user's own environment
     catalog = hub.casa("datasets", "export").stdout
     term = Terminal(hub.base, "tcalice", hub.admin.user_token("tcalice"))
     try:
@@ -405,6 +405,80 @@ def test_casa_works_in_the_lab_terminal(hub):
         term.close()
     assert hub.casa("datasets", "export").stdout == catalog
     assert {s["name"]: s["healthy"] for s in json.loads(hub.casa("status", "--json").stdout)}["hub"]
+
+
+PACKAGE_ANALYSIS = """
+import hist
+from coffea import processor
+
+import casa_lab_pkg
+
+
+class Scaled(processor.ProcessorABC):
+    def process(self, events):
+        h = hist.Hist.new.Reg(40, 0, 400, name="met").Double()
+        h.fill(met=casa_lab_pkg.scaled(events.MET.pt))
+        return {"met": h, "package_at": {casa_lab_pkg.__file__: 1}}
+
+    def postprocess(self, accumulator):
+        return accumulator
+"""
+
+
+def test_a_package_installed_in_the_lab_reaches_the_kernel_and_the_workers(hub):
+    """``pip install`` in the lab's terminal, with no admin (a wheel built here: no network):
+    the user's kernel imports it, and their processor using it runs on their gateway
+    cluster, whose workers run from the user's environment. The facility's stays as it was."""
+    from casa.services.hub.config import user_env_prefix
+
+    _stop_clusters_of(hub, "tcalice")
+    hub.admin.spawn("tcalice")
+    account = pwd.getpwnam("tcalice")
+    home = Path(account.pw_dir)
+    env = home / ".casa" / "envs" / "default"
+    wheel = build_wheel(home, "casa_lab_pkg", factor=3.0)
+    (home / "pkg_analysis.py").write_text(PACKAGE_ANALYSIS)
+    for path in (wheel, home / "pkg_analysis.py"):
+        os.chown(path, account.pw_uid, account.pw_gid)
+    term = Terminal(hub.base, "tcalice", hub.admin.user_token("tcalice"))
+    try:
+        code, out = term.run(f"pip install --no-index {wheel}")
+        assert code == 0 and "Successfully installed casa-lab-pkg-0.1" in out, out
+        code, out = term.run("casa run ~/pkg_analysis.py:Scaled --dataset demo --cluster "
+                             "gateway --workers 1 --out ~/t-pkg --no-plots")  # fmt: skip
+        assert code == 0, out
+    finally:
+        term.close()
+    result = pickle.loads((home / "t-pkg" / "result.pkl").read_bytes())
+    (package_at,) = result["package_at"]
+    assert package_at.startswith(f"{env}/lib/"), package_at
+    met = np.concatenate([uproot.open(p)["Events"]["MET_pt"].array(library="np")
+                          for p in sorted(hub.data.glob("*.root"))])  # fmt: skip
+    scaled = met * 3.0
+    counts, _ = np.histogram(scaled[scaled < 400], bins=np.linspace(0, 400, 41))
+    assert np.array_equal(result["met"].values(), counts)
+
+    kernel = Kernel(hub.base, "tcalice", hub.admin.user_token("tcalice"))
+    try:
+        done = kernel.execute(
+            "import casa_lab_pkg, sys\nfrom casa import connect\nclient = connect(workers=1)\n"
+            "print(sys.prefix, casa_lab_pkg.FACTOR)\n"
+            "print(set(client.run(lambda: __import__('casa_lab_pkg').__file__).values()))"
+        )
+        assert done["error"] is None, done["error"]
+        first, second = done["stdout"].strip().splitlines()
+        assert first == f"{env} 3.0"
+        assert second == repr({f"{site_dir(env)}/casa_lab_pkg/__init__.py"})
+    finally:
+        kernel.close()
+        _stop_clusters_of(hub, "tcalice")
+    facility = user_env_prefix(hub.ctx())
+    assert not list(facility.glob("lib/python3*/site-packages/casa_lab_pkg*"))
+
+
+def site_dir(env: Path) -> str:
+    (found,) = env.glob("lib/python3*/site-packages")
+    return str(found)
 
 
 def test_down_after_a_killed_hub_stops_its_proxy(hub):

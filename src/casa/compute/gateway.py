@@ -11,10 +11,12 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import sys
 import threading
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from dask_gateway.auth import GatewayAuth
@@ -115,18 +117,35 @@ def _is_limit_refusal(text: str) -> bool:
     return "exceed" in text and "limit" in text
 
 
+def caller_environment() -> str:
+    """This process's Python environment, which its clusters' schedulers and workers run
+    from (the gateway's ``python_env`` option): a virtual environment with Dask's commands
+    (the facility's, or a user's own with the packages they installed:
+    :mod:`casa.lab.environments`), else ``""``, the facility's."""
+    prefix = Path(sys.prefix)
+    if (prefix / "pyvenv.cfg").exists() and (prefix / "bin" / "dask-worker").exists():
+        return str(prefix)
+    return ""
+
+
 def find_or_create_cluster(gateway, worker_cores: int = 1, worker_memory: float = 2.0):
-    """The caller's first running cluster, or a new one (``cluster.casa_created`` says which)."""
+    """The caller's first running cluster of its own Python environment, or a new one
+    (``cluster.casa_created`` says which): workers import what the caller can."""
     from dask_gateway.client import GatewayClusterError
 
+    env = caller_environment()
     for report in gateway.list_clusters():
+        theirs = dict(report.options or {}).get("python_env") or ""
+        if env and theirs and theirs != env:
+            continue  # another environment's cluster: its workers lack this one's packages
         cluster = gateway.connect(report.name)
         cluster.casa_created = False
         return cluster
     try:
         cluster = gateway.new_cluster(
-            worker_cores=worker_cores, worker_memory=worker_memory, shutdown_on_close=False
-        )
+            worker_cores=worker_cores, worker_memory=worker_memory, shutdown_on_close=False,
+            **({"python_env": env} if env else {}),
+        )  # fmt: skip
         cluster.casa_created = True
         return cluster
     except (GatewayClusterError, ValueError) as e:

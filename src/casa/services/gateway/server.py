@@ -36,13 +36,14 @@ from dask_gateway_server.backends.base import Backend, PublicException
 from dask_gateway_server.backends.db_base import DBBackendBase, JobStatus
 from dask_gateway_server.backends.jobqueue.slurm import SlurmBackend
 from dask_gateway_server.backends.local import LocalBackend, UnsafeLocalBackend
-from dask_gateway_server.options import Float, Integer, Options
+from dask_gateway_server.options import Float, Integer, Options, String
 from dask_gateway_server.traitlets import MemoryLimit
 from dask_gateway_server.utils import FrozenAttrDict, format_bytes
 from traitlets import Callable, Dict, Unicode
 from traitlets import Float as FloatTrait
 from traitlets import Integer as IntegerTrait
 
+from casa.lab.environments import check_cluster_env
 from casa.services.gateway.dashboards import DashboardAccess
 from casa.services.processes import forget_process, is_recorded, record_process
 from casa.workarounds import owned_working_directory
@@ -79,27 +80,37 @@ class CasaAuthenticator(Authenticator):
 
 
 def cluster_options(
-    max_worker_cores: float, max_worker_memory: int, environment: dict[str, str] | None = None
-) -> Options:
+    max_worker_cores: float, max_worker_memory: int, environment: dict[str, str] | None = None,
+    default_env: str = "",
+) -> Options:  # fmt: skip
     """The options users choose per cluster.
 
     ``environment`` holds further variables for every cluster, such as ``CASA_CACHE_URL``
     (the cache the site's workers read through). The owner's data token is not added here:
     dask-gateway calls this handler on its event loop, and minting waits for the issuer
-    (:class:`OwnerDataToken` adds it).
+    (:class:`OwnerDataToken` adds it). ``python_env`` is the Python environment the
+    cluster's scheduler and workers run from (casa's clients give their own, so that
+    workers import what the user installed: :mod:`casa.lab.environments`); empty, or
+    ``default_env``, is the facility's.
     """
 
     def handler(options, user):
-        return {
+        config = {
             "worker_cores": options.worker_cores,
             "worker_threads": max(1, int(options.worker_cores)),
             "worker_memory": int(options.worker_memory * GIB),
             "environment": dict(environment or {}),
         }
+        if options.python_env and options.python_env != default_env:
+            prefix = check_cluster_env(options.python_env, user.name)
+            config["scheduler_cmd"] = str(prefix / "bin" / "dask-scheduler")
+            config["worker_cmd"] = str(prefix / "bin" / "dask-worker")
+        return config
 
     return Options(
         Integer("worker_cores", 1, min=1, max=max(1, int(max_worker_cores)), label="Worker cores"),
         Float("worker_memory", 2, min=0.25, max=max_worker_memory / GIB, label="Worker memory (GiB)"),
+        String("python_env", "", label="Python environment (empty: the facility's)"),
         handler=handler,
     )  # fmt: skip
 

@@ -60,7 +60,7 @@ def user_token(username):
 
 
 c.Backend.cluster_options = cluster_options(
-    {max_worker_cores}, {max_worker_memory}, {environment!r}
+    {max_worker_cores}, {max_worker_memory}, {environment!r}, {default_env!r}
 )
 # Each new cluster gets its owner's token (minted in a thread, off the gateway's event loop),
 # and running clusters' workers get it again before it expires.
@@ -217,6 +217,7 @@ class GatewayService(Service):
                 renewal_period=renewal_period(ctx.config.issuer.token_lifetime),
                 max_worker_cores=g.max_worker_cores,
                 max_worker_memory=parse_size(g.max_worker_memory),
+                default_env=str(bin_dir.parent),
             )
         )
 

@@ -8,7 +8,10 @@ misdirect them), and the catalog of the datasets the user may read into the faci
 environment points WLCG discovery, Dask Gateway and ``casa.datasets()`` at them, so
 ``casa.connect()``, ``dask_gateway.Gateway()`` and ``root://`` reads just work. The tokens
 are renewed in place well before they expire, for as long as the server runs; the catalog
-is rewritten whenever it changes (:mod:`casa.data.exports`).
+is rewritten whenever it changes (:mod:`casa.data.exports`). The server runs from the
+user's own Python environment, on top of the facility's, so that what they ``pip install``
+reaches their kernels, their terminal's ``casa`` and their clusters' workers
+(:mod:`casa.lab.environments`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from casa.data.catalog import DatasetCatalog
 from casa.data.exports import CatalogExports
 from casa.facility import Facility, facility_context
 from casa.filesystem import USER_FOLDER, UserFolder
+from casa.lab.environments import create_as, is_layered_on, user_env_path
 from casa.services.hub.config import user_env_prefix
 
 EXAMPLES_DIR = "examples"
@@ -91,6 +95,21 @@ class CasaSpawner(LocalProcessSpawner):
     def _prepare(self) -> None:
         self._write_credentials()
         self._write_catalog()
+        self._env = self._python_env()
+
+    def _python_env(self) -> Path:
+        """The environment the server runs from: the user's own, on top of the facility's
+        (made at their first spawn, as them), where ``pip install`` works without an admin
+        (:mod:`casa.lab.environments`); the facility's when it is no virtual environment."""
+        base = user_env_prefix(self._ctx())
+        if not (base / "pyvenv.cfg").exists():
+            return base
+        account = self._account()
+        env = user_env_path(account)
+        if not is_layered_on(env, base):
+            self.log.info("Making the Python environment %s for %s", env, self.user.name)
+            create_as(account, env, base)
+        return env
 
     def _copy_examples(self) -> None:
         account = self._account()
@@ -130,6 +149,8 @@ class CasaSpawner(LocalProcessSpawner):
         env = super().get_env()
         ctx = self._ctx()
         g = ctx.config.gateway
+        python_env = getattr(self, "_env", None) or user_env_prefix(ctx)
+        facility_bin = user_env_prefix(ctx) / "bin"
         host = ctx.config.host_of("gateway")
         folder = Path(self._account().pw_dir) / USER_FOLDER
         env.update(
@@ -145,7 +166,14 @@ class CasaSpawner(LocalProcessSpawner):
                 "CASA_CATALOG": str(CatalogExports(ctx.paths).user_file(self.user.name)),
                 # casa in the lab's terminal: this facility, and the kernels' environment.
                 "CASA_HOME": str(ctx.paths.home),
-                "CASA_LAB_ENV": str(user_env_prefix(ctx)),
+                "CASA_LAB_ENV": str(python_env),
+                "PATH": f"{python_env}/bin:{facility_bin}:/usr/local/bin:/usr/bin:/bin",
+                # Clusters the lab makes (the Dask panel's NEW too) run the lab's environment.
+                "DASK_GATEWAY__CLUSTER__OPTIONS__PYTHON_ENV": str(python_env),
+                # A user's environment has none of Jupyter's files: JupyterLab's server
+                # extension, its assets and the Dask panel are found in the facility's.
+                "JUPYTER_CONFIG_PATH": str(facility_bin.parent / "etc" / "jupyter"),
+                "JUPYTER_PATH": str(facility_bin.parent / "share" / "jupyter"),
             }
         )
         if ctx.config_file is not None:
@@ -159,6 +187,7 @@ class CasaSpawner(LocalProcessSpawner):
         try:
             # Minting asks the issuer over its socket: off the hub's event loop.
             await asyncio.get_running_loop().run_in_executor(None, self._prepare)
+            self.cmd = [str(self._env / "bin" / "jupyterhub-singleuser")]
             self._copy_examples()
             result = await super().start()
         except Exception as e:
