@@ -1,6 +1,6 @@
 // Log in to casa's JupyterHub in Debian's Chromium and, for each example notebook given,
-// open it, run all of its cells and wait for its plot; print what its cells printed and
-// save a screenshot of each. Usage:
+// open it, run all of its cells, wait for its plot and save it (outputs and all); print
+// what its cells printed and save a screenshot of each. Usage:
 //   node notebook.mjs HUB_URL USER PASSWORD SCREENSHOT_DIR NOTEBOOK_PATH...
 // Prints "lab loaded", then per notebook "OUT <path>: <line>" for each printed line and
 // "PLOT OK <path>"; exits 1 at the first notebook whose cell fails or that shows no plot.
@@ -66,6 +66,12 @@ try {
     if (errors.length) await fail(page, notebook, "a cell failed:\n" + errors.join("\n"));
     if (!plot) await fail(page, notebook, "no plot appeared");
     await plot.scrollIntoViewIfNeeded();
+    // Save it, outputs and all, as a user would: the test reads what the cells printed from
+    // the file (the lab does not keep cells that are scrolled away in the page).
+    await plot.click();
+    await page.keyboard.press("Control+s");
+    await page.waitForSelector(".lm-TabBar-tab.jp-mod-current:not(.jp-mod-dirty)", { timeout: 30000 })
+      .catch(() => console.log(`${notebook} may not be saved`));
     const printed = await page.$$eval(`${shown} [data-mime-type='application/vnd.jupyter.stdout']`,
       (els) => els.map((e) => e.innerText).join("\n"));
     for (const line of printed.split("\n").filter((l) => l.trim())) console.log(`OUT ${notebook}: ${line}`);

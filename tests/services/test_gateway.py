@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -421,3 +423,73 @@ def test_down_stops_every_cluster_and_leaves_no_process(new_facility, gateway_ki
             not os.path.exists(f"/proc/{pid}")
             or open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] in "ZX"
         ), f"process {pid} outlived casa down"
+
+
+def test_a_cluster_runs_from_its_creators_environment_and_no_other_accounts(gw, tmp_path):
+    """Clusters made by casa run from the caller's Python environment (``python_env``):
+    the workers' ``sys.prefix`` is this test's. The gateway refuses an environment that
+    another account could change, or that is none, in words, and starts nothing."""
+    import sys
+
+    from casa.compute.gateway import caller_environment, find_or_create_cluster
+
+    assert caller_environment() == sys.prefix
+    with _gateway_for(gw, "envuser") as g:
+        cluster = find_or_create_cluster(g)
+        try:
+            assert dict(g.list_clusters()[0].options)["python_env"] == sys.prefix
+            cluster.scale(1)
+            with cluster.get_client() as client:
+                client.wait_for_workers(1, timeout=120)
+                prefixes = set(client.run(lambda: __import__("sys").prefix).values())
+            assert prefixes == {sys.prefix}
+        finally:
+            cluster.shutdown()
+        writable = tmp_path / "shared-env"
+        shutil.copytree(Path(sys.prefix) / "bin", writable / "bin", symlinks=True)
+        (writable / "pyvenv.cfg").write_text((Path(sys.prefix) / "pyvenv.cfg").read_text())
+        os.chmod(writable, 0o777)
+        for env, says in ((str(writable), "may be changed by accounts other than envuser's"),
+                          (str(tmp_path), "is not a Python environment with Dask's commands")):  # fmt: skip
+            with pytest.raises(Exception) as refused:
+                g.new_cluster(python_env=env, shutdown_on_close=False)
+            assert says in str(refused.value), refused.value
+        assert g.list_clusters() == []
+
+
+def test_a_clusters_logs_are_there_while_it_runs_and_after_it_stopped(gw):
+    """``casa cluster logs``: a running cluster's from its scheduler, then, once stopped,
+    as the gateway kept them (the user's alone); one worker's; an unknown name in words."""
+    import logging
+    import uuid
+
+    marker = f"casa-log-marker-{uuid.uuid4().hex}"
+    with _gateway_for(gw, "root") as g:  # the CLI below asks as the account running it
+        cluster = g.new_cluster(shutdown_on_close=False)
+        name = cluster.name
+        try:
+            cluster.scale(1)
+            with cluster.get_client(set_as_default=False) as client:
+                client.wait_for_workers(1, timeout=120)
+                client.run(lambda: logging.getLogger("distributed.worker").warning(marker))
+            running = gw.casa("cluster", "logs", name, check=True).stdout
+            assert "== scheduler" in running and marker in running, running
+        finally:
+            cluster.shutdown()
+    kept = gw.home / "services" / "gateway" / "logs"
+    deadline = time.monotonic() + 60  # the gateway stops the cluster after answering
+    while not (kept / "root" / name).is_dir() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    stopped = gw.casa("cluster", "logs", name, check=True).stdout
+    assert "== scheduler" in stopped and marker in stopped, stopped
+    (worker,) = re.findall(r"== worker-(\S+)", stopped)
+    only = gw.casa("cluster", "logs", name, "--worker", worker, "--lines", "0", check=True).stdout
+    assert "== scheduler" not in only and marker in only
+    assert kept.stat().st_mode & 0o777 == 0o711 and (kept / "root").stat().st_mode & 0o777 == 0o711
+    assert (kept / "root" / name).stat().st_mode & 0o777 == 0o700
+    assert {p.stat().st_mode & 0o777 for p in (kept / "root" / name).iterdir()} == {0o600}
+    unknown = gw.casa("cluster", "logs", "no-such-cluster")
+    assert (
+        unknown.returncode == 2 and "you have no cluster named 'no-such-cluster'" in unknown.stderr
+    )
+    assert name in unknown.stderr, "the refusal names the clusters whose logs are kept"

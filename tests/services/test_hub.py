@@ -216,6 +216,14 @@ def test_failed_spawn_is_explained(hub):
     requests.delete(f"{hub.base}/hub/api/users/tcghost", headers=hub.admin.headers)
 
 
+def _stdout_of(notebook: Path) -> str:
+    cells = json.loads(notebook.read_text())["cells"]
+    return "".join(
+        "".join(out["text"]) for c in cells for out in c.get("outputs", [])
+        if out.get("output_type") == "stream" and out.get("name") == "stdout"
+    )  # fmt: skip
+
+
 def test_dask_labextension_creates_a_gateway_cluster(hub):
     _stop_clusters_of(hub, "tcalice")  # earlier tests' clusters hold the user's cores
     hub.admin.spawn("tcalice")
@@ -332,11 +340,9 @@ def test_the_example_notebooks_run_in_the_browser(hub):
         env={**os.environ, "CHROMIUM": chromium},
     )  # fmt: skip
     assert p.returncode == 0, p.stdout + p.stderr
-    printed = {name: "" for name in names}
-    for line in p.stdout.splitlines():
-        found = re.match(r"OUT examples/(\w+)\.ipynb: (.*)", line)
-        if found:
-            printed[found[1]] += found[2] + "\n"
+    # What each cell printed, as the lab saved it in the user's notebook.
+    examples = Path(pwd.getpwnam("tcbob").pw_dir) / "examples"
+    printed = {name: _stdout_of(examples / f"{name}.ipynb") for name in names}
     assert "lab loaded" in p.stdout
     for name in names:
         assert f"PLOT OK examples/{name}.ipynb" in p.stdout, p.stdout
@@ -391,8 +397,17 @@ def test_casa_works_in_the_lab_terminal(hub):
         assert np.array_equal(local["met"].values(flow=True), remote["met"].values(flow=True))
         code, out = term.run("casa cluster list --json")
         assert code == 0 and len(json.loads(out)) == 1, out
+        name = json.loads(out)[0]["name"]
         code, out = term.run("casa cluster stop --all")
         assert code == 0 and "stopped" in out, out
+        # The stopped cluster's logs, kept for tcalice alone.
+        kept = hub.home / "services" / "gateway" / "logs" / "tcalice" / name
+        deadline = time.monotonic() + 60  # the gateway stops the cluster after answering
+        while not kept.is_dir() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        code, out = term.run(f"casa cluster logs {name} --lines 0")
+        assert code == 0 and "== scheduler" in out and "== worker-" in out, out
+        assert kept.stat().st_uid == pwd.getpwnam("tcalice").pw_uid
 
         for command in ("casa up", "casa down", "casa user add tcmallory",
                         "casa datasets add mine ~/t-local", "casa datasets remove demo",

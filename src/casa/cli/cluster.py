@@ -27,6 +27,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     stop.add_argument("name", nargs="?")
     stop.add_argument("--all", action="store_true")
     stop.set_defaults(handler=handle_stop)
+    logs = cl.add_parser(
+        "logs", help="the scheduler's and workers' logs of a cluster: running, stopped or failed"
+    )
+    logs.add_argument("name")
+    logs.add_argument(
+        "--worker", metavar="NAME", help="only this worker's (and not the scheduler's)"
+    )
+    logs.add_argument("--lines", type=int, default=200, metavar="N",
+                      help="the last N lines of each log (default: 200; 0: all kept)")  # fmt: skip
+    logs.set_defaults(handler=handle_logs)
 
 
 def _gateway(args: argparse.Namespace):
@@ -113,3 +123,59 @@ def handle_stop(args: argparse.Namespace) -> int:
             gateway.stop_cluster(name)
     console.print(f"stopped {', '.join(names)}" if names else "you had no clusters")
     return 0
+
+
+def handle_logs(args: argparse.Namespace) -> int:
+    """Print a cluster's logs: a running one's from its scheduler, a stopped one's as kept."""
+    from casa.auth.accounts import current_account
+    from casa.facility import facility_context
+    from casa.services.gateway.logs import LOGS_FOLDER, kept_clusters, kept_logs
+
+    if args.lines < 0:
+        raise UsageError("--lines cannot be negative")
+    ctx = facility_context(args.home, args.config)
+    root = ctx.service_dir("gateway") / LOGS_FOLDER
+    from casa.compute.gateway import gateway_client
+
+    with gateway_client(ctx) as gateway:
+        running = [c.name for c in gateway.list_clusters()]
+        if args.name in running:
+            logs = _running_logs(gateway, args.name)
+        else:
+            logs = kept_logs(root, current_account(), args.name)
+    if logs is None:
+        kept = kept_clusters(root, current_account())
+        raise UsageError(
+            f"you have no cluster named {args.name!r} running or with logs kept (running: "
+            f"{', '.join(running) or 'none'}; stopped, with logs: {', '.join(kept[:10]) or 'none'})"
+        )
+    if args.worker:
+        logs = {k: v for k, v in logs.items() if k == f"worker-{args.worker}"}
+        if not logs:
+            raise UsageError(f"cluster {args.name} has no worker {args.worker!r} with logs")
+    for name, text in logs.items():
+        lines = text.splitlines()
+        shown = lines[-args.lines :] if args.lines else lines
+        console.print(f"[bold]== {name}[/] ({len(shown)} of {len(lines)} lines)", highlight=False)
+        for line in shown:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+    return 0
+
+
+def _running_logs(gateway, name: str) -> dict[str, str]:
+    """The logs a running cluster's scheduler and workers keep in memory."""
+    cluster = gateway.connect(name)
+    try:
+        with cluster.get_client(set_as_default=False) as client:
+            logs = {"scheduler": _text(client.get_scheduler_logs(n=100_000))}
+            workers = client.scheduler_info()["workers"]
+            for address, lines in sorted(client.get_worker_logs(n=100_000).items()):
+                worker = workers.get(address, {}).get("name", address)
+                logs[f"worker-{worker}"] = _text(lines)
+    finally:
+        cluster.close(shutdown=False)
+    return logs
+
+
+def _text(lines) -> str:
+    return "\n".join(message for _, message in lines)

@@ -3,7 +3,8 @@
 The facility's environment (``/opt/casa-user-env`` under root) is the admin's and read only.
 A user's environment (``~/.casa/envs/default``, made by the hub at their first spawn) is a
 virtual environment of the same Python whose ``site-packages`` holds what the user installs
-and a ``.pth`` file naming the facility's ``site-packages`` after it: everything the facility
+and a ``.pth`` file adding the facility's ``site-packages`` after it (as a site directory,
+its own ``.pth`` files read): everything the facility
 has is importable, what the user installs comes first, and ``pip`` there installs only
 what the facility lacks (it sees the facility's packages as installed). The facility's
 commands (``casa``, ``jupyterhub-singleuser``, ``dask-worker``, ...) are copied into its
@@ -54,10 +55,16 @@ def user_env_path(account: pwd.struct_passwd, name: str = DEFAULT_ENV) -> Path:
 def is_layered_on(env: Path, base: Path) -> bool:
     """Whether ``env`` is a user's environment on top of ``base`` (and ready to use)."""
     try:
-        layer = (site_packages(env) / LAYER_FILE).read_text().strip()
+        layer = (site_packages(env) / LAYER_FILE).read_text()
     except (OSError, ServiceError):
         return False
-    return layer == str(site_packages(base)) and (env / "bin" / "jupyterhub-singleuser").exists()
+    return layer == _layer(base) and (env / "bin" / "jupyterhub-singleuser").exists()
+
+
+def _layer(base: Path) -> str:
+    """The layer file's line: the facility's ``site-packages`` as a site directory, so that
+    its own ``.pth`` files (editable installs among them) are read too."""
+    return f"import site; site.addsitedir({str(site_packages(base))!r})\n"
 
 
 def create_layered_env(env: Path, base: Path) -> Path:
@@ -76,7 +83,7 @@ def create_layered_env(env: Path, base: Path) -> Path:
             raise ServiceError(
                 f"could not make the Python environment {env}: {done.stderr.strip()[-500:]}"
             )
-    (site_packages(env) / LAYER_FILE).write_text(str(site_packages(base)) + "\n")
+    (site_packages(env) / LAYER_FILE).write_text(_layer(base))
     _copy_commands(base / "bin", env / "bin", str(env / "bin" / "python"))
     return env
 

@@ -45,6 +45,7 @@ from traitlets import Integer as IntegerTrait
 
 from casa.lab.environments import check_cluster_env
 from casa.services.gateway.dashboards import DashboardAccess
+from casa.services.gateway.logs import keep_logs
 from casa.services.processes import forget_process, is_recorded, record_process
 from casa.workarounds import owned_working_directory
 
@@ -390,14 +391,38 @@ class RecordedProcesses(LocalBackend):
             forget_process(directory, pid)
 
 
+class KeptLogs(LocalBackend):
+    """Keeps each cluster's logs when it stops or fails (:mod:`casa.services.gateway.logs`)."""
+
+    logs_directory = Unicode(
+        "", help="Where stopped clusters' logs are kept (empty: not kept).", config=True
+    )
+
+    async def do_stop_cluster(self, cluster):
+        """Stop the scheduler, keep the logs, then remove the working directory."""
+        pid = cluster.state.get("pid")
+        if pid is not None:
+            await self.stop_process(pid)
+        workdir = cluster.state.get("workdir")
+        if workdir is None:
+            return
+        if self.logs_directory:
+            try:
+                keep_logs(Path(workdir), Path(self.logs_directory), cluster.username)
+            except OSError as e:
+                self.log.warning("Could not keep the logs of cluster %s: %s", cluster.name, e)
+        self.cleanup_working_directory(workdir)
+
+
 class CasaLocalBackend(
-    DashboardAccess, WorkerTokenRenewal, UserLimits, RecordedProcesses, UnsafeLocalBackend
-):
+    DashboardAccess, WorkerTokenRenewal, UserLimits, KeptLogs, RecordedProcesses,
+    UnsafeLocalBackend,
+):  # fmt: skip
     """Clusters as local processes of the facility's account, within casa's per-user limits."""
 
 
 class FixedLocalBackend(
-    DashboardAccess, WorkerTokenRenewal, UserLimits, RecordedProcesses, LocalBackend
+    DashboardAccess, WorkerTokenRenewal, UserLimits, KeptLogs, RecordedProcesses, LocalBackend
 ):
     """dask-gateway's LocalBackend (each user's own account) with its working-directory bug fixed."""
 

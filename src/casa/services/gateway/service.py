@@ -17,6 +17,7 @@ from casa.errors import ServiceError
 from casa.facility import Facility
 from casa.filesystem import PASSABLE_FOLDER, create_once
 from casa.services.base import Health, Service, get_json
+from casa.services.gateway.logs import LOGS_FOLDER
 from casa.services.processes import recorded_session_leaders
 
 CONFIG_TEMPLATE = """\
@@ -40,6 +41,7 @@ c.CasaAuthenticator.public_key_file = {public_key!r}
 c.DaskGateway.backend_class = {backend_class!r}
 c.LocalBackend.clusters_directory = {clusters!r}
 c.RecordedProcesses.process_directory = {processes!r}
+c.KeptLogs.logs_directory = {logs!r}
 c.DashboardAccess.accounts_database = {accounts!r}
 c.ClusterConfig.scheduler_cmd = {scheduler_cmd!r}
 c.ClusterConfig.worker_cmd = {worker_cmd!r}
@@ -206,6 +208,7 @@ class GatewayService(Service):
                 db_url=db_url,
                 db_key=str(ensure_database_key(ctx.paths.keys)),
                 processes=str(self.process_directory(ctx)),
+                logs=str(directory / LOGS_FOLDER),
                 accounts=str(ctx.paths.database),
                 scheduler_cmd=str(bin_dir / "dask-scheduler"),
                 worker_cmd=str(bin_dir / "dask-worker"),
