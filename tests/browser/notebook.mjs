@@ -44,6 +44,8 @@ try {
   await page.click("#login_submit");
   await page.waitForURL(`**/user/${user}/lab**`, { timeout: 120000 });
   console.log("lab loaded");
+  await page.waitForTimeout(3000);  // JupyterLab asks about news within a second or two
+  if (await page.$("text=official Jupyter news")) await fail(page, "login", "the lab asked about Jupyter news");
   for (const notebook of notebooks) {
     current = notebook;
     // ?reset: a workspace of this notebook alone (the lab would reopen the previous ones).

@@ -472,7 +472,11 @@ def test_nothing_of_the_facility_is_readable_that_is_not_meant_to_be(
             "ata's own datasets in full, for ata's casa"
         ),
         site.home / "services" / "hub" / "terminal.bashrc": "every lab terminal's start-up",
+        site.home / "services" / "hub" / "jupyter-config": "JupyterLab settings for every user",
     }
+    logs = site.home / "services" / "gateway" / "logs"
+    public.update({logs: "passable only (0711)", logs / ATTACKER: "passable only (0711)"})
+    public.update({p: "ata's own clusters' logs" for p in (logs / ATTACKER).rglob("*")})
     # PIDs and start times, which ps shows anyone anyway: users' 'casa status' reads them.
     public.update({pid: "a service's PID" for pid in site.home.glob("services/*/*.pid")})
     victim_home = Path(os.path.expanduser(f"~{VICTIM}"))

@@ -39,6 +39,9 @@ PUBLIC_FILES = {
     "services/hub/catalog.json": "the public datasets, for notebooks",
     "services/hub/datasets.json": "the public datasets in full, for users' casa commands",
     "services/hub/terminal.bashrc": "the start-up of every user's lab terminal",
+    "services/hub/jupyter-config": "JupyterLab settings for every user (no secrets)",
+    "services/hub/jupyter-config/labconfig": "JupyterLab settings for every user",
+    "services/hub/jupyter-config/labconfig/default_setting_overrides.json": "the settings",
     "certificates": "the facility's CA folder, which clients verify the XRootD servers with",
 }
 #: Folders any account may pass through (but not list) to reach the files above, its own
@@ -192,6 +195,8 @@ def _allowed(f, path: Path, uid: int) -> bool:
             return True  # the CA certificate and its link by hash
         if len(parts) == 2 and parts[0] == "services":
             return True  # services/NAME: passable only (listing is checked apart)
+        if parts[:3] == ["services", "gateway", "logs"] and len(parts) <= 4 and path.is_dir():
+            return True  # logs/ and logs/USER/: root's, passable only (0711)
         if len(parts) == 3 and parts[0] == "services" and parts[2] == f"{parts[1]}.pid":
             return True  # read by any account's 'casa status': a PID, a port, a command
     try:

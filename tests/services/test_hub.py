@@ -63,6 +63,8 @@ def test_up_prints_the_hub_url(hub):
     status = {s["name"]: s for s in json.loads(hub.casa("status", "--json").stdout)}
     assert status["hub"]["healthy"]
     assert f"at {hub.base}" in status["hub"]["detail"]
+    login = requests.get(f"{hub.base}/hub/login", timeout=30).text
+    assert "casa: an analysis facility. Log in with your facility account" in login
 
 
 def test_login_spawn_and_analysis_in_the_users_kernel(hub, tmp_path):

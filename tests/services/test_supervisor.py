@@ -55,7 +55,10 @@ def test_up_twice_status_and_down(new_facility):
     time.sleep(0.2)
     assert not any(_alive(p) for p in pids), "casa down left a process behind"
     assert not any(s["running"] for s in _status(f).values())
-    assert f.casa("status").returncode == 1
+    stopped = f.casa("status")  # a stopped facility is no failure: LSB's "not running"
+    assert stopped.returncode == 3, stopped.stdout + stopped.stderr
+    assert "the facility is not running: 'casa up' starts it" in stopped.stdout
+    assert "unhealthy" not in stopped.stdout and stopped.stdout.count("stopped") == 5
     assert "nothing was running" in f.casa("down", check=True).stdout
 
 

@@ -239,7 +239,8 @@ def _write_plots(out: Path, histograms: list[tuple[str, Any]], analysis: str) ->
         for name, h in histograms:
             if h.ndim not in (1, 2):
                 continue
-            fig, ax = plt.subplots(figsize=(9, 7))
+            # Laid out to fit: CMS style's large labels would be cut at the figure's edges.
+            fig, ax = plt.subplots(figsize=(9, 7), layout="constrained")
             if h.ndim == 1:
                 mplhep.histplot(h, ax=ax, histtype="fill", alpha=0.6, edgecolor="black")
                 ax.set_ylabel("Events")

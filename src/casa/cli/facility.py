@@ -72,18 +72,47 @@ def handle_down(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``casa status``'s exit status when no service runs and none died (LSB's "not running").
+NOT_RUNNING = 3
+
+
 def handle_status(args: argparse.Namespace) -> int:
-    """Show every service; exit 1 if any is unhealthy."""
+    """Show every service; exit 0 if all run and are healthy, 3 if the facility is simply
+    not running (nothing started, or stopped with 'casa down'), 1 if any failed."""
+    from casa.services.supervisor import NOT_STARTED
+
     ctx, supervisor = _supervisor(args)
     rows = supervisor.status()
+    stopped = not any(r.running for r in rows) and all(r.detail == NOT_STARTED for r in rows)
     if args.json:
         console.print_json(json.dumps([r.to_dict() for r in rows]))
     else:
         table = Table("service", "port", "pid", "health", "uptime", "detail")
         for r in rows:
-            health = "[green]healthy[/]" if r.healthy else "[red]unhealthy[/]"
-            uptime = f"{r.uptime:.0f} s" if r.uptime is not None else "-"
+            if r.healthy:
+                health = "[green]healthy[/]"
+            elif r.detail == NOT_STARTED:
+                health = "stopped"
+            else:
+                health = "[red]unhealthy[/]"
+            uptime = duration(r.uptime) if r.uptime is not None else "-"
             table.add_row(r.name, str(r.port), str(r.pid or "-"), health, uptime, r.detail)
         console.print(table)
+        if stopped:
+            console.print("the facility is not running: 'casa up' starts it")
         _print_elsewhere(ctx)
+    if stopped:
+        return NOT_RUNNING
     return 0 if all(r.healthy for r in rows) else 1
+
+
+def duration(seconds: float) -> str:
+    """``45 s``, ``21 min``, ``3 h 05 min``, ``2 d 4 h``."""
+    s = int(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min"
+    if s < 86400:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"

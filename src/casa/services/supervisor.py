@@ -37,6 +37,8 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 #: How long a port may stay busy after a restart before it counts as taken by another program.
 PORT_SETTLE_SECONDS = 5.0
+#: The detail of a service that has no record of ever running (or was stopped by casa down).
+NOT_STARTED = "not started"
 
 
 @dataclass
@@ -112,7 +114,7 @@ class Supervisor:
                 health_detail = f"not running: process {record['pid']} has exited (see the log)"
                 health = _dead(health_detail)
             else:
-                health = _dead("not started")
+                health = _dead(NOT_STARTED)
             out.append(
                 ServiceStatus(
                     name=service.name,

@@ -6,6 +6,7 @@ whole hub setup lives here, in code, next to the authenticator and the spawner.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import sys
@@ -61,6 +62,27 @@ def hub_api_token(ctx: Facility) -> str:
     return secret_file(ctx, HUB_API_TOKEN_FILE).read_text().strip()
 
 
+#: JupyterLab's settings for every user (their own settings still win): no "official
+#: Jupyter news?" pop-up at their first login.
+LAB_SETTINGS = {
+    "@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": False}
+}
+
+
+def lab_config_dir(ctx: Facility) -> Path:
+    """A Jupyter configuration folder of the facility's, first on users' servers'
+    ``$JUPYTER_CONFIG_PATH`` (it holds :data:`LAB_SETTINGS`)."""
+    return ctx.service_dir("hub") / "jupyter-config"
+
+
+def login_announcement(ctx: Facility) -> str:
+    """What the login page says above the form."""
+    return (
+        f"{ctx.config.facility.name}: an analysis facility. Log in with your facility account; "
+        "your JupyterLab, your Dask clusters and your data token are ready when it opens."
+    )
+
+
 def configure(c, home: str, config_file: str | None = None) -> None:
     """Fill JupyterHub's config object ``c`` for the facility in ``home``."""
     from casa.facility import facility_context
@@ -86,6 +108,8 @@ def configure(c, home: str, config_file: str | None = None) -> None:
     c.ConfigurableHTTPProxy.auth_token = secret_file(ctx, "hub-proxy-token").read_text().strip()
     c.ConfigurableHTTPProxy.pid_file = str(state / "proxy.pid")
 
+    # The facility's name on the login page (JupyterHub's own pages say only "JupyterHub").
+    c.JupyterHub.template_vars = {"announcement_login": login_announcement(ctx)}
     c.JupyterHub.services = [{"name": CASA_SERVICE, "api_token": hub_api_token(ctx)}]
     c.JupyterHub.load_roles = [
         {
@@ -126,8 +150,16 @@ def configure(c, home: str, config_file: str | None = None) -> None:
     c.Spawner.default_url = "/lab"
     terminal_rc = state / "terminal.bashrc"
     write_file(terminal_rc, TERMINAL_RC, 0o644)
+    labconfig = lab_config_dir(ctx) / "labconfig"
+    labconfig.mkdir(parents=True, exist_ok=True)
+    for folder in (labconfig.parent, labconfig):
+        os.chmod(folder, 0o755)
+    write_file(labconfig / "default_setting_overrides.json", json.dumps(LAB_SETTINGS), 0o644)
     c.Spawner.args = [
         f"--ServerApp.jpserver_extensions={LAB_DASHBOARDS}=True",
+        # No update checks (and no news fetched: LAB_SETTINGS turns the question off).
+        "--LabApp.news_url=None",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         f"--ServerApp.terminado_settings=shell_command={['/bin/bash', '--rcfile', str(terminal_rc), '-i']!r}",
     ]
     c.Spawner.notebook_dir = "~"

@@ -34,7 +34,7 @@ from casa.data.exports import CatalogExports
 from casa.facility import Facility, facility_context
 from casa.filesystem import USER_FOLDER, UserFolder
 from casa.lab.environments import create_as, is_layered_on, user_env_path
-from casa.services.hub.config import user_env_prefix
+from casa.services.hub.config import lab_config_dir, user_env_prefix
 
 EXAMPLES_DIR = "examples"
 
@@ -172,7 +172,7 @@ class CasaSpawner(LocalProcessSpawner):
                 "DASK_GATEWAY__CLUSTER__OPTIONS__PYTHON_ENV": str(python_env),
                 # A user's environment has none of Jupyter's files: JupyterLab's server
                 # extension, its assets and the Dask panel are found in the facility's.
-                "JUPYTER_CONFIG_PATH": str(facility_bin.parent / "etc" / "jupyter"),
+                "JUPYTER_CONFIG_PATH": f"{lab_config_dir(ctx)}:{facility_bin.parent}/etc/jupyter",
                 "JUPYTER_PATH": str(facility_bin.parent / "share" / "jupyter"),
             }
         )

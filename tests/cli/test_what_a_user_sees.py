@@ -1,0 +1,64 @@
+"""Small things a user sees: plots whose labels fit, lines not cut when piped, durations
+in words."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import hist
+import numpy as np
+
+from casa.analysis import outputs
+from casa.cli.facility import duration
+
+
+def test_every_label_of_a_written_plot_is_inside_the_picture(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    kept = []
+    monkeypatch.setattr(plt, "close", kept.append)  # keep the figures to measure them
+    one = hist.Hist.new.Reg(50, 0, 200, name="mass", label="dimuon mass [GeV]").Double()
+    one.fill(np.random.default_rng(1).normal(91, 5, 1000))
+    two = hist.Hist.new.Reg(20, 0, 5, name="a").Reg(20, 0, 5, name="b").Double()
+    two.fill(a=[1, 2], b=[3, 4])
+    written = outputs._write_plots(tmp_path, [("mass", one), ("ab", two)], "dimuon")
+    assert [p.name for p in written] == ["mass.png", "ab.png"]
+    for fig in kept:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        frame = fig.bbox
+        for ax in fig.axes:
+            for text in (ax.xaxis.label, ax.yaxis.label, ax.title):
+                if not text.get_text():
+                    continue
+                box = text.get_window_extent(renderer)
+                assert frame.x0 <= box.x0 and box.x1 <= frame.x1, text.get_text()
+                assert frame.y0 <= box.y0 and box.y1 <= frame.y1, text.get_text()
+    assert kept, "no figure was made"
+
+
+def test_piped_output_is_not_cut_at_80_columns(tmp_path):
+    """A cluster name or a URL must be copyable from ``casa ... | less`` or a log."""
+    path = tmp_path / ("a-folder-with-a-long-name-" * 4) / "file.root"
+    path.parent.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    env["CASA_HOME"] = str(tmp_path / "home")
+    code = (
+        "from casa.cli.console import console\n"
+        "from rich.table import Table\n"
+        f"t = Table('url', 'events'); t.add_row({str(path)!r}, '10'); console.print(t)\n"
+        f"console.print('error: ' + {str(path)!r} * 2)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, check=True)  # fmt: skip
+    assert any(str(path) in line for line in done.stdout.splitlines()), done.stdout
+    assert any(str(path) * 2 in line for line in done.stdout.splitlines()), done.stdout
+
+
+def test_durations_are_in_words():
+    assert duration(45.2) == "45 s"
+    assert duration(1291) == "21 min"
+    assert duration(3 * 3600 + 5 * 60 + 9) == "3 h 05 min"
+    assert duration(2 * 86400 + 4 * 3600 + 1) == "2 d 4 h"
