@@ -19,6 +19,9 @@ import re
 
 from casa.errors import UsageError
 
+#: The tree a dataset's files are read from unless told otherwise (NanoAOD's).
+DEFAULT_TREE = "Events"
+
 #: Ends every storage folder named for a user or a dataset (never part of a name).
 NAME_END = "~"
 

@@ -253,6 +253,15 @@ def print_tables(console: Console, report: dict[str, Any]) -> None:
         value = facility.get(key)
         figures.add_row(label, "-" if value is None else f"{value:.2f}")
     console.print(figures)
+    if report.get("command_line"):
+        commands = Table(title="the command line (whole commands, median)")
+        for col in ("command", "seconds", "target"):
+            commands.add_column(col, justify="left" if col == "command" else "right")
+        for figure in report["command_line"].values():
+            target = figure.get("target")
+            commands.add_row(figure["command"], f"{figure['seconds']:.2f}",
+                             "-" if target is None else f"< {target:.2f}")  # fmt: skip
+        console.print(commands)
     limit_libraries = sorted({r["zlib_library"] for r in report.get("runs", [])
                               if r["engine"] == "limit" and "zlib_library" in r})  # fmt: skip
     if facility.get("worker_zlib_library") and limit_libraries:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from casa.bench.command_line import command_line_figures
 from casa.bench.dataset import BenchDataset, ensure_dataset
 from casa.bench.engines import (
     Measurement,
@@ -132,6 +133,9 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = print) -> dict
         "machine": machine_info(),
         "definitions": DEFINITIONS,
     }
+    report["command_line"] = command_line_figures()
+    for figure in report["command_line"].values():
+        log(f"'{figure['command']}' answers in {figure['seconds']:.2f} s")
     log(f"dataset: {options.events:,} events in {options.files} file(s), {options.codec}")
     dataset = ensure_dataset(
         options.out / "data", options.events, options.files, options.codec, options.seed

@@ -10,7 +10,6 @@ import traceback
 from rich.markup import escape
 
 from casa import __version__
-from casa.auth.certificates import trust_facility_ca
 from casa.cli import bench, cluster, datasets, demo, facility, generate, run, token, user
 from casa.cli.console import console, err_console
 from casa.config import facility_paths
@@ -50,6 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from casa.auth.certificates import trust_facility_ca
+
         # The facility's CA, for this process's XRootD clients and the services it starts.
         trust_facility_ca(facility_paths(args.home).certificates)
         code = args.handler(args) or 0

@@ -6,17 +6,19 @@ import argparse
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
-from casa.auth.accounts import current_account
 from casa.cli.access import admin_only
 from casa.cli.console import console
 from casa.config import facility_paths
-from casa.data.catalog import DEFAULT_TREE, DatasetCatalog, check_schema_name
-from casa.data.exports import ExportedCatalog, facility_catalog
 from casa.errors import DataError, UsageError
-from casa.facility import facility_context
+from casa.names import DEFAULT_TREE
+
+if TYPE_CHECKING:  # imported where used: a usage error is reported before they load
+    from casa.data.catalog import DatasetCatalog
+    from casa.data.exports import ExportedCatalog
 
 #: What --schema records.
 SCHEMA_HELP = (
@@ -85,6 +87,9 @@ def open_catalog(args: argparse.Namespace) -> DatasetCatalog | ExportedCatalog:
     Every change rewrites what notebooks read of it (:mod:`casa.data.exports`). One of the
     facility's users reads the datasets they may read (:mod:`casa.cli.access`).
     """
+    from casa.auth.accounts import current_account
+    from casa.data.exports import ExportedCatalog, facility_catalog
+
     paths = facility_paths(args.home).ensure()
     if not paths.run_by_caller():
         return ExportedCatalog(paths, current_account())
@@ -164,6 +169,7 @@ def handle_show(args: argparse.Namespace) -> int:
 
 def handle_remove(args: argparse.Namespace) -> int:
     """Remove a dataset from the catalog, and from facility storage if casa stored it there."""
+    from casa.facility import facility_context
     from casa.names import dataset_area
 
     catalog = open_catalog(args)
@@ -203,7 +209,7 @@ def _check_storage_user(args: argparse.Namespace, ctx) -> None:
     """UsageError unless ``--user`` names a facility user (a storage area of a real reader)."""
     import pwd
 
-    from casa.auth.accounts import AccountStore
+    from casa.auth.accounts import AccountStore, current_account
     from casa.names import check_storage_name
 
     check_storage_name(args.user, "--user")
@@ -272,6 +278,7 @@ def recorded_schema(spec: str | None) -> str | None:
     starts; a file named relative to this folder would not be found from another.
     """
     from casa.analysis.schemas import resolve_schema
+    from casa.data.catalog import check_schema_name
 
     spec = check_schema_name(spec)
     if spec is None:
@@ -297,6 +304,7 @@ def _size(n: int) -> str:
 def _add_stored(args: argparse.Namespace, catalog: DatasetCatalog):
     """Check the files, copy them into storage, register their root:// URLs; undo on failure."""
     from casa.data.files import expand_paths, inspect_root_file
+    from casa.facility import facility_context
     from casa.names import check_dataset_name
 
     check_dataset_name(args.name)

@@ -13,8 +13,8 @@ from rich.table import Table
 from casa.cli.console import console, err_console
 from casa.cli.progress import ChunkProgress
 from casa.compute.registry import LOCAL, backend_names
-from casa.data.catalog import DEFAULT_TREE
 from casa.errors import UsageError
+from casa.names import DEFAULT_TREE
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import functools
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from casa.compute.base import ComputeBackend, Scaling
 from casa.errors import UsageError
-from casa.facility import Facility
+
+if TYPE_CHECKING:  # the command line imports this module before it parses its arguments
+    from casa.compute.base import ComputeBackend, Scaling
+    from casa.facility import Facility
 
 GROUP = "casa.compute_backends"
 #: The backends that run on this machine (``casa run --cluster local --executor NAME``).
@@ -46,6 +48,8 @@ def backend_class(name: str) -> type[ComputeBackend]:
         raise UsageError(
             f"unknown compute backend {name!r}: choose one of {', '.join(sorted(found))}"
         )
+    from casa.compute.base import ComputeBackend
+
     cls = found[name].load()
     if not (isinstance(cls, type) and issubclass(cls, ComputeBackend)):
         raise UsageError(

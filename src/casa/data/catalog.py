@@ -25,9 +25,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 from casa.config import private_database
 from casa.data.files import FileInfo, expand_paths, inspect_root_file
 from casa.errors import DataError, UsageError
-from casa.names import check_dataset_name
-
-DEFAULT_TREE = "Events"
+from casa.names import DEFAULT_TREE, check_dataset_name
 
 #: Names coffea sets in ``events.metadata`` itself, which a dataset's metadata may not use
 #: (coffea's Runner refuses them too: ``coffea.processor.executor._PROTECTED_NAMES``, coffea
