@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 
 import awkward as ak
 import hist
@@ -45,7 +46,15 @@ def test_run_writes_all_outputs(casa, gen_dir, tmp_path):
     r = casa("run", "dimuon", "--files", gen_dir, "--out", out, "--executor", "iterative",
              "--chunksize", "5000", check=True)  # fmt: skip
     assert "mass" in r.out and "24,000 events" in r.out
+    # Said from the first moment: each step before the chunks start; then the time waited.
+    for step in ("loading the analysis dimuon", "reading the files' trees",
+                 "starting (this process reads the chunks)"):  # fmt: skip
+        assert step in r.err, r.err
+    waited = re.search(r"you waited ([\d.]+) s in all: ([\d.]+) s to load, start the "
+                       r"workers and write the outputs, ([\d.]+) s processing", r.out)  # fmt: skip
+    assert waited, r.out
     summary = json.loads((out / "summary.json").read_text())
+    assert float(waited[1]) >= float(waited[3]) >= round(summary["wall_seconds"], 1) - 0.05
     assert summary["analysis"] == "dimuon" and summary["events"] == 24_000
     assert sorted(summary["events_per_file"].values()) == [8_000, 8_000, 8_000]
     assert summary["executor"] == "iterative" and summary["workers"] == 1

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import time
 from typing import Any
 
 from rich.markup import escape
 from rich.table import Table
 
 from casa.cli.console import console, err_console
-from casa.cli.progress import ChunkProgress
+from casa.cli.progress import ChunkProgress, event_rate
 from casa.compute.registry import LOCAL, backend_names
 from casa.errors import UsageError
 from casa.names import DEFAULT_TREE
@@ -100,6 +101,7 @@ def handle(args: argparse.Namespace) -> int:
     from casa.data.files import expand_paths, inspect_root_file
     from casa.facility import facility_context, refusal_explainer
 
+    began = time.monotonic()
     if args.chunksize is not None and args.chunksize < 1:
         raise UsageError(
             f"--chunksize must be at least 1 entry (got {args.chunksize}); leave it out for "
@@ -111,27 +113,31 @@ def handle(args: argparse.Namespace) -> int:
     def facility():  # casa.toml, parsed once, and only when the run needs the facility
         return facility_context(args.home, args.config)
 
-    name = args.executor if args.cluster == "local" else args.cluster
+    where = args.executor if args.cluster == "local" else args.cluster
     backend = create_backend(
-        name, None if name in LOCAL else facility(), size, worker_memory=args.worker_memory
+        where, None if where in LOCAL else facility(), size, worker_memory=args.worker_memory
     )
-    processor = load_processor(args.analysis, parse_processor_args(args.arg))
-    schema = args.schema
-    if args.dataset:
-        dataset = facility().catalog().get(args.dataset)
-        name, files, metadata = dataset.name, list(dataset.files), dataset.metadata
-        if schema is None:
-            schema = dataset.schema  # recorded by 'casa datasets add/import --schema'
-    else:
-        name, metadata = "files", None
-        files = [inspect_root_file(p, args.tree) for p in expand_paths(args.files)]
-    schema_class = resolve_schema(schema)
-    explain = servers = None
-    if any(f.url.startswith(("root://", "roots://")) for f in files):
-        ctx = facility()
-        explain, servers = refusal_explainer(ctx), storage_server_names(ctx.config)
-    prepare_out_dir(args.out)
     with ChunkProgress(args.analysis, err_console) as progress:
+        progress.step(f"loading the analysis {args.analysis}")
+        processor = load_processor(args.analysis, parse_processor_args(args.arg))
+        schema = args.schema
+        if args.dataset:
+            progress.step(f"reading the dataset {args.dataset} from the catalog")
+            dataset = facility().catalog().get(args.dataset)
+            name, files, metadata = dataset.name, list(dataset.files), dataset.metadata
+            if schema is None:
+                schema = dataset.schema  # recorded by 'casa datasets add/import --schema'
+        else:
+            progress.step("reading the files' trees")
+            name, metadata = "files", None
+            files = [inspect_root_file(p, args.tree) for p in expand_paths(args.files)]
+        schema_class = resolve_schema(schema)
+        explain = servers = None
+        if any(f.url.startswith(("root://", "roots://")) for f in files):
+            ctx = facility()
+            explain, servers = refusal_explainer(ctx), storage_server_names(ctx.config)
+        prepare_out_dir(args.out)
+        progress.step(STARTING.get(where, f"starting the workers ({where})"))
 
         def started(chunks: int, events: int, dashboard: str | None) -> None:
             if not args.debug:
@@ -156,7 +162,24 @@ def handle(args: argparse.Namespace) -> int:
         )
     summary = write_outputs(args.out, result, args.analysis, name, plots=not args.no_plots)
     print_summary(args.out, summary, result.output)
+    waited = time.monotonic() - began
+    console.print(
+        f"you waited {waited:.1f} s in all: {max(0.0, waited - summary['wall_seconds']):.1f} s "
+        f"to load, start the workers and write the outputs, {summary['wall_seconds']:.1f} s "
+        "processing"
+    )
     return 0
+
+
+#: What ``casa run`` says while its backend starts, by backend.
+STARTING = {
+    "iterative": "starting (this process reads the chunks)",
+    "futures": "starting the worker processes",
+    "dask": "starting a local Dask cluster",
+    "gateway": "connecting to the Dask Gateway: your running cluster, or a new one and its workers",
+    "htcondor": "submitting the workers as HTCondor jobs and waiting for them",
+    "slurm": "submitting the workers as Slurm jobs and waiting for them",
+}
 
 
 def quiet_dask_logs() -> None:
@@ -212,7 +235,7 @@ def print_summary(out: str, summary: dict, output: Any = None) -> None:
         )
     console.print(
         f"{summary['events']:,} events in {summary['wall_seconds']:.2f} s "
-        f"({summary['events_per_second'] / 1e6:.2f} M events/s) on {summary['executor']} "
+        f"({event_rate(summary['events_per_second'])}) on {summary['executor']} "
         f"with {summary['workers']} worker(s)"
     )
     if summary.get("chunks_skipped"):
