@@ -142,9 +142,12 @@ def find_or_create_cluster(gateway, worker_cores: int = 1, worker_memory: float 
         cluster.casa_created = False
         return cluster
     try:
+        # A gateway whose workers are no local processes (Kubernetes pods run an image)
+        # offers no python_env.
+        offered = env and "python_env" in gateway.cluster_options(use_local_defaults=False)
         cluster = gateway.new_cluster(
             worker_cores=worker_cores, worker_memory=worker_memory, shutdown_on_close=False,
-            **({"python_env": env} if env else {}),
+            **({"python_env": env} if offered else {}),
         )  # fmt: skip
         cluster.casa_created = True
         return cluster

@@ -82,7 +82,7 @@ class CasaAuthenticator(Authenticator):
 
 def cluster_options(
     max_worker_cores: float, max_worker_memory: int, environment: dict[str, str] | None = None,
-    default_env: str = "",
+    default_env: str | None = None,
 ) -> Options:  # fmt: skip
     """The options users choose per cluster.
 
@@ -92,7 +92,8 @@ def cluster_options(
     (:class:`OwnerDataToken` adds it). ``python_env`` is the Python environment the
     cluster's scheduler and workers run from (casa's clients give their own, so that
     workers import what the user installed: :mod:`casa.lab.environments`); empty, or
-    ``default_env``, is the facility's.
+    ``default_env``, is the facility's. Without ``default_env`` (Kubernetes, whose pods run
+    an image) the option is not offered.
     """
 
     def handler(options, user):
@@ -102,18 +103,20 @@ def cluster_options(
             "worker_memory": int(options.worker_memory * GIB),
             "environment": dict(environment or {}),
         }
-        if options.python_env and options.python_env != default_env:
-            prefix = check_cluster_env(options.python_env, user.name)
+        chosen = getattr(options, "python_env", "") if default_env is not None else ""
+        if chosen and chosen != default_env:
+            prefix = check_cluster_env(chosen, user.name)
             config["scheduler_cmd"] = str(prefix / "bin" / "dask-scheduler")
             config["worker_cmd"] = str(prefix / "bin" / "dask-worker")
         return config
 
-    return Options(
+    fields = [
         Integer("worker_cores", 1, min=1, max=max(1, int(max_worker_cores)), label="Worker cores"),
         Float("worker_memory", 2, min=0.25, max=max_worker_memory / GIB, label="Worker memory (GiB)"),
-        String("python_env", "", label="Python environment (empty: the facility's)"),
-        handler=handler,
-    )  # fmt: skip
+    ]  # fmt: skip
+    if default_env is not None:
+        fields.append(String("python_env", "", label="Python environment (empty: the facility's)"))
+    return Options(*fields, handler=handler)
 
 
 def _amount(value: float, unit: str) -> str:

@@ -34,6 +34,7 @@ from casa.data.exports import CatalogExports
 from casa.facility import Facility, facility_context
 from casa.filesystem import USER_FOLDER, UserFolder
 from casa.lab.environments import create_as, is_layered_on, user_env_path
+from casa.services.gateway.service import gateway_backend
 from casa.services.hub.config import lab_config_dir, user_env_prefix
 
 EXAMPLES_DIR = "examples"
@@ -168,8 +169,6 @@ class CasaSpawner(LocalProcessSpawner):
                 "CASA_HOME": str(ctx.paths.home),
                 "CASA_LAB_ENV": str(python_env),
                 "PATH": f"{python_env}/bin:{facility_bin}:/usr/local/bin:/usr/bin:/bin",
-                # Clusters the lab makes (the Dask panel's NEW too) run the lab's environment.
-                "DASK_GATEWAY__CLUSTER__OPTIONS__PYTHON_ENV": str(python_env),
                 # A user's environment has none of Jupyter's files: JupyterLab's server
                 # extension, its assets and the Dask panel are found in the facility's.
                 "JUPYTER_CONFIG_PATH": f"{lab_config_dir(ctx)}:{facility_bin.parent}/etc/jupyter",
@@ -178,6 +177,9 @@ class CasaSpawner(LocalProcessSpawner):
         )
         if ctx.config_file is not None:
             env["CASA_CONFIG"] = str(ctx.config_file)
+        if gateway_backend(ctx) != "kubernetes":  # pods run an image: no python_env there
+            # Clusters the lab makes (the Dask panel's NEW too) run the lab's environment.
+            env["DASK_GATEWAY__CLUSTER__OPTIONS__PYTHON_ENV"] = str(python_env)
         if os.environ.get("X509_CERT_DIR"):  # the facility's CA, when casa is not root
             env["X509_CERT_DIR"] = os.environ["X509_CERT_DIR"]
         return env
