@@ -3,17 +3,18 @@
 The facility's environment (``/opt/casa-user-env`` under root) is the admin's and read only.
 A user's environment (``~/.casa/envs/default``, made by the hub at their first spawn) is a
 virtual environment of the same Python whose ``site-packages`` holds what the user installs
-and a ``.pth`` file adding the facility's ``site-packages`` after it (as a site directory,
-its own ``.pth`` files read): everything the facility
-has is importable, what the user installs comes first, and ``pip`` there installs only
-what the facility lacks (it sees the facility's packages as installed). The facility's
-commands (``casa``, ``jupyterhub-singleuser``, ``dask-worker``, ...) are copied into its
-``bin/`` with their first line naming the user's Python, so the lab, the terminal, ``casa
-run`` and the gateway's workers started from it all see the user's packages.
+and a ``.pth`` file adding the facility's ``site-packages`` after it (as a site directory:
+its own ``.pth`` files are read too). Everything the facility has is importable, what the
+user installs comes first, and ``pip`` there installs only what the facility lacks (it sees
+the facility's packages as installed). The facility's commands (``casa``,
+``jupyterhub-singleuser``, ``dask-worker``, ...) are copied into its ``bin/`` with their
+first line naming the user's Python, so the lab, the terminal, ``casa run`` and the
+gateway's workers started from it all see the user's packages.
 
-The lab runs from the environment the user chose at spawn; their gateway clusters' workers
-run from the environment of the process that created the cluster (its ``sys.prefix``,
-given as the ``python_env`` cluster option, :func:`casa.compute.gateway.caller_environment`).
+The lab runs from the user's environment; their gateway clusters' workers run from the
+environment of the process that created the cluster (its ``sys.prefix``, given as the
+``python_env`` cluster option, :func:`casa.compute.gateway.caller_environment`), which the
+gateway checks with :func:`check_cluster_env`.
 """
 
 from __future__ import annotations
