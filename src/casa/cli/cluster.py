@@ -128,6 +128,7 @@ def handle_stop(args: argparse.Namespace) -> int:
 def handle_logs(args: argparse.Namespace) -> int:
     """Print a cluster's logs: a running one's from its scheduler, a stopped one's as kept."""
     from casa.auth.accounts import current_account
+    from casa.compute.gateway import gateway_client
     from casa.facility import facility_context
     from casa.services.gateway.logs import LOGS_FOLDER, kept_clusters, kept_logs
 
@@ -135,8 +136,6 @@ def handle_logs(args: argparse.Namespace) -> int:
         raise UsageError("--lines cannot be negative")
     ctx = facility_context(args.home, args.config)
     root = ctx.service_dir("gateway") / LOGS_FOLDER
-    from casa.compute.gateway import gateway_client
-
     with gateway_client(ctx) as gateway:
         running = [c.name for c in gateway.list_clusters()]
         if args.name in running:

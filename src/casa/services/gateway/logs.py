@@ -120,13 +120,9 @@ def prune(mine: Path, now: float | None = None) -> list[str]:
 def kept_logs(root: Path, user: str, cluster: str) -> dict[str, str] | None:
     """``{"scheduler": text, "worker-NAME": text, ...}`` of a stopped cluster, or None."""
     folder = root / user / cluster
-    try:
-        names = sorted(p for p in folder.glob("*.log"))
-    except OSError:
-        return None
     if not folder.is_dir():
         return None
-    return {p.stem: p.read_text(errors="replace") for p in names}
+    return {p.stem: p.read_text(errors="replace") for p in sorted(folder.glob("*.log"))}
 
 
 def kept_clusters(root: Path, user: str) -> list[str]:
