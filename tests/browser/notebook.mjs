@@ -4,6 +4,10 @@
 //   node notebook.mjs HUB_URL USER PASSWORD SCREENSHOT_DIR NOTEBOOK_PATH...
 // Prints "lab loaded", then per notebook "OUT <path>: <line>" for each printed line and
 // "PLOT OK <path>"; exits 1 at the first notebook whose cell fails or that shows no plot.
+// After the first notebook, while its kernel and cluster still run, it opens the Dask panel,
+// prints "PANEL <name>" for each cluster listed there, clicks the first, prints
+// "DASHBOARD <title>" for each of the dashboard's plots the panel then offers, and opens
+// the task stream ("PLOT DRAWN Task Stream" once its frame draws).
 import { chromium } from "playwright-core";
 
 const [hub, user, password, shots, ...notebooks] = process.argv.slice(2);
@@ -31,6 +35,31 @@ const shutDownKernels = async (page) => {
       await fetch(`${base}/api/kernels/${k.id}`, { method: "DELETE", headers });
     }
   }, `/user/${user}`);
+};
+
+// The Dask panel in the left side bar: the clusters it lists, and the dashboard's plots it
+// offers once the first cluster is clicked (buttons are enabled only for a connected one).
+const daskPanel = async (page) => {
+  current = "the Dask panel";
+  await page.click(".lm-TabBar-tab[data-id='dask-dashboard-launcher']");
+  const item = await page.waitForSelector(".dask-ClusterListingItem", { timeout: 60000 });
+  const names = await page.$$eval(".dask-ClusterListingItem-title",
+    (els) => els.map((e) => e.innerText.trim()));
+  for (const name of names) console.log(`PANEL ${name}`);
+  await item.click();
+  const enabled = ".dask-DashboardListing-item button:not([disabled])";
+  await page.waitForSelector(enabled, { timeout: 60000 }).catch(() => null);
+  const plots = await page.$$eval(enabled, (els) => els.map((e) => e.value));
+  for (const plot of plots) console.log(`DASHBOARD ${plot}`);
+  // One plot opened in the main area: its frame draws the plot (bokeh's canvas).
+  if (plots.includes("Task Stream")) {
+    await page.click(".dask-DashboardListing-item button[value='Task Stream']");
+    const frame = page.frameLocator(".dask-DaskDashboard-widget iframe").first();
+    const drawn = await frame.locator("canvas").first().waitFor({ timeout: 60000 })
+      .then(() => true).catch(() => false);
+    console.log(drawn ? "PLOT DRAWN Task Stream" : "PLOT NOT DRAWN Task Stream");
+  }
+  await page.screenshot({ path: `${shots}/dask-panel.png`, fullPage: false });
 };
 
 // The notebook in the lab's main area (other tabs' notebooks are hidden).
@@ -79,6 +108,7 @@ try {
     for (const line of printed.split("\n").filter((l) => l.trim())) console.log(`OUT ${notebook}: ${line}`);
     await page.screenshot({ path: shotOf(notebook), fullPage: false });
     console.log(`PLOT OK ${notebook}`);
+    if (notebook === notebooks[0]) await daskPanel(page);
     await shutDownKernels(page).catch((e) => console.log(`kernels not shut down: ${e}`));
   }
 } catch (e) {

@@ -226,19 +226,49 @@ def _stdout_of(notebook: Path) -> str:
     )  # fmt: skip
 
 
-def test_dask_labextension_creates_a_gateway_cluster(hub):
+def test_the_dask_panel_lists_the_users_gateway_clusters(hub):
+    """The lab's Dask panel (dask-labextension's API through the user's server): a cluster
+    the user made elsewhere is listed, NEW makes a cluster with workers, the panel's stop
+    stops it on the gateway, and another user's cluster is never listed."""
+    from casa.compute.gateway import gateway_client
+
     _stop_clusters_of(hub, "tcalice")  # earlier tests' clusters hold the user's cores
+    _stop_clusters_of(hub, "tcbob")
     hub.admin.spawn("tcalice")
-    token = hub.admin.user_token("tcalice")
+    alice = {"Authorization": f"token {hub.admin.user_token('tcalice')}"}
     url = f"{hub.base}/user/tcalice/dask/clusters"
-    headers = {"Authorization": f"token {token}"}
-    r = requests.put(url, headers=headers, timeout=120)
+
+    def listed() -> dict[str, dict]:
+        r = requests.get(url, headers=alice, timeout=60)
+        assert r.status_code == 200, r.text
+        return {c["name"]: c for c in r.json()}
+
+    bobs_token = hub.ctx().request_token(user="tcbob", kind="gateway")
+    with gateway_client(hub.ctx(), token=bobs_token) as gateway:
+        bobs = gateway.new_cluster(shutdown_on_close=False).name
+    alices_token = hub.ctx().request_token(user="tcalice", kind="gateway")
+    with gateway_client(hub.ctx(), token=alices_token) as gateway:
+        made_elsewhere = gateway.new_cluster(shutdown_on_close=False).name
+    panel = listed()
+    assert made_elsewhere in panel and bobs not in panel, panel
+    assert panel[made_elsewhere]["dashboard_link"].startswith(
+        f"http://127.0.0.1:{hub.ports['gateway']}/clusters/{made_elsewhere}/"
+    )
+    requests.delete(f"{url}/{panel[made_elsewhere]['id']}", headers=alice, timeout=60)
+
+    r = requests.put(url, headers=alice, timeout=180)  # NEW
     assert r.status_code == 200, r.text
-    model = r.json()
-    assert model["dashboard_link"].startswith(f"http://127.0.0.1:{hub.ports['gateway']}/clusters/")
-    listed = requests.get(url, headers=headers, timeout=30).json()
-    assert model["id"] in [c["id"] for c in listed]
-    requests.delete(f"{url}/{model['id']}", headers=headers, timeout=60)
+    new = r.json()
+    deadline = time.monotonic() + 180
+    while listed()[new["name"]]["workers"] < 2 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert listed()[new["name"]]["workers"] == 2
+    assert requests.delete(f"{url}/{new['id']}", headers=alice, timeout=60).status_code == 204
+    with gateway_client(hub.ctx(), token=alices_token) as gateway:
+        running = [c.name for c in gateway.list_clusters()]
+    assert new["name"] not in running and made_elsewhere not in running
+    assert listed() == {}
+    _stop_clusters_of(hub, "tcbob")
 
 
 def _stop_clusters_of(hub, user: str) -> None:
@@ -355,6 +385,15 @@ def test_the_example_notebooks_run_in_the_browser(hub):
     assert z_line in printed["apply_to_fileset"], printed["apply_to_fileset"]
     mine, built_in = map(float, re.findall(r"[\d.]+", printed["adl_walkthrough"])[-2:])
     assert mine == built_in == selected, printed["adl_walkthrough"]
+    # The Dask panel, after dimuon ran: the cluster the notebook used, its dashboard drawn.
+    from casa.compute.gateway import gateway_client
+
+    token = hub.ctx().request_token(user="tcbob", kind="gateway")
+    with gateway_client(hub.ctx(), token=token) as gateway:
+        running = [c.name for c in gateway.list_clusters()]
+    panel = re.findall(r"^PANEL (\S+)$", p.stdout, re.M)
+    assert panel and set(panel) <= set(running), (panel, running, p.stdout)
+    assert "DASHBOARD Task Stream" in p.stdout and "PLOT DRAWN Task Stream" in p.stdout, p.stdout
 
 
 def test_casa_works_in_the_lab_terminal(hub):

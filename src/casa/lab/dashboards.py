@@ -1,6 +1,7 @@
 """Runs inside each user's notebook server: the lab's Dask panels show the user's gateway clusters.
 
-dask-labextension shows a cluster's dashboard through the notebook server
+The panel's list is the user's running gateway clusters (:mod:`casa.lab.dask_panel`, in
+place of dask-labextension's own manager, asked again at every listing). dask-labextension shows a cluster's dashboard through the notebook server
 (``dask/dashboard/ID/PATH``, which JupyterHub lets only the server's owner and hub admins
 reach) and forwards each request to the host and port of the cluster's dashboard link,
 dropping the link's path. For a gateway cluster, whose link is
@@ -15,6 +16,7 @@ for dask-labextension 7.0 and jupyter-server-proxy 4.6.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from urllib.parse import urlparse
 
@@ -42,26 +44,57 @@ def _gateway_token() -> str | None:
         return f.read().strip()
 
 
-def _patch_dashboard_handler() -> None:
+def _install_panel():
+    """The user's gateway clusters in the panel: :class:`~casa.lab.dask_panel.GatewayPanel`
+    in place of dask-labextension's manager, asked again before every listing."""
+    import dask_labextension.clusterhandler as clusters
+    import dask_labextension.dashboardhandler as dashboards
+    import dask_labextension.manager as managers
+    from tornado import web
+
+    from casa.lab.dask_panel import GatewayPanel
+
+    if isinstance(managers.manager, GatewayPanel):
+        return managers.manager
+    panel = GatewayPanel()
+    for module in (managers, clusters, dashboards):
+        module.manager = panel
+    listing = clusters.DaskClusterHandler.get
+
+    @web.authenticated
+    async def get(self, cluster_id: str = "") -> None:
+        try:
+            await panel.refresh()
+        except Exception as e:  # the gateway is away: list what is known
+            self.log.warning("casa: could not ask the gateway for the user's clusters: %s", e)
+        return await listing(self, cluster_id)
+
+    clusters.DaskClusterHandler.get = get
+    return panel
+
+
+def _patch_dashboard_handler(panel) -> None:
     from dask_labextension.dashboardhandler import DaskDashboardHandler
-    from dask_labextension.manager import manager
     from jupyter_server_proxy.handlers import ProxyHandler
 
     if getattr(DaskDashboardHandler, "_casa_gateway", False):
         return
 
-    def target(handler, cluster_id: str, proxied_path: str) -> tuple[str, int, str]:
+    async def target(handler, cluster_id: str, proxied_path: str) -> tuple[str, int, str]:
+        if panel.get_cluster(cluster_id) is None:  # made since the last listing
+            with contextlib.suppress(Exception):
+                await panel.refresh()
         host, port = handler._get_parsed(cluster_id)
-        link = manager.get_cluster(cluster_id)["dashboard_link"]
+        link = panel.get_cluster(cluster_id)["dashboard_link"]
         path = gateway_path(link, proxied_path)
         handler._casa_to_gateway = path is not None
         return host, port, path or proxied_path
 
-    def proxy(self, cluster_id, proxied_path):
-        return ProxyHandler.proxy(self, *target(self, cluster_id, proxied_path))
+    async def proxy(self, cluster_id, proxied_path):
+        return await ProxyHandler.proxy(self, *await target(self, cluster_id, proxied_path))
 
     async def open_websocket(self, cluster_id, proxied_path):
-        return await ProxyHandler.proxy_open(self, *target(self, cluster_id, proxied_path))
+        return await ProxyHandler.proxy_open(self, *await target(self, cluster_id, proxied_path))
 
     def proxy_request_headers(self):
         headers = ProxyHandler.proxy_request_headers(self)
@@ -85,8 +118,9 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
 
 
 def _load_jupyter_server_extension(server_app) -> None:
-    """Route dask-labextension's dashboard proxy for gateway clusters through the gateway."""
-    _patch_dashboard_handler()
+    """The user's gateway clusters in the panel, their dashboards through the gateway."""
+    _patch_dashboard_handler(_install_panel())
     server_app.log.info(
-        "casa: the lab's Dask dashboards of gateway clusters go through the gateway"
+        "casa: the lab's Dask panel lists the user's gateway clusters; their dashboards go"
+        " through the gateway"
     )

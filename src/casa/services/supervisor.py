@@ -33,7 +33,10 @@ from casa.filesystem import PASSABLE_FOLDER, PRIVATE_UMASK, private_umask, write
 from casa.services.base import Health, Service
 from casa.services.processes import start_ticks
 
-START_TIMEOUT = 30.0
+#: How long a started service may take to answer. A service that exits while starting is
+#: reported at once; this bounds one that hangs. JupyterHub alone takes 20-40 s on a busy
+#: two-core machine (imports, its database, the proxy), so the bound is generous.
+START_TIMEOUT = 120.0
 STOP_TIMEOUT = 10.0
 #: How long a port may stay busy after a restart before it counts as taken by another program.
 PORT_SETTLE_SECONDS = 5.0
