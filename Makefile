@@ -68,10 +68,11 @@ demo: install
 
 # Two test processes (pytest-xdist), each module in one of them: most tests wait on servers
 # they started, so two share two cores well. TEST_WORKERS=0 runs everything in one process.
-# --durations: the 25 slowest tests are listed, to keep the whole run under 25 minutes.
+# --durations: the 25 slowest tests are listed, to keep the whole run under 25 minutes;
+# --no-loadscope-reorder: modules start in the order tests/conftest.py gives (longest first).
 TEST_WORKERS ?= 2
 test: install
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 
 lint: install
 	$(BIN)/ruff check src tests

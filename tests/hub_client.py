@@ -41,11 +41,12 @@ class HubAdmin:
         """One hub API call."""
         return requests.request(method, f"{self.base}/hub/api{path}", headers=self.headers, **kw)
 
-    def spawn(self, user: str, timeout: float = 120) -> dict:
-        """Start ``user``'s server and wait until it is ready (or its spawn failed)."""
+    def spawn(self, user: str, timeout: float = 120, options: dict | None = None) -> dict:
+        """Start ``user``'s server (with the spawn page's ``options``) and wait until it is
+        ready (or its spawn failed)."""
         if self.api("GET", f"/users/{user}").status_code == 404:
             self.api("POST", f"/users/{user}")  # the hub knows users once they logged in
-        r = self.api("POST", f"/users/{user}/server")
+        r = self.api("POST", f"/users/{user}/server", json=options or {})
         assert r.status_code in (201, 202, 400), r.text
         deadline = time.time() + timeout
         while time.time() < deadline:

@@ -135,6 +135,15 @@ def test_smoke_records_the_facility_machine_and_chart(smoke):
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "data" / "manifest.json").is_file()
     assert "events/s" in stdout and "adl1" in stdout
+    # Whole commands as a user types them: a usage error, and 'casa run' on the warm
+    # cluster, which it reuses (not one it starts), with its first line on screen.
+    figures = report["command_line"]
+    assert {"usage_error_seconds", "warm_run_seconds", "first_output_seconds"} <= set(figures)
+    warm, first = figures["warm_run_seconds"], figures["first_output_seconds"]
+    assert warm["reused_the_cluster"], warm
+    assert 0 < warm["reported_seconds"] < warm["seconds"] and warm["target"] > 0
+    assert 0 < first["seconds"] < warm["seconds"] and first["target"] == 0.5
+    assert "casa run" in " ".join(stdout.split()) and "warm cluster" in stdout
 
 
 def test_bench_command_options():

@@ -2,7 +2,7 @@
 // open it, run all of its cells, wait for its plot and save it (outputs and all); print
 // what its cells printed and save a screenshot of each. Usage:
 //   node notebook.mjs HUB_URL USER PASSWORD SCREENSHOT_DIR NOTEBOOK_PATH...
-// Prints "lab loaded", then per notebook "OUT <path>: <line>" for each printed line and
+// Prints "lab loaded" and "TITLE <the lab's window title>", then per notebook "OUT <path>: <line>" for each printed line and
 // "PLOT OK <path>"; exits 1 at the first notebook whose cell fails or that shows no plot.
 // After the first notebook, while its kernel and cluster still run, it opens the Dask panel,
 // prints "PANEL <name>" for each cluster listed there, clicks the first, prints
@@ -73,6 +73,9 @@ try {
   await page.click("#login_submit");
   await page.waitForURL(`**/user/${user}/lab**`, { timeout: 120000 });
   console.log("lab loaded");
+  await page.waitForFunction(() => document.title.includes(" - "), null, { timeout: 30000 })
+    .catch(() => {});
+  console.log(`TITLE ${await page.title()}`);
   await page.waitForTimeout(3000);  // JupyterLab asks about news within a second or two
   if (await page.$("text=official Jupyter news")) await fail(page, "login", "the lab asked about Jupyter news");
   for (const notebook of notebooks) {

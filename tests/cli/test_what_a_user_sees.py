@@ -79,3 +79,38 @@ def test_a_usage_error_needs_none_of_the_heavy_libraries():
     typo = subprocess.run([sys.executable, "-m", "casa", "run", "--no-such-option"],
                           capture_output=True, text=True)  # fmt: skip
     assert typo.returncode == 2 and "casa run: error:" in typo.stderr, typo.stderr
+
+
+def _every_argument(parser, path=("casa",)):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {c.dest: c.help for c in action._choices_actions}
+            for name, sub in action.choices.items():
+                yield path + (name,), None, helps.get(name)
+                yield from _every_argument(sub, path + (name,))
+        elif not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            yield path, action, action.help
+
+
+def test_every_help_page_describes_each_argument_and_names_its_default():
+    """``--help`` of every command: each command, argument and option says what it is, and
+    each option with a default value names it (as the pages print it)."""
+    import argparse
+
+    from casa.cli import build_parser
+
+    missing, no_default = [], []
+    for path, action, text in _every_argument(build_parser()):
+        name = " ".join(path) + ("" if action is None else f" {action.dest}")
+        if not text:
+            missing.append(name)
+        flag = action is not None and action.option_strings
+        valued = flag and not isinstance(action, (argparse._StoreTrueAction,
+                                                  argparse._StoreFalseAction))  # fmt: skip
+        if valued and action.default not in (None, [], argparse.SUPPRESS):
+            if "default" not in (text or ""):
+                no_default.append(f"{name} (default {action.default!r})")
+    assert not missing, f"arguments without a description: {missing}"
+    assert not no_default, f"options whose help does not name their default: {no_default}"

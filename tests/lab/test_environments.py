@@ -81,3 +81,30 @@ def test_the_gateway_takes_only_environments_no_other_account_can_change(layered
     os.chown(copy / "bin" / "dask-worker", 65534, 65534)  # nobody's
     with pytest.raises(ValueError, match=r"owner uid 65534"):
         check_cluster_env(str(copy), "no-such-account-here")
+
+
+def test_casa_env_create_and_list_from_a_users_environment(layered, tmp_path):
+    """``casa env create`` run from a user's environment (as in the lab's terminal) layers the
+    new one on the facility's, not on the user's; ``list`` shows both; bad names and a second
+    create are refused in one sentence and leave nothing behind."""
+    home = tmp_path / "home"
+    home.mkdir()
+    casa = str(layered / "bin" / "casa")
+    env = {"HOME": str(home), "PATH": f"{layered}/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+
+    def run(*args):
+        return subprocess.run([casa, "env", *args], capture_output=True, text=True, env=env)
+
+    made = run("create", "analysis")
+    assert made.returncode == 0, made.stderr
+    new = home / ".casa" / "envs" / "analysis"
+    assert is_layered_on(new, FACILITY) and f"{new}/bin/pip install" in made.stdout
+    listed = __import__("json").loads(run("list", "--json").stdout)
+    assert listed["facility"] == str(FACILITY)
+    assert [e["name"] for e in listed["environments"]] == ["analysis"]
+    again = run("create", "analysis")
+    assert again.returncode == 2 and "already" in again.stderr, again.stderr
+    for bad in ("../escape", "facility", ".hidden", "a b"):
+        refused = run("create", bad)
+        assert refused.returncode == 2 and "cannot name an environment" in refused.stderr, bad
+    assert sorted(p.name for p in (home / ".casa" / "envs").iterdir()) == ["analysis"]

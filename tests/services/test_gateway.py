@@ -188,14 +188,19 @@ def test_cli_cluster_commands(gw, tmp_path):
     run = gw.casa("run", "dimuon", "--dataset", "gw-sim", "--cluster", "gateway", "--workers",
                   "2", "--out", tmp_path / "o", env={"BEARER_TOKEN_FILE": str(token)}, check=True)  # fmt: skip
     assert "Dask dashboard: http://127.0.0.1:" in " ".join(run.stderr.split())
+    # What the user reads while waiting: a new cluster, then its workers as they come.
+    said = " ".join(run.stderr.split())
+    assert "starting a new cluster on the gateway" in said, run.stderr
+    assert re.search(r"cluster \w+: [01] of 2 workers ready", said), run.stderr
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["executor"].startswith("gateway:") and summary["events"] == 6_000
     clusters = json.loads(gw.casa("cluster", "list", "--json", check=True).stdout)
     assert len(clusters) == 1 and clusters[0]["status"] == "running"
     name = clusters[0]["name"]
     # The next run reuses the running cluster.
-    gw.casa("run", "adl1", "--dataset", "gw-sim", "--cluster", "gateway", "--out", tmp_path / "o2",
-            env={"BEARER_TOKEN_FILE": str(token)}, check=True)  # fmt: skip
+    again = gw.casa("run", "adl1", "--dataset", "gw-sim", "--cluster", "gateway", "--out",
+                    tmp_path / "o2", env={"BEARER_TOKEN_FILE": str(token)}, check=True)  # fmt: skip
+    assert f"connecting to your cluster {name}" in " ".join(again.stderr.split()), again.stderr
     assert [c["name"] for c in json.loads(gw.casa("cluster", "list", "--json").stdout)] == [name]
     assert "scaled to 1" in gw.casa("cluster", "scale", name, "1", check=True).stdout
     bad = gw.casa("cluster", "stop", "nonexistent")

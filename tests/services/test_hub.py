@@ -3,6 +3,7 @@ the cache with the user's token; isolation between users; errors users meet."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -22,7 +23,7 @@ import websocket
 from accounts import needs_xrootd_and_root, remove_unix_account
 from casa.auth.accounts import AccountStore
 from casa.generate.generator import generate_dataset
-from casa.services.hub.config import hub_api_token
+from casa.services.hub.config import hub_api_token, user_env_prefix
 from hub_client import HubAdmin, HubClient, Kernel, Terminal
 from wheels import build_wheel
 
@@ -346,36 +347,67 @@ def _z_candidates(files) -> tuple[int, int, int]:
     return events, pairs, selected
 
 
-def test_the_example_notebooks_run_in_the_browser(hub):
-    """Debian's Chromium, driven by playwright-core, as a user: log in, open each example in
-    ~/examples, Run All Cells, see its plot. The flagship (dimuon) and one of each style,
-    on the user's gateway cluster, reading root:// with nothing but what the hub gave them:
-    coffea's Runner (adl_walkthrough), dask mode, and preprocess + apply_to_fileset. What
-    each printed equals an uproot + numpy computation over the dataset's files."""
+NEWCOMER = ("tcnew", "newcomer-password")
+
+
+def test_a_newcomers_first_hour_in_the_browser(hub):
+    """The newcomer's path in the order the README gives it, in Debian's Chromium driven by
+    playwright-core: the admin adds them; they log in; run each example notebook to its plot
+    (dimuon, the flagship, then one of each of coffea's styles: Runner, dask mode, preprocess
+    + apply_to_fileset, on their gateway cluster, reading root:// with nothing but what the
+    hub gave them); see that cluster in the Dask panel and its task stream drawn; open a
+    Terminal from the File menu and run 'casa datasets list' and 'casa cluster list' there;
+    'pip install' a package (a wheel built here: no network) and run a processor that uses
+    it on their gateway workers; stop the cluster and read its logs. What each step printed
+    equals an independent uproot + numpy computation or what the facility records."""
+    from casa.compute.gateway import gateway_client
+
     node = shutil.which("node")
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    script = Path(__file__).parents[1] / "browser" / "notebook.mjs"
+    browser = Path(__file__).parents[1] / "browser"
     if (node is None or not Path(chromium).exists()) and not os.environ.get("CI"):
         pytest.skip("needs node and Debian's chromium (make install puts them in place)")
     artifacts = Path(
         os.environ.get("CASA_TEST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts")
     )
     artifacts.mkdir(parents=True, exist_ok=True)
-    _stop_clusters_of(hub, "tcbob")
+    user, password = NEWCOMER
+    remove_unix_account(user)
+    added = hub.casa("user", "add", user, "--password-stdin", input_text=password)
+    assert added.returncode == 0, added.stderr
+    try:
+        _newcomer_in_the_browser(hub, user, password, node, chromium, browser, artifacts)
+    finally:
+        token = hub.ctx().request_token(user=user, kind="gateway")
+        with contextlib.suppress(Exception), gateway_client(hub.ctx(), token=token) as gateway:
+            for report in gateway.list_clusters():
+                gateway.stop_cluster(report.name)
+        hub.admin.stop(user)
+        hub.casa("user", "remove", user)
+        remove_unix_account(user)
+
+
+def _newcomer_in_the_browser(hub, user, password, node, chromium, browser, artifacts):
+    from casa.compute.gateway import gateway_client
+
     events, pairs, selected = _z_candidates(sorted(hub.data.glob("*.root")))
     assert pairs > 0 and selected > 0
     names = ("dimuon", "dask_mode", "apply_to_fileset", "adl_walkthrough")
     p = subprocess.run(
-        [node, str(script), hub.base, "tcbob", USERS["tcbob"], str(artifacts),
+        [node, str(browser / "notebook.mjs"), hub.base, user, password, str(artifacts),
          *(f"examples/{name}.ipynb" for name in names)],
-        capture_output=True, text=True, timeout=1200, cwd=script.parent,
+        capture_output=True, text=True, timeout=1200, cwd=browser,
         env={**os.environ, "CHROMIUM": chromium},
     )  # fmt: skip
     assert p.returncode == 0, p.stdout + p.stderr
     # What each cell printed, as the lab saved it in the user's notebook.
-    examples = Path(pwd.getpwnam("tcbob").pw_dir) / "examples"
-    printed = {name: _stdout_of(examples / f"{name}.ipynb") for name in names}
+    account = pwd.getpwnam(user)
+    home = Path(account.pw_dir)
+    printed = {name: _stdout_of(home / "examples" / f"{name}.ipynb") for name in names}
     assert "lab loaded" in p.stdout
+    # The facility's name, as the login page has it, in the lab's window title too.
+    name = hub.ctx().config.facility.name
+    assert re.search(rf"^TITLE (.* - )?{name} JupyterLab$", p.stdout, re.M), p.stdout
     for name in names:
         assert f"PLOT OK examples/{name}.ipynb" in p.stdout, p.stdout
         assert (artifacts / f"{name}.png").stat().st_size > 10_000
@@ -386,14 +418,57 @@ def test_the_example_notebooks_run_in_the_browser(hub):
     mine, built_in = map(float, re.findall(r"[\d.]+", printed["adl_walkthrough"])[-2:])
     assert mine == built_in == selected, printed["adl_walkthrough"]
     # The Dask panel, after dimuon ran: the cluster the notebook used, its dashboard drawn.
-    from casa.compute.gateway import gateway_client
-
-    token = hub.ctx().request_token(user="tcbob", kind="gateway")
+    token = hub.ctx().request_token(user=user, kind="gateway")
     with gateway_client(hub.ctx(), token=token) as gateway:
         running = [c.name for c in gateway.list_clusters()]
     panel = re.findall(r"^PANEL (\S+)$", p.stdout, re.M)
     assert panel and set(panel) <= set(running), (panel, running, p.stdout)
     assert "DASHBOARD Task Stream" in p.stdout and "PLOT DRAWN Task Stream" in p.stdout, p.stdout
+
+    # The lab's terminal, typed into: casa, a package of their own, their cluster's logs.
+    wheel = build_wheel(home, "casa_lab_pkg", factor=3.0)
+    (home / "pkg_analysis.py").write_text(PACKAGE_ANALYSIS)
+    for path in (wheel, home / "pkg_analysis.py"):
+        os.chown(path, account.pw_uid, account.pw_gid)
+    listing = "import json, sys; print(json.load(sys.stdin)[0]['name'])"
+    commands = [
+        "cd ~ && { command -v casa; casa datasets list; casa cluster list; } > step-1.txt 2>&1",
+        f"pip install --no-index ~/{wheel.name} > step-2.txt 2>&1",
+        "casa run ~/pkg_analysis.py:Scaled --dataset demo --cluster gateway --out ~/t-pkg "
+        "--no-plots > step-3.txt 2>&1",
+        f'name=$(casa cluster list --json | python3 -c "{listing}"); echo $name > step-name.txt',
+        "casa cluster stop --all > step-4.txt 2>&1; casa cluster logs $name > step-5.txt 2>&1;"
+        " touch step-done",
+    ]
+    t = subprocess.run(
+        [node, str(browser / "terminal.mjs"), hub.base, user, password, str(artifacts),
+         str(home / "step-done"), *commands],
+        capture_output=True, text=True, timeout=900, cwd=browser,
+        env={**os.environ, "CHROMIUM": chromium},
+    )  # fmt: skip
+    step = {
+        i: (home / f"step-{i}.txt").read_text()
+        for i in range(1, 6)
+        if (home / f"step-{i}.txt").exists()
+    }
+    assert t.returncode == 0, (t.stdout + t.stderr, step)
+    first = step[1].splitlines()
+    assert first[0] == f"{home}/.casa/envs/default/bin/casa", step[1]
+    assert "demo" in step[1] and any(n in step[1] for n in running), step[1]
+    assert "Successfully installed casa-lab-pkg-0.1" in step[2], step[2]
+    result = pickle.loads((home / "t-pkg" / "result.pkl").read_bytes())
+    (package_at,) = result["package_at"]
+    assert package_at.startswith(f"{home}/.casa/envs/default/lib/"), (package_at, step[3])
+    met = np.concatenate([uproot.open(f)["Events"]["MET_pt"].array(library="np")
+                          for f in sorted(hub.data.glob("*.root"))])  # fmt: skip
+    scaled = met * 3.0
+    counts, _ = np.histogram(scaled[scaled < 400], bins=np.linspace(0, 400, 41))
+    assert np.array_equal(result["met"].values(), counts)
+    stopped = (home / "step-name.txt").read_text().strip()
+    assert stopped in running and stopped in step[4], (stopped, step[4])
+    with gateway_client(hub.ctx(), token=token) as gateway:
+        assert stopped not in [c.name for c in gateway.list_clusters()]
+    assert "== scheduler" in step[5] and "== worker-" in step[5], step[5]
 
 
 def test_casa_works_in_the_lab_terminal(hub):
@@ -535,6 +610,93 @@ def test_a_package_installed_in_the_lab_reaches_the_kernel_and_the_workers(hub):
 def site_dir(env: Path) -> str:
     (found,) = env.glob("lib/python3*/site-packages")
     return str(found)
+
+
+def test_the_spawn_page_offers_the_users_environments(hub):
+    """A second environment of the user's own, made with 'casa env create' in the lab's
+    terminal, makes the spawn page offer it; the server started from it (through the page's
+    form, as a browser posts it) runs its kernels from it, and its clusters' workers follow;
+    the facility's environment alone is offered too; a name the user never made is refused
+    with what to do."""
+    home = Path(pwd.getpwnam("tcalice").pw_dir)
+    made = home / ".casa" / "envs" / "analysis"
+    hub.admin.spawn("tcalice")
+    browser = HubClient(hub.base)
+    browser.login("tcalice", USERS["tcalice"])
+    page = browser.session.get(f"{hub.base}/hub/spawn/tcalice").text
+    assert 'name="env"' not in page  # one environment: no choice to make, no page
+    term = Terminal(hub.base, "tcalice", hub.admin.user_token("tcalice"))
+    try:
+        code, out = term.run("casa env create analysis")
+        assert code == 0 and str(made) in out, out
+    finally:
+        term.close()
+    try:
+        hub.admin.stop("tcalice")
+        page = browser.session.get(f"{hub.base}/hub/spawn/tcalice").text
+        offered = re.findall(r'<option value="([^"]+)"', page)
+        assert offered == ["default", "analysis", "facility"], page[-2000:]
+        started = browser.session.post(
+            f"{hub.base}/hub/spawn/tcalice",
+            data={
+                "env": "analysis",
+                "_xsrf": next(
+                    c.value
+                    for c in browser.session.cookies
+                    if c.name == "_xsrf" and c.path.startswith("/hub")
+                ),
+            },
+        )
+        assert started.status_code == 200, started.text[-500:]
+        deadline = time.time() + 120
+        while not (hub.admin.api("GET", "/users/tcalice").json()["servers"].get("") or {}).get(
+            "ready"
+        ):
+            assert time.time() < deadline, "the server started from the page never became ready"
+            time.sleep(0.5)
+        kernel = Kernel(hub.base, "tcalice", hub.admin.user_token("tcalice"))
+        try:
+            out = kernel.execute(
+                "import sys, dask; print(sys.prefix); "
+                "print(dask.config.get('gateway.cluster.options.python_env'))"
+            )
+            assert out["error"] is None, out["error"]
+            assert out["stdout"].split() == [str(made), str(made)], out
+        finally:
+            kernel.close()
+
+        hub.admin.stop("tcalice")
+        hub.admin.spawn("tcalice", options={"env": "facility"})
+        kernel = Kernel(hub.base, "tcalice", hub.admin.user_token("tcalice"))
+        try:
+            out = kernel.execute("import sys; print(sys.prefix)")
+            assert out["stdout"].strip() == str(user_env_prefix(hub.ctx())), out
+        finally:
+            kernel.close()
+
+        # The hub remembers the last choice; once that environment is gone, the server
+        # starts from 'default' (the user is not kept out); a name that cannot be one is
+        # refused.
+        hub.admin.stop("tcalice")
+        hub.admin.spawn("tcalice", options={"env": "analysis"})
+        hub.admin.stop("tcalice")
+        shutil.rmtree(made)
+        hub.admin.spawn("tcalice")
+        kernel = Kernel(hub.base, "tcalice", hub.admin.user_token("tcalice"))
+        try:
+            out = kernel.execute("import sys; print(sys.prefix)")
+            assert out["stdout"].strip() == str(home / ".casa" / "envs" / "default"), out
+        finally:
+            kernel.close()
+        hub.admin.stop("tcalice")
+        refused = hub.admin.api("POST", "/users/tcalice/server", json={"env": "../../etc"})
+        assert refused.status_code >= 400
+        status = {s["name"]: s for s in json.loads(hub.casa("status", "--json").stdout)}
+        assert "'../../etc' cannot name an environment" in status["hub"]["detail"], status
+    finally:
+        hub.admin.stop("tcalice")
+        shutil.rmtree(made, ignore_errors=True)
+        hub.admin.spawn("tcalice", options={"env": "default"})
 
 
 def test_down_after_a_killed_hub_stops_its_proxy(hub):

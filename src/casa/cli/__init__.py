@@ -10,12 +10,12 @@ import traceback
 from rich.markup import escape
 
 from casa import __version__
-from casa.cli import bench, cluster, datasets, demo, facility, generate, run, token, user
+from casa.cli import bench, cluster, datasets, demo, env, facility, generate, run, token, user
 from casa.cli.console import console, err_console
 from casa.config import facility_paths
 from casa.errors import CasaError
 
-COMMANDS = (generate, datasets, run, cluster, facility, token, user, demo, bench)
+COMMANDS = (generate, datasets, run, cluster, env, facility, token, user, demo, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

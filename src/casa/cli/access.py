@@ -21,7 +21,8 @@ from casa.errors import UsageError
 
 #: What a facility user's casa does, named in every refusal.
 USERS_COMMANDS = (
-    "'casa datasets list/show/export', 'casa run', 'casa cluster ...' and 'casa token ...'"
+    "'casa datasets list/show/export', 'casa run', 'casa cluster ...', 'casa env ...' and "
+    "'casa token ...'"
 )
 
 

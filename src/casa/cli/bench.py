@@ -25,7 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--events", type=int, metavar="N", help="events in the dataset")
     p.add_argument("--files", type=int, metavar="K", help="files in the dataset")
-    p.add_argument("--codec", default="zlib:1", metavar="C", help="zlib:1, lz4:4, zstd:5 ...")
+    p.add_argument(
+        "--codec",
+        default="zlib:1",
+        metavar="C",
+        help="the files' compression: zlib:1, lz4:4, zstd:5 ... (default: zlib:1)",
+    )
     p.add_argument("--queries", metavar="Q,Q,...", help=f"comma-separated: {QUERY_HELP}")
     p.add_argument("--workers", type=int, metavar="W", help="workers, threads or processes")
     p.add_argument("--repeat", type=int, metavar="R", help="repetitions (medians are reported)")

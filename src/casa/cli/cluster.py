@@ -17,20 +17,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     cl = p.add_subparsers(dest="cluster_command", metavar="ACTION")
     cl.required = True
     ls = cl.add_parser("list", help="your clusters")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true", help="print JSON")
     ls.set_defaults(handler=handle_list)
     scale = cl.add_parser("scale", help="set a cluster's number of workers")
-    scale.add_argument("name")
-    scale.add_argument("workers", type=int)
+    scale.add_argument("name", help="the cluster (from 'casa cluster list')")
+    scale.add_argument("workers", type=int, help="how many workers it should have")
     scale.set_defaults(handler=handle_scale)
     stop = cl.add_parser("stop", help="stop a cluster, or all of yours")
-    stop.add_argument("name", nargs="?")
-    stop.add_argument("--all", action="store_true")
+    stop.add_argument("name", nargs="?", help="the cluster (from 'casa cluster list')")
+    stop.add_argument("--all", action="store_true", help="every cluster of yours")
     stop.set_defaults(handler=handle_stop)
     logs = cl.add_parser(
         "logs", help="the scheduler's and workers' logs of a cluster: running, stopped or failed"
     )
-    logs.add_argument("name")
+    logs.add_argument("name", help="the cluster (also one that stopped or failed)")
     logs.add_argument(
         "--worker", metavar="NAME", help="only this worker's (and not the scheduler's)"
     )
@@ -121,8 +121,44 @@ def handle_stop(args: argparse.Namespace) -> int:
         close_kept_connections()
         for name in names:
             gateway.stop_cluster(name)
-    console.print(f"stopped {', '.join(names)}" if names else "you had no clusters")
+        # The gateway answers before its clusters are down; once they are, their logs are
+        # kept, so 'casa cluster logs' right after finds them.
+        left = _wait_stopped(gateway, names)
+    if left:
+        console.print(
+            f"asked the gateway to stop {', '.join(names)}; still stopping after "
+            f"{STOP_WAIT_SECONDS:.0f} s: {', '.join(left)} ('casa cluster list' shows them)"
+        )
+    else:
+        console.print(f"stopped {', '.join(names)}" if names else "you had no clusters")
     return 0
+
+
+#: How long 'casa cluster stop' waits for the clusters to be down.
+STOP_WAIT_SECONDS = 60.0
+
+
+def _wait_stopped(gateway, names: list[str]) -> list[str]:
+    """Wait until each cluster of ``names`` is stopped or failed; return those that are not."""
+    import time
+
+    from dask_gateway.client import ClusterStatus
+
+    done = {ClusterStatus.STOPPED, ClusterStatus.FAILED}
+    deadline = time.monotonic() + STOP_WAIT_SECONDS
+    left = list(names)
+    while left and time.monotonic() < deadline:
+        still = []
+        for name in left:
+            try:
+                if gateway.get_cluster(name).status not in done:
+                    still.append(name)
+            except ValueError:  # the gateway no longer knows it: gone
+                pass
+        left = still
+        if left:
+            time.sleep(0.2)
+    return left
 
 
 def handle_logs(args: argparse.Namespace) -> int:

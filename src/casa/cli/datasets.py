@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls.set_defaults(handler=handle_list)
 
     show = ds.add_parser("show", help="show one dataset and its files")
-    show.add_argument("name")
+    show.add_argument("name", help="dataset name")
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(handler=handle_show)
 
@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "remove",
         help="forget a dataset and delete the files casa stored for it (other files stay)",
     )
-    rm.add_argument("name")
+    rm.add_argument("name", help="dataset name")
     rm.set_defaults(handler=admin_only("datasets remove")(handle_remove))
 
     imp = ds.add_parser("import", help="register the datasets of a coffea fileset JSON file")

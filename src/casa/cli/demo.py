@@ -36,9 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="start the facility, store the demo dataset, run dimuon and adl5 on your gateway "
         "cluster through the cache",
     )
-    p.add_argument("--events", type=int, default=DEMO_EVENTS, metavar="N")
-    p.add_argument("--files", type=int, default=DEMO_FILES, metavar="K")
-    p.add_argument("--workers", type=int, default=2, metavar="N")
+    p.add_argument("--events", type=int, default=DEMO_EVENTS, metavar="N",
+                   help=f"events of the demo dataset (default: {DEMO_EVENTS})")  # fmt: skip
+    p.add_argument("--files", type=int, default=DEMO_FILES, metavar="K",
+                   help=f"its files (default: {DEMO_FILES})")  # fmt: skip
+    p.add_argument("--workers", type=int, default=2, metavar="N",
+                   help="workers of your gateway cluster (default: 2)")  # fmt: skip
     p.add_argument("--out", default="demo-output", metavar="DIR", help="default: ./demo-output")
     p.set_defaults(handler=admin_only("demo")(handle))
 

@@ -17,9 +17,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "layout of the CMS ADL benchmark file, with a manifest.json of sizes and checksums.",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write the files into")
-    p.add_argument("--events", type=int, default=1_000_000, metavar="N", help="events in all")
-    p.add_argument("--files", type=int, default=1, metavar="K", help="number of files")
-    p.add_argument("--seed", type=int, default=1, metavar="S", help="same seed, same bytes")
+    p.add_argument(
+        "--events",
+        type=int,
+        default=1_000_000,
+        metavar="N",
+        help="events in all (default: 1000000)",
+    )
+    p.add_argument("--files", type=int, default=1, metavar="K", help="number of files (default: 1)")
+    p.add_argument(
+        "--seed", type=int, default=1, metavar="S", help="same seed, same bytes (default: 1)"
+    )
     p.add_argument(
         "--codec",
         default="zlib:1",

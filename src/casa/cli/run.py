@@ -64,13 +64,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="local: this machine with --executor; gateway: your Dask Gateway cluster "
         "(its workers run where gateway.backend says: the gateway's host or Slurm jobs); "
         "htcondor: workers submitted from here as HTCondor jobs ([htcondor] in casa.toml); "
-        "others: the backends a site registered",
+        "others: the backends a site registered (default: local)",
     )
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="workers (default: the number of cores locally, 2 on the gateway)")  # fmt: skip
     p.add_argument("--adapt", metavar="MIN:MAX", help="with --cluster gateway: adaptive workers")
     p.add_argument("--worker-memory", type=float, default=2.0, metavar="GIB",
-                   help="with --cluster gateway: memory per worker of a new cluster")  # fmt: skip
+                   help="with --cluster gateway: memory per worker of a new cluster (default: 2)")  # fmt: skip
     p.add_argument("--skip-bad-files", action="store_true",
                    help="leave out chunks whose data cannot be read, and list them in summary.json")  # fmt: skip
     p.add_argument(
@@ -118,6 +118,7 @@ def handle(args: argparse.Namespace) -> int:
         where, None if where in LOCAL else facility(), size, worker_memory=args.worker_memory
     )
     with ChunkProgress(args.analysis, err_console) as progress:
+        backend.say = progress.step
         progress.step(f"loading the analysis {args.analysis}")
         processor = load_processor(args.analysis, parse_processor_args(args.arg))
         schema = args.schema

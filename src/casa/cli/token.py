@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     issue.add_argument("--print", action="store_true", help="print the token instead of storing it")
     issue.set_defaults(handler=handle_issue)
     show = tk.add_parser("show", help="the claims of your token and its time left")
-    show.add_argument("--json", action="store_true")
+    show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(handler=handle_show)
 
 

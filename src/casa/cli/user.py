@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     us = p.add_subparsers(dest="user_command", metavar="ACTION")
     us.required = True
     add = us.add_parser("add", help="create a facility user (and its Unix account, as root)")
-    add.add_argument("name")
+    add.add_argument("name", help="the login name (a Unix account of that name is made under root)")
     add.add_argument("--admin", action="store_true", help="may administer the hub")
     add.add_argument("--password-stdin", action="store_true",
                      help="read the password from standard input instead of asking")  # fmt: skip
@@ -29,10 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="generate a password and print it once")  # fmt: skip
     add.set_defaults(handler=admin_only("user add")(handle_add))
     ls = us.add_parser("list", help="the facility users")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true", help="print JSON")
     ls.set_defaults(handler=admin_only("user list")(handle_list))
     rm = us.add_parser("remove", help="remove a facility user (the Unix account and files stay)")
-    rm.add_argument("name")
+    rm.add_argument("name", help="the login name")
     rm.set_defaults(handler=admin_only("user remove")(handle_remove))
 
 

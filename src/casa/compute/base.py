@@ -163,6 +163,10 @@ class OpenBackend:
         return None
 
 
+def _say_nothing(text: str) -> None:
+    return None
+
+
 class ComputeBackend(abc.ABC):
     """Workers for runs, opened for a run and closed after it (see the module's docstring).
 
@@ -194,6 +198,9 @@ class ComputeBackend(abc.ABC):
         self.facility = facility
         self.size = size.or_default(self.default_workers())
         self._stack: contextlib.ExitStack | None = None
+        #: Told, in a few words, what starting is doing now ("3 of 4 workers ready"); the
+        #: command line shows it while the user waits.
+        self.say: Callable[[str], None] = _say_nothing
 
     def default_workers(self) -> int:
         """Workers when the caller names none."""

@@ -128,9 +128,12 @@ def caller_environment() -> str:
     return ""
 
 
-def find_or_create_cluster(gateway, worker_cores: int = 1, worker_memory: float = 2.0):
+def find_or_create_cluster(
+    gateway, worker_cores: int = 1, worker_memory: float = 2.0, say=lambda text: None
+):
     """The caller's first running cluster of its own Python environment, or a new one
-    (``cluster.casa_created`` says which): workers import what the caller can."""
+    (``cluster.casa_created`` says which): workers import what the caller can. ``say`` is
+    told which, in a few words."""
     from dask_gateway.client import GatewayClusterError
 
     env = caller_environment()
@@ -138,6 +141,7 @@ def find_or_create_cluster(gateway, worker_cores: int = 1, worker_memory: float 
         theirs = dict(report.options or {}).get("python_env") or ""
         if env and theirs and theirs != env:
             continue  # another environment's cluster: its workers lack this one's packages
+        say(f"connecting to your cluster {report.name}")
         cluster = gateway.connect(report.name)
         cluster.casa_created = False
         return cluster
@@ -145,6 +149,7 @@ def find_or_create_cluster(gateway, worker_cores: int = 1, worker_memory: float 
         # A gateway whose workers are no local processes (Kubernetes pods run an image)
         # offers no python_env.
         offered = env and "python_env" in gateway.cluster_options(use_local_defaults=False)
+        say("starting a new cluster on the gateway")
         cluster = gateway.new_cluster(
             worker_cores=worker_cores, worker_memory=worker_memory, shutdown_on_close=False,
             **({"python_env": env} if offered else {}),
@@ -201,20 +206,39 @@ class GatewayBackend(ComputeBackend):
         if conn is None:
             conn = self._connect()
         stack.callback(lambda: KEPT.give_back(key, conn) if conn.usable() else conn.close())
-        try:
-            conn.client.wait_for_workers(self.size.wait_for, timeout=WORKER_WAIT_SECONDS)
-        except TimeoutError:
-            raise ServiceError(
-                f"cluster {conn.cluster.name} did not get {self.size.wait_for} worker(s) "
-                f"within {WORKER_WAIT_SECONDS} s; see 'casa cluster list'"
-            ) from None
+        self._wait_for_workers(conn)
         return on_dask_client(conn.client, f"gateway:{conn.cluster.name}", conn.dashboard_link())
 
+    def _wait_for_workers(self, conn: _Connection) -> None:
+        """Until the cluster has the workers the run waits for, saying "k of n workers
+        ready" as they come; ServiceError after WORKER_WAIT_SECONDS."""
+        wanted = self.size.wait_for
+        deadline = time.monotonic() + WORKER_WAIT_SECONDS
+        said = None
+        while True:
+            workers = conn.client.scheduler_info().get("workers", {}).values()
+            ready = sum(1 for w in workers if w.get("status", "running") == "running")
+            if ready >= wanted:
+                return
+            if ready != said:
+                self.say(f"cluster {conn.cluster.name}: {ready} of {wanted} workers ready")
+                said = ready
+            if time.monotonic() > deadline:
+                raise ServiceError(
+                    f"cluster {conn.cluster.name} did not get {wanted} worker(s) within "
+                    f"{WORKER_WAIT_SECONDS} s; see 'casa cluster list' and 'casa cluster "
+                    f"logs {conn.cluster.name}'"
+                )
+            time.sleep(0.2)
+
     def _connect(self) -> _Connection:
+        self.say("connecting to the gateway")
         gateway = gateway_client(self.ctx)
         try:
             try:
-                cluster = find_or_create_cluster(gateway, worker_memory=self.worker_memory)
+                cluster = find_or_create_cluster(
+                    gateway, worker_memory=self.worker_memory, say=self.say
+                )
             except OSError as e:
                 raise ServiceError(
                     f"cannot reach the gateway at {gateway.address}: {e}; is the facility up "

@@ -19,6 +19,7 @@ gateway checks with :func:`check_cluster_env`.
 
 from __future__ import annotations
 
+import ast
 import os
 import pwd
 import re
@@ -31,6 +32,10 @@ from casa.errors import ServiceError
 ENVS_FOLDER = Path(".casa") / "envs"
 #: The one the hub makes at a user's first spawn.
 DEFAULT_ENV = "default"
+#: The spawn page's name for the facility's environment alone (none of the user's packages).
+FACILITY_ENV = "facility"
+#: What an environment's name may be (a folder name under ``~/.casa/envs``).
+ENV_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 #: The file in a user's ``site-packages`` that puts the facility's after it.
 LAYER_FILE = "_casa_facility_env.pth"
 #: Commands of the facility's environment not copied (the venv has its own).
@@ -60,6 +65,40 @@ def is_layered_on(env: Path, base: Path) -> bool:
     except (OSError, ServiceError):
         return False
     return layer == _layer(base) and (env / "bin" / "jupyterhub-singleuser").exists()
+
+
+def check_env_name(name: str) -> str:
+    """``name`` if it can name a user's environment; ValueError in words otherwise."""
+    if not ENV_NAME.fullmatch(name) or name == FACILITY_ENV:
+        raise ValueError(
+            f"{name!r} cannot name an environment: use letters, digits, '_', '.' and '-' "
+            f"(at most 64, starting with a letter or digit), other than {FACILITY_ENV!r}"
+        )
+    return name
+
+
+def user_envs(home: Path, base: Path) -> list[str]:
+    """The names of the environments under ``home`` on top of ``base``, ``default`` first."""
+    folder = home / ENVS_FOLDER
+    try:
+        names = sorted(p.name for p in folder.iterdir() if ENV_NAME.fullmatch(p.name))
+    except OSError:
+        return []
+    ready = [n for n in names if n != FACILITY_ENV and is_layered_on(folder / n, base)]
+    return sorted(ready, key=lambda n: (n != DEFAULT_ENV, n))
+
+
+def base_of(prefix: Path) -> Path:
+    """The facility's environment under ``prefix`` (a user's layered one), else ``prefix``."""
+    try:
+        layer = (site_packages(prefix) / LAYER_FILE).read_text()
+    except (OSError, ServiceError):
+        return prefix
+    _, opened, argument = layer.strip().partition("site.addsitedir(")
+    try:
+        return Path(ast.literal_eval(argument.removesuffix(")"))).parents[2] if opened else prefix
+    except (ValueError, SyntaxError, IndexError):
+        return prefix
 
 
 def _layer(base: Path) -> str:

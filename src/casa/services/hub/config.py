@@ -155,6 +155,10 @@ def configure(c, home: str, config_file: str | None = None) -> None:
     for folder in (labconfig.parent, labconfig):
         os.chmod(folder, 0o755)
     write_file(labconfig / "default_setting_overrides.json", json.dumps(LAB_SETTINGS), 0o644)
+    # The facility's name in the lab's window title ("dimuon.ipynb - casa JupyterLab"):
+    # JupyterLab's page config, read from every Jupyter config folder.
+    page_config = {"appName": f"{ctx.config.facility.name} JupyterLab"}
+    write_file(labconfig / "page_config.json", json.dumps(page_config), 0o644)
     c.Spawner.args = [
         f"--ServerApp.jpserver_extensions={LAB_DASHBOARDS}=True",
         # No update checks (and no news fetched: LAB_SETTINGS turns the question off).

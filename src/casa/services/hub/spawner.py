@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import html
 import json
 import os
 import pwd
@@ -26,14 +27,22 @@ from importlib import resources
 from pathlib import Path
 
 from jupyterhub.spawner import LocalProcessSpawner
-from traitlets import Integer, Unicode
+from traitlets import Integer, Unicode, default
 
 from casa.compute.gateway import GATEWAY_TOKEN_FILE_ENV
 from casa.data.catalog import DatasetCatalog
 from casa.data.exports import CatalogExports
 from casa.facility import Facility, facility_context
 from casa.filesystem import USER_FOLDER, UserFolder
-from casa.lab.environments import create_as, is_layered_on, user_env_path
+from casa.lab.environments import (
+    DEFAULT_ENV,
+    FACILITY_ENV,
+    check_env_name,
+    create_as,
+    is_layered_on,
+    user_env_path,
+    user_envs,
+)
 from casa.services.gateway.service import gateway_backend
 from casa.services.hub.config import lab_config_dir, user_env_prefix
 
@@ -93,6 +102,53 @@ class CasaSpawner(LocalProcessSpawner):
         finally:
             catalog.close()
 
+    def _facility_env(self) -> Path:
+        return user_env_prefix(self._ctx())
+
+    def _env_choices(self) -> list[tuple[str, str]]:
+        """What the spawn page offers: the user's environments, then the facility's alone."""
+        base = self._facility_env()
+        names = (
+            user_envs(Path(self._account().pw_dir), base) if (base / "pyvenv.cfg").exists() else []
+        )
+        if DEFAULT_ENV not in names:
+            names.insert(0, DEFAULT_ENV)  # made at this spawn
+        labels = [(n, f"{n}: yours, on the facility's" if n == DEFAULT_ENV else n) for n in names]
+        return [*labels, (FACILITY_ENV, "the facility's alone, without your packages")]
+
+    @staticmethod
+    def _options_form(spawner) -> str:
+        """The spawn page's choice of environment, once a user has more than one of their
+        own ('casa env create'); no page otherwise (the server starts at login)."""
+        try:
+            choices = spawner._env_choices()
+        except Exception:  # no account yet: the spawn itself says why
+            return ""
+        if len(choices) <= 2:
+            return ""
+        options = "".join(
+            f'<option value="{html.escape(n)}"{" selected" if n == DEFAULT_ENV else ""}>'
+            f"{html.escape(label)}</option>"
+            for n, label in choices
+        )
+        return (
+            '<label for="casa-env">Python environment your server, kernels and clusters run '
+            f'from</label><select class="form-control" id="casa-env" name="env">{options}'
+            "</select>"
+        )
+
+    @default("options_form")
+    def _default_options_form(self):
+        return CasaSpawner._options_form
+
+    @default("apply_user_options")
+    def _default_apply_user_options(self):
+        # The one option, 'env', is read where the environment is chosen (_python_env).
+        return lambda spawner, options: None
+
+    def options_from_form(self, formdata):
+        return {"env": (formdata.get("env") or [DEFAULT_ENV])[0]}
+
     def _prepare(self) -> None:
         self._write_credentials()
         self._write_catalog()
@@ -102,14 +158,29 @@ class CasaSpawner(LocalProcessSpawner):
         """The environment the server runs from: the user's own, on top of the facility's
         (made at their first spawn, as them), where ``pip install`` works without an admin
         (:mod:`casa.lab.environments`); the facility's when it is no virtual environment."""
-        base = user_env_prefix(self._ctx())
-        if not (base / "pyvenv.cfg").exists():
+        base = self._facility_env()
+        choice = (self.user_options or {}).get("env") or DEFAULT_ENV
+        if choice == FACILITY_ENV or not (base / "pyvenv.cfg").exists():
             return base
+        try:
+            check_env_name(choice)
+        except ValueError as e:
+            raise RuntimeError(str(e)) from None
         account = self._account()
-        env = user_env_path(account)
-        if not is_layered_on(env, base):
-            self.log.info("Making the Python environment %s for %s", env, self.user.name)
-            create_as(account, env, base)
+        env = user_env_path(account, choice)
+        if is_layered_on(env, base):
+            return env
+        if choice != DEFAULT_ENV:
+            # The hub remembers the last choice: one since removed must not keep the user out.
+            self.log.warning(
+                "%s has no Python environment %r (any more): starting from %s",
+                self.user.name, choice, DEFAULT_ENV,
+            )  # fmt: skip
+            env = user_env_path(account)
+            if is_layered_on(env, base):
+                return env
+        self.log.info("Making the Python environment %s for %s", env, self.user.name)
+        create_as(account, env, base)
         return env
 
     def _copy_examples(self) -> None:
