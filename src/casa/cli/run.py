@@ -92,34 +92,35 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     """Run the analysis and print a short table of its histograms."""
-    from casa.analysis.outputs import prepare_out_dir, write_outputs
-    from casa.analysis.registry import load_processor, parse_processor_args
-    from casa.analysis.runner import DEFAULT_CHUNKSIZE, run_analysis
-    from casa.analysis.schemas import resolve_schema
-    from casa.compute.base import Scaling
-    from casa.compute.registry import create_backend
-    from casa.data.files import expand_paths, inspect_root_file
-    from casa.facility import facility_context, refusal_explainer
-
     began = time.monotonic()
     if args.chunksize is not None and args.chunksize < 1:
         raise UsageError(
             f"--chunksize must be at least 1 entry (got {args.chunksize}); leave it out for "
             "the default of 500000"
         )
-    size = Scaling.parse(args.workers, args.adapt)
-
-    @functools.cache
-    def facility():  # casa.toml, parsed once, and only when the run needs the facility
-        return facility_context(args.home, args.config)
-
-    where = args.executor if args.cluster == "local" else args.cluster
-    backend = create_backend(
-        where, None if where in LOCAL else facility(), size, worker_memory=args.worker_memory
-    )
     with ChunkProgress(args.analysis, err_console) as progress:
-        backend.say = progress.step
+        # On screen before the heavy imports (coffea, awkward, dask: most of a second).
         progress.step(f"loading the analysis {args.analysis}")
+        from casa.analysis.outputs import prepare_out_dir, write_outputs
+        from casa.analysis.registry import load_processor, parse_processor_args
+        from casa.analysis.runner import DEFAULT_CHUNKSIZE, run_analysis
+        from casa.analysis.schemas import resolve_schema
+        from casa.compute.base import Scaling
+        from casa.compute.registry import create_backend
+        from casa.data.files import expand_paths, inspect_root_file
+        from casa.facility import facility_context, refusal_explainer
+
+        size = Scaling.parse(args.workers, args.adapt)
+
+        @functools.cache
+        def facility():  # casa.toml, parsed once, and only when the run needs the facility
+            return facility_context(args.home, args.config)
+
+        where = args.executor if args.cluster == "local" else args.cluster
+        backend = create_backend(
+            where, None if where in LOCAL else facility(), size, worker_memory=args.worker_memory
+        )
+        backend.say = progress.step
         processor = load_processor(args.analysis, parse_processor_args(args.arg))
         schema = args.schema
         if args.dataset:
