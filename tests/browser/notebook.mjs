@@ -2,20 +2,17 @@
 // open it, run all of its cells, wait for its plot and save it (outputs and all); print
 // what its cells printed and save a screenshot of each. Usage:
 //   node notebook.mjs HUB_URL USER PASSWORD SCREENSHOT_DIR NOTEBOOK_PATH...
-// Prints "lab loaded" and "TITLE <the lab's window title>", then per notebook "OUT <path>: <line>" for each printed line and
-// "PLOT OK <path>"; exits 1 at the first notebook whose cell fails or that shows no plot.
+// Prints "lab loaded" and "TITLE <the lab's window title>", then per notebook
+// "OUT <path>: <line>" for each printed line and "PLOT OK <path>"; exits 1 at the first
+// notebook whose cell fails or that shows no plot.
 // After the first notebook, while its kernel and cluster still run, it opens the Dask panel,
 // prints "PANEL <name>" for each cluster listed there, clicks the first, prints
 // "DASHBOARD <title>" for each of the dashboard's plots the panel then offers, and opens
 // the task stream ("PLOT DRAWN Task Stream" once its frame draws).
-import { chromium } from "playwright-core";
+import { launchChromium, logIn } from "./lab.mjs";
 
 const [hub, user, password, shots, ...notebooks] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launchChromium();
 const shotOf = (notebook) => `${shots}/${notebook.split("/").pop().replace(".ipynb", "")}.png`;
 const fail = async (page, notebook, message) => {
   await page.screenshot({ path: shotOf(notebook), fullPage: true });
@@ -67,11 +64,7 @@ const shown = ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook";
 const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
 let current = "login";
 try {
-  await page.goto(`${hub}/hub/login`);
-  await page.fill("#username_input", user);
-  await page.fill("#password_input", password);
-  await page.click("#login_submit");
-  await page.waitForURL(`**/user/${user}/lab**`, { timeout: 120000 });
+  await logIn(page, hub, user, password);
   console.log("lab loaded");
   await page.waitForFunction(() => document.title.includes(" - "), null, { timeout: 30000 })
     .catch(() => {});

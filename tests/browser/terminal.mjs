@@ -5,14 +5,10 @@
 // Prints "terminal open", "typed <command>" for each, then "DONE"; exits 1 if the terminal
 // does not open or DONE does not appear within 10 minutes.
 import { existsSync } from "node:fs";
-import { chromium } from "playwright-core";
+import { launchChromium, logIn } from "./lab.mjs";
 
 const [hub, user, password, shots, done, ...commands] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launchChromium();
 const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
 const fail = async (message) => {
   await page.screenshot({ path: `${shots}/terminal.png`, fullPage: false });
@@ -21,11 +17,7 @@ const fail = async (message) => {
   process.exit(1);
 };
 try {
-  await page.goto(`${hub}/hub/login`);
-  await page.fill("#username_input", user);
-  await page.fill("#password_input", password);
-  await page.click("#login_submit");
-  await page.waitForURL(`**/user/${user}/lab**`, { timeout: 120000 });
+  await logIn(page, hub, user, password);
   await page.goto(`${hub}/user/${user}/lab?reset`);
   await page.waitForSelector(".jp-LauncherCard, .lm-MenuBar-item", { timeout: 60000 });
   // File > New > Terminal, as the README says.

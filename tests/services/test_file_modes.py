@@ -42,6 +42,7 @@ PUBLIC_FILES = {
     "services/hub/jupyter-config": "JupyterLab settings for every user (no secrets)",
     "services/hub/jupyter-config/labconfig": "JupyterLab settings for every user",
     "services/hub/jupyter-config/labconfig/default_setting_overrides.json": "the settings",
+    "services/hub/jupyter-config/labconfig/page_config.json": "the lab's title (the facility's name)",
     "certificates": "the facility's CA folder, which clients verify the XRootD servers with",
 }
 #: Folders any account may pass through (but not list) to reach the files above, its own

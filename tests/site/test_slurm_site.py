@@ -337,4 +337,10 @@ def test_casa_run_on_gateway_clusters_of_slurm_jobs(site: NetnsSite, stored) -> 
     assert sorted(p.name for p in cached.glob("*.root")) == [f.url.rsplit("/", 1)[1]
                                                              for f in local]  # fmt: skip
     site.casa("head", "cluster", "stop", "--all")
+    # Its jobs' logs outlive it: the scheduler's (on s1) and the workers' (n1; n2 until
+    # it was stopped), kept by the gateway from the cluster's staging folder.
+    name = summary["executor"].removeprefix("gateway:")
+    logs = site.casa("head", "cluster", "logs", name, "--lines", "0")
+    assert "== scheduler" in logs and "Scheduler at:" in logs, logs[-3000:]
+    assert "== worker-" in logs and "Start worker at:" in logs, logs[-3000:]
     site.restart_host("n2")

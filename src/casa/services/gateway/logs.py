@@ -1,9 +1,10 @@
 """Clusters' logs that outlive them: kept per user, readable by that user only, bounded.
 
 A cluster's scheduler and workers write their logs into its working directory
-(``services/gateway/clusters/NAME/logs/``), which dask-gateway removes when the cluster
-stops or fails to start. Before that, :func:`keep_logs` (called by the backends'
-``cleanup_working_directory``) copies the end of each log (at most :data:`MAX_LOG_BYTES`)
+(``services/gateway/clusters/NAME/logs/``; with the Slurm backend, the jobs' output files in
+the cluster's staging folder ``~/.dask-gateway/NAME/``), which dask-gateway removes when
+the cluster stops or fails to start. Before that, :func:`keep_logs` (called by the
+backends' ``do_stop_cluster``) copies the end of each log (at most :data:`MAX_LOG_BYTES`)
 to ``services/gateway/logs/USER/NAME/``, the folder and its files the user's (0700, 0600).
 ``logs/`` and ``logs/USER/`` are root's (0711: passable, not listable), so no user can
 plant a link where the gateway writes; ``logs/USER/clusters.json`` (the user's) lists the
@@ -38,10 +39,19 @@ LOGS_FOLDER = "logs"
 INDEX = "clusters.json"
 
 
-def _read_logs(workdir: Path, owner: int) -> dict[str, bytes]:
-    """The end of each ``*.log`` in ``workdir/logs``, read without following links."""
+def slurm_log_name(name: str) -> str:
+    """The kept name of a log dask-gateway's Slurm backend writes into a cluster's staging
+    folder: ``dask-scheduler-CLUSTER.log`` is ``scheduler.log``, ``dask-worker-W.log``
+    ``worker-W.log`` (the local backends' names)."""
+    if name.startswith("dask-scheduler-"):
+        return "scheduler.log"
+    return name.removeprefix("dask-")
+
+
+def _read_logs(logs: Path, owner: int) -> dict[str, bytes]:
+    """The end of each ``*.log`` in the folder ``logs``, read without following links."""
     try:
-        folder = os.open(workdir / "logs", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        folder = os.open(logs, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError:
         return {}
     contents = {}
@@ -63,10 +73,13 @@ def _read_logs(workdir: Path, owner: int) -> dict[str, bytes]:
     return contents
 
 
-def keep_logs(workdir: Path, root: Path, user: str) -> Path | None:
-    """Keep the logs of ``user``'s cluster whose working directory is ``workdir`` in
-    ``root/USER/NAME``, theirs when they have an account here (else the facility's, whose
-    account then ran the cluster); the folder made, or None."""
+def keep_logs(
+    workdir: Path, root: Path, user: str, folder: str = "logs", rename=lambda name: name
+) -> Path | None:
+    """Keep the logs of ``user``'s cluster whose working directory is ``workdir`` (its logs
+    in ``workdir/folder``, named by ``rename``) in ``root/USER/NAME``, theirs when they have
+    an account here (else the facility's, whose account then ran the cluster); the folder
+    made, or None."""
     try:
         account: pwd.struct_passwd | None = pwd.getpwnam(user)
     except KeyError:
@@ -75,7 +88,7 @@ def keep_logs(workdir: Path, root: Path, user: str) -> Path | None:
         owner = workdir.lstat().st_uid
     except OSError:
         return None
-    contents = _read_logs(workdir, owner)
+    contents = {rename(n): data for n, data in _read_logs(workdir / folder, owner).items()}
     if not contents or "/" in user or user in ("", ".", ".."):
         return None
     ids = None

@@ -45,7 +45,7 @@ from traitlets import Integer as IntegerTrait
 
 from casa.lab.environments import check_cluster_env
 from casa.services.gateway.dashboards import DashboardAccess
-from casa.services.gateway.logs import keep_logs
+from casa.services.gateway.logs import keep_logs, slurm_log_name
 from casa.services.processes import forget_process, is_recorded, record_process
 from casa.workarounds import owned_working_directory
 
@@ -469,6 +469,22 @@ class CasaSlurmBackend(DashboardAccess, WorkerTokenRenewal, UserLimits, SlurmBac
     launcher_python = Unicode(
         sys.executable, help="The Python that runs dask-gateway's job launcher.", config=True
     )
+
+    logs_directory = Unicode(
+        "", help="Where stopped clusters' logs are kept (empty: not kept).", config=True
+    )
+
+    async def do_stop_cluster(self, cluster):
+        """Keep the jobs' logs from the staging folder (the workers' jobs have ended), then
+        cancel the scheduler's job and remove the folder, as dask-gateway does."""
+        staging = cluster.state.get("staging_dir")
+        if staging and self.logs_directory:
+            try:
+                keep_logs(Path(staging), Path(self.logs_directory), cluster.username,
+                          folder=".", rename=slurm_log_name)  # fmt: skip
+            except OSError as e:
+                self.log.warning("Could not keep the logs of cluster %s: %s", cluster.name, e)
+        await super().do_stop_cluster(cluster)
 
     def _slurm_env(self) -> dict[str, str]:
         return {"SLURM_CONF": self.slurm_conf} if self.slurm_conf else {}

@@ -76,6 +76,7 @@ c.CasaSlurmBackend.slurm_conf = {conf!r}
 c.CasaSlurmBackend.interface = {interface!r}
 c.CasaSlurmBackend.scheduler_partition = {scheduler_partition!r}
 c.CasaSlurmBackend.launcher_python = {python!r}
+c.CasaSlurmBackend.logs_directory = {logs!r}
 c.SlurmClusterConfig.partition = {partition!r}
 c.SlurmClusterConfig.account = {account!r}
 c.SlurmClusterConfig.qos = {qos!r}
@@ -181,7 +182,7 @@ class GatewayService(Service):
                 scheduler_partition=s.scheduler_partition, account=s.account, qos=s.qos,
                 setup=s.setup, staging_directory=s.staging_directory,
                 scheduler_memory=parse_size(s.scheduler_memory),
-                python=str(bin_dir / "python"),
+                python=str(bin_dir / "python"), logs=str(directory / LOGS_FOLDER),
             )  # fmt: skip
             environment["CASA_CACHE_URL"] = ctx.config.worker_cache_url
         else:
