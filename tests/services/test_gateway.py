@@ -133,6 +133,22 @@ def _gateway_api(gw, method: str, path: str, token: str, body=None, timeout: flo
         return e.code, json.loads(e.read() or b"null")
 
 
+def _process_state(pid: int) -> str:
+    """The state letter of ``pid`` in /proc (``T`` when stopped), or why there is none."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError as e:
+        return f"no process: {e}"
+
+
+def _wait_until_stopped(pid: int, timeout: float = 10) -> None:
+    """Return once the kernel shows ``pid`` stopped (a signal is acted on asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while _process_state(pid) != "T":
+        assert time.monotonic() < deadline, f"{pid} did not stop: {_process_state(pid)!r}"
+        time.sleep(0.01)
+
+
 def test_minting_a_clusters_token_does_not_stall_the_gateway(gw):
     """The owner's data token is minted off the gateway's event loop: while the issuer is
     frozen in the middle of a cluster's start, the gateway still answers everyone else, and
@@ -140,7 +156,8 @@ def test_minting_a_clusters_token_does_not_stall_the_gateway(gw):
     ctx = gw.ctx()
     grace, bob = (ctx.request_token(user=u, kind="gateway") for u in ("grace", "bob"))
     supervisor = gw.supervisor()
-    issuer = next(s for s in supervisor.services if s.name == "issuer")
+    issuer, gateway = (next(s for s in supervisor.services if s.name == n)
+                       for n in ("issuer", "gateway"))  # fmt: skip
     pid = supervisor.running_pid(issuer)
     started: dict = {}
 
@@ -151,13 +168,18 @@ def test_minting_a_clusters_token_does_not_stall_the_gateway(gw):
     starting = threading.Thread(target=start_cluster)
     os.kill(pid, signal.SIGSTOP)  # it accepts into the kernel's queue, but does not answer
     try:
+        _wait_until_stopped(pid)
         starting.start()
         time.sleep(1.5)  # the request is waiting for the issuer's answer
         begun = time.monotonic()
         assert _gateway_api(gw, "GET", "/api/health", bob, timeout=3)[1]["status"] == "pass"
         assert _gateway_api(gw, "GET", "/api/v1/clusters/", bob, timeout=3) == (200, {})
         answered = time.monotonic() - begun
-        assert starting.is_alive(), f"the cluster started without its token: {started}"
+        assert starting.is_alive(), (
+            f"the cluster started without its token: {started}; the issuer is "
+            f"{_process_state(pid)!r}; the gateway's log ends with:\n"
+            + "\n".join(supervisor.log_file(gateway).read_text().splitlines()[-30:])
+        )
     finally:
         os.kill(pid, signal.SIGCONT)
     starting.join(timeout=30)

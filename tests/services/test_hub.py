@@ -360,7 +360,6 @@ def test_a_newcomers_first_hour_in_the_browser(hub):
     'pip install' a package (a wheel built here: no network) and run a processor that uses
     it on their gateway workers; stop the cluster and read its logs. What each step printed
     equals an independent uproot + numpy computation or what the facility records."""
-    from casa.compute.gateway import gateway_client
 
     node = shutil.which("node")
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
@@ -378,10 +377,8 @@ def test_a_newcomers_first_hour_in_the_browser(hub):
     try:
         _newcomer_in_the_browser(hub, user, password, node, chromium, browser, artifacts)
     finally:
-        token = hub.ctx().request_token(user=user, kind="gateway")
-        with contextlib.suppress(Exception), gateway_client(hub.ctx(), token=token) as gateway:
-            for report in gateway.list_clusters():
-                gateway.stop_cluster(report.name)
+        with contextlib.suppress(Exception):
+            _stop_clusters_of(hub, user)
         hub.admin.stop(user)
         hub.casa("user", "remove", user)
         remove_unix_account(user)

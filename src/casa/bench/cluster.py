@@ -16,7 +16,7 @@ import time
 import warnings
 from typing import Any
 
-from casa.compute.gateway import caller_environment, close_kept_connections, gateway_client
+from casa.compute.gateway import close_kept_connections, environment_option, gateway_client
 from casa.errors import ServiceError
 from casa.facility import Facility
 
@@ -114,11 +114,9 @@ class ClusterProbe:
         started = time.perf_counter()
         # Of this process's environment, as 'casa run --cluster gateway' from it asks: the
         # bench's whole 'casa run' commands reuse the cluster.
-        env = caller_environment()
-        offered = env and "python_env" in self.gateway.cluster_options(use_local_defaults=False)
         self.cluster = self.gateway.new_cluster(
             worker_cores=1, worker_memory=WORKER_MEMORY, shutdown_on_close=False,
-            **({"python_env": env} if offered else {}),
+            **environment_option(self.gateway),
         )  # fmt: skip
         self.cluster.scale(workers)
         with warnings.catch_warnings():

@@ -128,6 +128,16 @@ def caller_environment() -> str:
     return ""
 
 
+def environment_option(gateway) -> dict[str, str]:
+    """``{"python_env": ...}`` for a new cluster of this process's environment, if the
+    gateway offers that option (one whose workers are no local processes, such as
+    Kubernetes pods running an image, does not); else ``{}``."""
+    env = caller_environment()
+    if env and "python_env" in gateway.cluster_options(use_local_defaults=False):
+        return {"python_env": env}
+    return {}
+
+
 def find_or_create_cluster(
     gateway, worker_cores: int = 1, worker_memory: float = 2.0, say=lambda text: None
 ):
@@ -146,13 +156,10 @@ def find_or_create_cluster(
         cluster.casa_created = False
         return cluster
     try:
-        # A gateway whose workers are no local processes (Kubernetes pods run an image)
-        # offers no python_env.
-        offered = env and "python_env" in gateway.cluster_options(use_local_defaults=False)
         say("starting a new cluster on the gateway")
         cluster = gateway.new_cluster(
             worker_cores=worker_cores, worker_memory=worker_memory, shutdown_on_close=False,
-            **({"python_env": env} if offered else {}),
+            **environment_option(gateway),
         )  # fmt: skip
         cluster.casa_created = True
         return cluster

@@ -1,7 +1,9 @@
 """Runs inside each user's notebook server: the lab's Dask panels show the user's gateway clusters.
 
 The panel's list is the user's running gateway clusters (:mod:`casa.lab.dask_panel`, in
-place of dask-labextension's own manager, asked again at every listing). dask-labextension shows a cluster's dashboard through the notebook server
+place of dask-labextension's own manager, asked again at every listing).
+
+dask-labextension shows a cluster's dashboard through the notebook server
 (``dask/dashboard/ID/PATH``, which JupyterHub lets only the server's owner and hub admins
 reach) and forwards each request to the host and port of the cluster's dashboard link,
 dropping the link's path. For a gateway cluster, whose link is

@@ -98,13 +98,18 @@ class GatewayPanel(DaskClusterManager):
         self._clusters[cluster_id] = cluster
         self._cluster_names[cluster_id] = cluster.name
 
-    def _forget(self, cluster_id: str) -> Any:
-        cluster = self._clusters.pop(cluster_id, None)
+    def _drop(self, cluster_id: str) -> Any:
+        """No longer list the cluster; the cluster, or None."""
         self._cluster_names.pop(cluster_id, None)
         self._adaptives.pop(cluster_id, None)
-        if cluster is not None:  # the connection only: the cluster is gone or stays
+        return self._clusters.pop(cluster_id, None)
+
+    def _forget(self, cluster_id: str) -> None:
+        """No longer list the cluster, and close this lab's connection to it (the cluster
+        is gone, or stays)."""
+        cluster = self._drop(cluster_id)
+        if cluster is not None:
             asyncio.ensure_future(_quietly(cluster.close(shutdown=False)))
-        return cluster
 
     async def start_cluster(self, cluster_id: str = "", configuration: dict | None = None):
         """NEW: a gateway cluster (the factory the hub configures) with two workers, which
@@ -127,9 +132,7 @@ class GatewayPanel(DaskClusterManager):
             return None
         model = cluster_model(cluster_id, cluster)
         await cluster.shutdown()
-        self._clusters.pop(cluster_id, None)
-        self._cluster_names.pop(cluster_id, None)
-        self._adaptives.pop(cluster_id, None)
+        self._drop(cluster_id)
         return model
 
     async def scale_cluster(self, cluster_id: str, n: int):

@@ -394,12 +394,27 @@ class RecordedProcesses(LocalBackend):
             forget_process(directory, pid)
 
 
-class KeptLogs(LocalBackend):
-    """Keeps each cluster's logs when it stops or fails (:mod:`casa.services.gateway.logs`)."""
+class ClusterLogs(Backend):
+    """Keeps each cluster's logs when it stops or fails (:mod:`casa.services.gateway.logs`);
+    each backend says where its clusters' logs are."""
 
     logs_directory = Unicode(
         "", help="Where stopped clusters' logs are kept (empty: not kept).", config=True
     )
+
+    def keep_cluster_logs(self, cluster, workdir: str, **layout) -> None:
+        """Keep ``cluster``'s logs from ``workdir`` (``layout``: :func:`keep_logs`'s
+        ``folder`` and ``rename``); a failure is logged, never raised."""
+        if not self.logs_directory:
+            return
+        try:
+            keep_logs(Path(workdir), Path(self.logs_directory), cluster.username, **layout)
+        except OSError as e:
+            self.log.warning("Could not keep the logs of cluster %s: %s", cluster.name, e)
+
+
+class KeptLogs(ClusterLogs, LocalBackend):
+    """The local backends' clusters: their logs are in their working directory's ``logs/``."""
 
     async def do_stop_cluster(self, cluster):
         """Stop the scheduler, keep the logs, then remove the working directory."""
@@ -409,11 +424,7 @@ class KeptLogs(LocalBackend):
         workdir = cluster.state.get("workdir")
         if workdir is None:
             return
-        if self.logs_directory:
-            try:
-                keep_logs(Path(workdir), Path(self.logs_directory), cluster.username)
-            except OSError as e:
-                self.log.warning("Could not keep the logs of cluster %s: %s", cluster.name, e)
+        self.keep_cluster_logs(cluster, workdir)
         self.cleanup_working_directory(workdir)
 
 
@@ -444,7 +455,7 @@ class FixedLocalBackend(
             os.chown(p, account.pw_uid, account.pw_gid)
 
 
-class CasaSlurmBackend(DashboardAccess, WorkerTokenRenewal, UserLimits, SlurmBackend):
+class CasaSlurmBackend(DashboardAccess, WorkerTokenRenewal, UserLimits, ClusterLogs, SlurmBackend):
     """dask-gateway's SlurmBackend: each cluster's scheduler and workers are Slurm jobs.
 
     What casa changes:
@@ -470,20 +481,12 @@ class CasaSlurmBackend(DashboardAccess, WorkerTokenRenewal, UserLimits, SlurmBac
         sys.executable, help="The Python that runs dask-gateway's job launcher.", config=True
     )
 
-    logs_directory = Unicode(
-        "", help="Where stopped clusters' logs are kept (empty: not kept).", config=True
-    )
-
     async def do_stop_cluster(self, cluster):
         """Keep the jobs' logs from the staging folder (the workers' jobs have ended), then
         cancel the scheduler's job and remove the folder, as dask-gateway does."""
         staging = cluster.state.get("staging_dir")
-        if staging and self.logs_directory:
-            try:
-                keep_logs(Path(staging), Path(self.logs_directory), cluster.username,
-                          folder=".", rename=slurm_log_name)  # fmt: skip
-            except OSError as e:
-                self.log.warning("Could not keep the logs of cluster %s: %s", cluster.name, e)
+        if staging:
+            self.keep_cluster_logs(cluster, staging, folder=".", rename=slurm_log_name)
         await super().do_stop_cluster(cluster)
 
     def _slurm_env(self) -> dict[str, str]:

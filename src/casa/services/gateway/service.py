@@ -41,7 +41,7 @@ c.CasaAuthenticator.public_key_file = {public_key!r}
 c.DaskGateway.backend_class = {backend_class!r}
 c.LocalBackend.clusters_directory = {clusters!r}
 c.RecordedProcesses.process_directory = {processes!r}
-c.KeptLogs.logs_directory = {logs!r}
+c.ClusterLogs.logs_directory = {logs!r}
 c.DashboardAccess.accounts_database = {accounts!r}
 c.ClusterConfig.scheduler_cmd = {scheduler_cmd!r}
 c.ClusterConfig.worker_cmd = {worker_cmd!r}
@@ -76,7 +76,6 @@ c.CasaSlurmBackend.slurm_conf = {conf!r}
 c.CasaSlurmBackend.interface = {interface!r}
 c.CasaSlurmBackend.scheduler_partition = {scheduler_partition!r}
 c.CasaSlurmBackend.launcher_python = {python!r}
-c.CasaSlurmBackend.logs_directory = {logs!r}
 c.SlurmClusterConfig.partition = {partition!r}
 c.SlurmClusterConfig.account = {account!r}
 c.SlurmClusterConfig.qos = {qos!r}
@@ -182,7 +181,7 @@ class GatewayService(Service):
                 scheduler_partition=s.scheduler_partition, account=s.account, qos=s.qos,
                 setup=s.setup, staging_directory=s.staging_directory,
                 scheduler_memory=parse_size(s.scheduler_memory),
-                python=str(bin_dir / "python"), logs=str(directory / LOGS_FOLDER),
+                python=str(bin_dir / "python"),
             )  # fmt: skip
             environment["CASA_CACHE_URL"] = ctx.config.worker_cache_url
         else:
