@@ -126,3 +126,52 @@ def test_owned_working_directory_hands_over_exactly_the_clusters_paths(tmp_path)
     assert paths == [workdir, f"{workdir}/.certs", f"{workdir}/logs",
                      f"{workdir}/.certs/dask.crt", f"{workdir}/.certs/dask.pem"]  # fmt: skip
     assert (tmp_path / "c1" / ".certs" / "dask.pem").read_bytes() == b"key"
+
+
+def _in_a_fresh_python(code: str) -> str:
+    """What ``code`` prints, run by a new interpreter (its imports are its own)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=120).stdout  # fmt: skip
+
+
+def test_coffea_and_distributed_still_import_what_a_gateway_run_never_uses():
+    from coffea.processor.executor import DaskExecutor
+
+    assert "import dask.dataframe" in inspect.getsource(DaskExecutor.__call__), (
+        "coffea's DaskExecutor no longer imports dask.dataframe at every call"
+    )
+    printed = _in_a_fresh_python(
+        "import sys; from distributed.versions import get_versions; get_versions(); "
+        "print('pandas' in sys.modules)"
+    )
+    assert printed.split() == ["True"], "distributed no longer imports pandas for its version"
+
+
+def test_deferred_modules_run_only_when_used_and_then_are_the_real_ones():
+    printed = _in_a_fresh_python("""
+import sys
+from casa.workarounds import defer_import
+defer_import("pandas", "dask.dataframe", "no_such_module_here")
+import dask.dataframe as dd
+from distributed.versions import get_versions
+reported = get_versions()["packages"]["pandas"]
+print("dask.array" in sys.modules, "pandas.core" in sys.modules, "no_such_module_here" in sys.modules)
+import importlib.metadata
+print(reported == importlib.metadata.version("pandas"))
+import pandas
+frame = pandas.DataFrame({"a": [1, 2]})
+print(int(frame.a.sum()), type(sys.modules["pandas"]).__name__)
+print(len(dd.from_pandas(frame, npartitions=1).compute()), type(sys.modules["dask.dataframe"]).__name__)
+from pandas.core.frame import DataFrame
+print(DataFrame is pandas.DataFrame)
+""")
+    assert printed.split("\n")[:5] == [
+        "False False False",  # imported, not run: nor an uninstalled module made up
+        "True",  # its version reported without running it
+        "3 module",  # the first use runs it, and the import system holds the real module
+        "2 module",
+        "True",  # its submodules are the real ones'
+    ]

@@ -1,5 +1,5 @@
 """Allow ``python -m casa``."""
 
-from casa.cli import main
+from casa.cli import command
 
-main()
+command()

@@ -109,7 +109,11 @@ def handle(args: argparse.Namespace) -> int:
         from casa.compute.registry import create_backend
         from casa.data.files import expand_paths, inspect_root_file
         from casa.facility import facility_context, refusal_explainer
+        from casa.workarounds import defer_import
 
+        # coffea's DaskExecutor imports dask.dataframe at every call, distributed's Client
+        # pandas for its version: neither is used unless the analysis does (0.5 s here).
+        defer_import("pandas", "dask.dataframe")
         size = Scaling.parse(args.workers, args.adapt)
 
         @functools.cache
