@@ -42,7 +42,7 @@ WORKAROUNDS: tuple[Workaround, ...] = (
         "casa.workarounds.quiet_coffea (used by casa.analysis.runner.run_analysis)",
     ),
     Workaround(
-        "coffea", "2026.9.0",
+        "coffea, distributed", "2026.9.0, 2025.3.1",
         "DaskExecutor imports dask.dataframe (and dask.array with it) at every call, which "
         "only use_dataframes=True needs, and distributed's Client imports pandas to report "
         "its version: 0.5 s of a 2.5 s casa run on a warm cluster",
