@@ -98,7 +98,7 @@ def test_every_problem_is_reported_at_once():
 
 
 def _reference_keys(text: str) -> list[str]:
-    return re.findall(r"^\| `([a-z_]+\.[a-z_]+)` \|", text, flags=re.MULTILINE)
+    return re.findall(r"^\| `([a-z0-9_]+\.[a-z0-9_]+)` \|", text, flags=re.MULTILINE)
 
 
 def test_every_key_in_the_reference_exists_in_the_model():
@@ -112,7 +112,7 @@ def test_every_key_in_the_reference_exists_in_the_model():
 def test_every_default_in_the_reference_is_the_models():
     defaults = FacilityConfig()
     rows = re.findall(
-        r"^\| `([a-z_]+)\.([a-z_]+)` \| [^|]+(?:\\\|[^|]+)* \| `(.*?)` \|",
+        r"^\| `([a-z0-9_]+)\.([a-z0-9_]+)` \| [^|]+(?:\\\|[^|]+)* \| `(.*?)` \|",
         render_reference(),
         flags=re.MULTILINE,
     )

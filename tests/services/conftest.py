@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from casa.config import SERVICE_PORTS
 from casa.facility import facility_context
 from casa.services.facility import facility_supervisor
 from casa.services.processes import recorded_session_leaders
@@ -65,14 +66,11 @@ def new_facility_home(extra_toml: str = "") -> Facility:
     """A state directory other accounts can traverse (XRootD runs as 'xrootd' under root)."""
     home = Path(tempfile.mkdtemp(prefix="casa-test-", dir="/tmp"))
     os.chmod(home, 0o711)
-    issuer, origin, cache, gateway, scheduler, api, hub, hub_api, hub_proxy = free_ports(9)
-    sections = {
-        "issuer": f"port = {issuer}\n",
-        "origin": f"port = {origin}\n",
-        "cache": f"port = {cache}\n",
-        "gateway": f"port = {gateway}\nscheduler_port = {scheduler}\napi_port = {api}\n",
-        "hub": f"port = {hub}\napi_port = {hub_api}\nproxy_api_port = {hub_proxy}\n",
-    }
+    # Every port of every service (casa.config.SERVICE_PORTS) on a free port of its own.
+    ports = dict(zip(SERVICE_PORTS, free_ports(len(SERVICE_PORTS)), strict=True))
+    sections: dict[str, str] = {}
+    for (section, key), port in ports.items():
+        sections[section] = sections.get(section, "") + f"{key} = {port}\n"
     rest = []
     for block in extra_toml.split("["):
         name, _, body = block.partition("]\n")
@@ -83,11 +81,9 @@ def new_facility_home(extra_toml: str = "") -> Facility:
     (home / "casa.toml").write_text(
         "".join(f"[{name}]\n{body}" for name, body in sections.items()) + "".join(rest)
     )
-    return Facility(
-        home,
-        {"issuer": issuer, "origin": origin, "cache": cache, "gateway": gateway,
-         "gateway scheduler": scheduler, "gateway api": api, "hub": hub},
-    )  # fmt: skip
+    named = {(s if k == "port" else f"{s} {k.removesuffix('_port')}"): p
+             for (s, k), p in ports.items()}  # fmt: skip
+    return Facility(home, named)
 
 
 @pytest.fixture

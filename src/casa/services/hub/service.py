@@ -29,6 +29,10 @@ class HubService(Service):
         """``hub.port``."""
         return ctx.config.hub.port
 
+    def url(self, ctx: Facility) -> str:
+        """The hub's login page."""
+        return f"http://{ctx.config.host_of('hub')}:{ctx.config.hub.port}/"
+
     def strays(self, ctx: Facility) -> list[int]:
         """JupyterHub's configurable-http-proxy, which it starts in a session of its own."""
         try:

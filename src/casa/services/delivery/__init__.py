@@ -1,0 +1,1 @@
+"""The delivery service: skims for the ServiceX client, made on the users' own Dask clusters."""
