@@ -32,7 +32,9 @@ QUERY = [{"treename": "Events", "filter_name": ["MET_pt", "Muon_pt"],
 def dv(tmp_path_factory):
     from conftest import new_facility_home, stop_everything
 
-    f = new_facility_home('[gateway]\nbackend = "local"\n[delivery]\nworkers = 2\n')
+    f = new_facility_home(
+        '[gateway]\nbackend = "local"\n[delivery]\nworkers = 2\nstall_timeout = 15\n'
+    )
     f.supervisor().up()
     data = tmp_path_factory.mktemp("dv-data")
     generate_dataset(data, 8_000, 2, seed=17, workers=1)
@@ -240,3 +242,138 @@ def test_each_transforms_key_reads_its_own_bucket_only(dv, tmp_path):
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(f"http://{ann_status['minio-endpoint']}/{ids[0]}/", timeout=5)
     assert refused.value.code == 403
+
+
+def test_cancel_and_delete_through_the_client_and_the_skims_become_a_dataset(dv, tmp_path):
+    from servicex import dataset
+    from servicex.servicex_client import ServiceXClient
+
+    ann = _as_user(dv, "ann", tmp_path)
+    ann_token = (ann / "token").read_text()
+    body = {"did": "casa://sim", "selection": json.dumps(QUERY), "codegen": "uproot-raw",
+            "result-format": "root-file"}  # fmt: skip
+    os.environ["BEARER_TOKEN_FILE"] = str(ann / "token")
+    try:
+        client = ServiceXClient(backend="casa", config_path=str(ann / "servicex.yaml"))
+        request_id = _api(dv, "POST", "/servicex/transformation", ann_token, body)[1]["request_id"]
+        client.cancel_transform(request_id)
+        status = _api(dv, "GET", f"/servicex/transformation/{request_id}", ann_token)[1]
+        assert status["status"] in ("Canceled", "Complete"), status  # a tiny one may be done
+        client.delete_transform(request_id)
+        assert _api(dv, "GET", f"/servicex/transformation/{request_id}", ann_token)[0] == 404
+        assert request_id not in {t.request_id for t in client.get_transforms()}
+    finally:
+        os.environ.pop("BEARER_TOKEN_FILE", None)
+
+    # A NanoAOD skim (event IDs and muons of the events with two muons), as a dataset.
+    nano = [{"treename": "Events", "filter_name": ["run", "luminosityBlock", "event", "nMuon",
+                                                   "Muon_*", "MET_pt"],
+             "cut": QUERY[0]["cut"]}]  # fmt: skip
+    skims = _deliver(ann, dataset.GenericDataSet("casa", "sim"), query=nano)
+    request_id = _request_id(skims[0])
+    dv.casa("datasets", "add", "sim-skim", "--from-delivery", request_id, check=True)
+    shown = json.loads(dv.casa("datasets", "show", "sim-skim", "--json", check=True).stdout)
+    assert shown["events"] == len(_expected(dv.local_files))
+    assert all("/store/user/ann~/" in f["url"] for f in shown["files"])  # her area: her data
+    out = tmp_path / "run"
+    dv.casa("run", "dimuon", "--dataset", "sim-skim", "--out", out, "--no-plots",
+            env={"BEARER_TOKEN": dv.ctx().request_token(user="ann")}, check=True)  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["events"] == shown["events"]
+    refused = dv.casa("datasets", "add", "again", "--from-delivery", "no-such-id")
+    assert refused.returncode != 0 and "no delivery transform 'no-such-id'" in refused.stderr
+
+
+def _ann_cluster_client(dv, timeout: float = 120):
+    """A client of ann's cluster, once the delivery service has made or found it."""
+    import time
+
+    from casa.compute.gateway import gateway_client
+
+    ctx = dv.ctx()
+    gateway = gateway_client(ctx, token=ctx.request_token(user="ann", kind="gateway"))
+    deadline = time.monotonic() + timeout
+    while not (found := gateway.list_clusters()):
+        assert time.monotonic() < deadline, "ann has no cluster"
+        time.sleep(0.2)
+    cluster = gateway.connect(found[0].name)
+    return cluster, cluster.get_client(set_as_default=False)
+
+
+def test_a_worker_killed_mid_transform_and_every_file_still_yields_one_result(dv, tmp_path_factory):
+    import signal
+    import threading
+    import time
+
+    data = tmp_path_factory.mktemp("many")
+    generate_dataset(data, 240_000, 12, seed=23, workers=1)
+    dv.casa("datasets", "add", "many", data, "--store", check=True)
+    ann_token = dv.ctx().request_token(user="ann")
+    everything = [{"treename": "Events", "filter_name": "*",
+                   "cut": "count_nonzero(Muon_pt > 5, axis=1) >= 1"}]  # fmt: skip
+    body = {"did": "casa://many", "selection": json.dumps(everything), "codegen": "uproot-raw",
+            "result-format": "root-file"}  # fmt: skip
+    killed: list[int] = []
+    connected = []
+
+    def kill_a_busy_worker():
+        cluster, client = _ann_cluster_client(dv)
+        connected.extend([cluster, client])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed:
+            for address, keys in client.processing().items():
+                if any(str(k).startswith("skim-") for k in keys):
+                    pid = client.run(os.getpid, workers=[address])[address]
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    return
+            time.sleep(0.005)
+
+    killer = threading.Thread(target=kill_a_busy_worker)
+    killer.start()
+    request_id = _api(dv, "POST", "/servicex/transformation", ann_token, body)[1]["request_id"]
+    killer.join()
+    assert killed, "the test found no worker busy with a file"
+    deadline = time.monotonic() + 180
+    while (status := _api(dv, "GET", f"/servicex/transformation/{request_id}",
+                          ann_token)[1])["status"] not in ("Complete", "Fatal"):  # fmt: skip
+        assert time.monotonic() < deadline, status
+        time.sleep(0.5)
+    assert (status["status"], status["files-completed"], status["files-failed"]) == (
+        "Complete",
+        12,
+        0,
+    ), status
+    record = _api(dv, "GET", f"/casa/transformation/{request_id}", ann_token)[1]
+    objects = [f["object"] for f in record["files"]]
+    assert len(set(objects)) == 12 and record["transformed"] == 12
+    results = _api(dv, "GET", f"/servicex/transformation/{request_id}/results", ann_token)[1]
+    assert sorted(r["s3-object-name"] for r in results["results"]) == sorted(objects)
+    cluster, client = connected
+    client.close()
+    cluster.close(shutdown=False)
+
+
+def test_a_transform_without_progress_is_failed_as_stalled(dv):
+    import signal
+    import time
+
+    ann_token = dv.ctx().request_token(user="ann")
+    query = [{**QUERY[0], "cut": "count_nonzero(Muon_pt > 21, axis=1) >= 2"}]  # not cached
+    body = {"did": "casa://sim", "selection": json.dumps(query), "codegen": "uproot-raw",
+            "result-format": "root-file"}  # fmt: skip
+    supervisor = dv.supervisor()
+    cache = next(s for s in supervisor.services if s.name == "cache")
+    pid = supervisor.running_pid(cache)
+    request_id = _api(dv, "POST", "/servicex/transformation", ann_token, body)[1]["request_id"]
+    os.kill(pid, signal.SIGSTOP)  # every read of the transform now waits
+    try:
+        deadline = time.monotonic() + 90
+        while (status := _api(dv, "GET", f"/servicex/transformation/{request_id}",
+                              ann_token)[1])["status"] not in ("Complete", "Fatal"):  # fmt: skip
+            assert time.monotonic() < deadline, status
+            time.sleep(0.5)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert status["status"] == "Fatal", status
+    assert "failed as stalled" in status["error"] and "delivery.stall_timeout" in status["error"]

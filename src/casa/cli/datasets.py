@@ -35,7 +35,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     add = ds.add_parser("add", help="register ROOT files (files, globs or folders) as a dataset")
     add.add_argument("name", help="dataset name")
-    add.add_argument("paths", nargs="+", metavar="PATH", help="files, glob patterns or folders")
+    add.add_argument("paths", nargs="*", metavar="PATH", help="files, glob patterns or folders")
+    add.add_argument(
+        "--from-delivery", metavar="REQUEST_ID",
+        help="instead of PATHs: the ROOT outputs of a finished delivery transform (its "
+        "request id, as the ServiceX client shows it), stored in its owner's area unless "
+        "--public",
+    )  # fmt: skip
     add.add_argument("--tree", default=DEFAULT_TREE, help="tree to read (default: Events)")
     add.add_argument("--schema", metavar="NAME", help=SCHEMA_HELP)
     add.add_argument(
@@ -110,6 +116,12 @@ def handle_add(args: argparse.Namespace) -> int:
     if (args.public or args.user) and not args.store:
         raise UsageError("--public and --user choose a storage area: use them with --store")
     args.schema = recorded_schema(args.schema)
+    if args.from_delivery:
+        _from_delivery(args)
+    elif not args.paths:
+        raise UsageError(
+            "name the files to add (PATH...), or a delivery transform with --from-delivery ID"
+        )
     if args.store:
         dataset = _add_stored(args, catalog)
     else:
@@ -301,6 +313,38 @@ def _size(n: int) -> str:
     return str(n)
 
 
+def _from_delivery(args: argparse.Namespace) -> None:
+    """Point ``args`` at a finished transform's ROOT outputs, to be stored (in its owner's
+    area: they are made of files the owner may read, which others may not)."""
+    from casa.facility import facility_context
+    from casa.services.delivery.records import COMPLETE, FILE_DONE, DeliveryRecords
+    from casa.services.s3.service import object_store
+
+    if args.paths:
+        raise UsageError("give either PATHs or --from-delivery, not both")
+    ctx = facility_context(args.home, args.config)
+    database = ctx.service_dir("delivery") / "delivery.sqlite"
+    t = DeliveryRecords(database).get(args.from_delivery) if database.exists() else None
+    if t is None:
+        raise UsageError(
+            f"no delivery transform {args.from_delivery!r}: the request id is the one the "
+            "ServiceX client shows (or its download folder's name)"
+        )
+    if t.status != COMPLETE or t.result_format != "root-file":
+        raise UsageError(
+            f"transform {t.request_id} is {t.status} with {t.result_format} outputs: a dataset "
+            "needs the ROOT outputs (the client's default format) of a complete transform"
+        )
+    bucket = object_store(ctx).bucket_dir(t.request_id)
+    args.paths = [str(bucket / f.object_name) for f in t.files if f.state == FILE_DONE]
+    if not args.paths:
+        raise UsageError(f"transform {t.request_id} has no output: every input file failed")
+    args.store = True
+    if not args.public and args.user is None:
+        args.user = t.owner  # the issuer minted their token: a reader of this facility
+        args.user_is_owner = True
+
+
 def _add_stored(args: argparse.Namespace, catalog: DatasetCatalog):
     """Check the files, copy them into storage, register their root:// URLs; undo on failure."""
     from casa.data.files import expand_paths, inspect_root_file
@@ -314,7 +358,7 @@ def _add_stored(args: argparse.Namespace, catalog: DatasetCatalog):
             f"or remove it first with 'casa datasets remove {args.name}'"
         )
     ctx = facility_context(args.home, args.config)
-    if args.user is not None:
+    if args.user is not None and not getattr(args, "user_is_owner", False):
         _check_storage_user(args, ctx)
     files = [inspect_root_file(p, args.tree) for p in expand_paths(args.paths)]
     storage = ctx.storage()

@@ -3,7 +3,8 @@
 Steps: ``casa up``; a token for the caller (stored where WLCG discovery finds it); the
 demo dataset generated once and copied into facility storage as ``demo``; ``dimuon`` and
 ``adl5`` run on the caller's Dask Gateway cluster, whose workers read ``root://`` through
-XCache with the caller's token. The facility stays up afterwards (``casa status``,
+XCache with the caller's token; then one skim of it delivered through the ServiceX client
+(``servicex.deliver``) by the delivery service. The facility stays up afterwards (``casa status``,
 ``casa down``; the idle cluster stops by itself after ``gateway.idle_timeout``).
 """
 
@@ -60,7 +61,7 @@ def handle(args: argparse.Namespace) -> int:
     ctx = facility_context(args.home, args.config)
     report = facility_supervisor(ctx).up()
     console.print("facility up: " + ", ".join(f"{name} {what}" for name, what in report.items()))
-    _ensure_token(ctx)
+    token_file = _ensure_token(ctx, Path(args.out))
     dataset = _ensure_dataset(ctx, args)
     for analysis in DEMO_ANALYSES:
         out = Path(args.out) / analysis
@@ -76,6 +77,7 @@ def handle(args: argparse.Namespace) -> int:
             )
         summary = write_outputs(out, result, analysis, dataset.name)
         print_summary(str(out), summary, result.output)
+    _deliver_skim(ctx, token_file, Path(args.out))
     console.print(
         f"read through the cache: {dataset.files[0].url.rsplit('/', 1)[0]}/ ; the facility is "
         "still up ('casa status' to see it, 'casa down' to stop it)"
@@ -83,8 +85,48 @@ def handle(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ensure_token(ctx) -> None:
-    """A token of this facility with time left, found by WLCG discovery; mint one if not."""
+def _deliver_skim(ctx, token_file: Path, out: Path) -> None:
+    """The events with two muons of the demo dataset, as one ``servicex.deliver`` call of
+    the ServiceX client (docs/delivery.md), with a ``servicex.yaml`` in ``out``."""
+    import os
+
+    import uproot
+    from servicex import dataset, deliver, query
+
+    from casa.services.delivery.service import delivery_url
+
+    out.mkdir(parents=True, exist_ok=True)
+    config = out / "servicex.yaml"
+    config.write_text(
+        f"api_endpoints:\n  - endpoint: {delivery_url(ctx)}\n    name: casa\n"
+        f"default-endpoint: casa\ncache-path: {(out / 'servicex-cache').absolute()}\n"
+    )
+    spec = {"Sample": [{
+        "Name": "dimuons", "Dataset": dataset.GenericDataSet("casa", DEMO_DATASET),
+        "Query": query.UprootRaw([{"treename": "Events", "filter_name": ["MET_pt", "Muon_*"],
+                                   "cut": "count_nonzero(Muon_pt > 20, axis=1) >= 2"}]),
+    }]}  # fmt: skip
+    saved = os.environ.get("BEARER_TOKEN_FILE")
+    os.environ["BEARER_TOKEN_FILE"] = str(token_file)
+    try:
+        began = time.monotonic()
+        files = deliver(spec, config_path=str(config), progress_bar="none",
+                        ignore_local_cache=True, return_exceptions=False)["dimuons"]  # fmt: skip
+    finally:
+        if saved is None:
+            os.environ.pop("BEARER_TOKEN_FILE", None)
+        else:
+            os.environ["BEARER_TOKEN_FILE"] = saved
+    events = sum(uproot.open(f)["Events"].num_entries for f in files)
+    console.print(
+        f"delivered by the ServiceX client in {time.monotonic() - began:.1f} s: {len(files)} "
+        f"skim file(s), {events:,} events with two muons, in {Path(files[0]).parent}"
+    )
+
+
+def _ensure_token(ctx, out: Path) -> Path:
+    """A token of this facility with time left, found by WLCG discovery (minted if not);
+    the file that holds it (written into ``out`` when it came from ``$BEARER_TOKEN``)."""
     from casa.auth.tokens import (
         discover_token,
         store_token,
@@ -98,11 +140,29 @@ def _ensure_token(ctx) -> None:
         if (
             claims.get("iss") == ctx.config.issuer_url
             and claims.get("exp", 0) > time.time() + TOKEN_MARGIN
+            and _signed_here(ctx, found.token)
         ):
             console.print(f"using the token in {found.source}")
-            return
+            if Path(found.source).is_file():
+                return Path(found.source)
+            out.mkdir(parents=True, exist_ok=True)
+            return store_token(found.token, out / "token")
     path = store_token(ctx.request_token(), token_store_path())
     console.print(f"new token stored in {path}")
+    return Path(path)
+
+
+def _signed_here(ctx, token: str) -> bool:
+    """Whether this facility's issuer signed ``token`` (another facility on the same host
+    and port has the same issuer URL, not the same key)."""
+    import jwt
+
+    try:
+        key = (ctx.paths.keys / "issuer.pub.pem").read_bytes()
+        jwt.decode(token, key, algorithms=["ES256"], options={"verify_aud": False})
+    except (OSError, jwt.PyJWTError):
+        return False
+    return True
 
 
 def _ensure_dataset(ctx, args: argparse.Namespace):

@@ -222,12 +222,21 @@ class Engine:
 
         looks = {f.index: client.submit(file_identity, f.url, pure=False) for f in pending}
         tasks: dict = {}
+        began = time.monotonic()
         for f in pending:
+            waited = time.monotonic() - began
             try:
-                identity = looks[f.index].result()
+                identity = looks[f.index].result(
+                    timeout=max(1.0, self.settings.stall_timeout - waited)
+                )
+            except TimeoutError:
+                client.cancel(list(looks.values()))
+                self._stalled(t)
+                return
             except Exception as e:  # noqa: BLE001 - the file's own failure, said per file
                 self._fail(t, f.index, _reason(e))
                 continue
+            began = time.monotonic()
             key = result_key(t.codegen, query, t.result_format, f.url, identity)
             self.records.update_file(t.request_id, f.index, identity=identity)
             hit = self.cache.lookup(key, t.result_format)
@@ -250,11 +259,7 @@ class Engine:
             if not done:
                 if time.monotonic() - last_progress > self.settings.stall_timeout:
                     client.cancel(list(tasks))
-                    self.records.set_status(
-                        t.request_id, FATAL,
-                        f"no file finished in {self.settings.stall_timeout} s "
-                        "(delivery.stall_timeout): the transform is failed as stalled",
-                    )  # fmt: skip
+                    self._stalled(t)
                     return
                 time.sleep(POLL_SECONDS)
                 continue
@@ -290,6 +295,15 @@ class Engine:
                                          events=answer["events"], finished=time.time())  # fmt: skip
                 self.records.count_work(t.request_id, transformed=1)
         self.records.set_status(t.request_id, COMPLETE)
+
+    def _stalled(self, t: Transform) -> None:
+        log.warning("%s: no progress in %s s, failed as stalled", t.request_id,
+                    self.settings.stall_timeout)  # fmt: skip
+        self.records.set_status(
+            t.request_id, FATAL,
+            f"no file finished in {self.settings.stall_timeout} s (delivery.stall_timeout): "
+            "the transform is failed as stalled",
+        )  # fmt: skip
 
     def _submit(self, client, t: Transform, index: int, url: str, query, attempts: int):
         self.records.update_file(t.request_id, index, state=FILE_RUNNING, attempts=attempts)
