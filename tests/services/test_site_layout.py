@@ -76,6 +76,8 @@ def test_each_host_starts_only_its_own_services(tmp_path):
         "issuer",
         "origin",
         "gateway",
+        "s3",
+        "delivery",
         "hub",
     ]
     assert elsewhere(ctx) == [("cache", [ELSEWHERE])]

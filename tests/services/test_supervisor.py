@@ -41,7 +41,7 @@ def test_up_twice_status_and_down(new_facility):
     second = f.casa("up", check=True)
     assert "the facility is already up" in second.stdout
     status = _status(f)
-    assert [s for s in status] == ["issuer", "origin", "cache", "gateway", "hub"]
+    assert [s for s in status] == ["issuer", "origin", "cache", "gateway", "s3", "delivery", "hub"]
     for name, s in status.items():
         assert s["healthy"] and s["running"] and s["pid"] and s["uptime"] >= 0, name
         assert s["port"] == f.ports[name]
@@ -51,14 +51,14 @@ def test_up_twice_status_and_down(new_facility):
     assert (f.home / "services" / "origin" / "origin.cfg").exists()
     assert (f.home / "keys" / "issuer.pem").stat().st_mode & 0o777 == 0o600
     down = f.casa("down", check=True)
-    assert "stopped hub, gateway, cache, origin, issuer" in down.stdout
+    assert "stopped hub, delivery, s3, gateway, cache, origin, issuer" in down.stdout
     time.sleep(0.2)
     assert not any(_alive(p) for p in pids), "casa down left a process behind"
     assert not any(s["running"] for s in _status(f).values())
     stopped = f.casa("status")  # a stopped facility is no failure: LSB's "not running"
     assert stopped.returncode == 3, stopped.stdout + stopped.stderr
     assert "the facility is not running: 'casa up' starts it" in stopped.stdout
-    assert "unhealthy" not in stopped.stdout and stopped.stdout.count("stopped") == 5
+    assert "unhealthy" not in stopped.stdout and stopped.stdout.count("stopped") == 7
     assert "nothing was running" in f.casa("down", check=True).stdout
 
 

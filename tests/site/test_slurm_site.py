@@ -165,7 +165,7 @@ def test_casa_up_starts_each_service_on_its_host(site: NetnsSite) -> None:
     assert (site.head_home / "keys" / "issuer.pub.pem").exists()
     status = site.casa("head", "status", "--json")
     rows = json.loads(status)
-    assert [r["name"] for r in rows] == ["issuer", "origin", "gateway", "hub"]
+    assert [r["name"] for r in rows] == ["issuer", "origin", "gateway", "s3", "delivery", "hub"]
     assert all(r["healthy"] for r in rows)
 
 

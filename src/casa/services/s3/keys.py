@@ -53,9 +53,12 @@ class ObjectStore:
         return self.root / "keys"
 
     def ensure(self) -> ObjectStore:
-        """Create the folders, private to the facility's account."""
-        for folder in (self.root, self.buckets_dir, self.keys_dir):
-            folder.mkdir(parents=True, exist_ok=True)
+        """Create the folders of buckets and keys, private to the facility's account (the
+        state folder itself is the supervisor's: other accounts pass through it to the PID
+        file)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for folder in (self.buckets_dir, self.keys_dir):
+            folder.mkdir(exist_ok=True)
             os.chmod(folder, 0o700)
         return self
 
