@@ -144,6 +144,12 @@ def test_smoke_records_the_facility_machine_and_chart(smoke):
     assert 0 < warm["reported_seconds"] < warm["seconds"] and warm["target"] > 0
     assert 0 < first["seconds"] < warm["seconds"] and first["target"] == 0.5
     assert "casa run" in " ".join(stdout.split()) and "warm cluster" in stdout
+    # The delivery service: a skim as uproot makes it, then the same from the shared cache.
+    skim = facility["delivery"]
+    assert skim["seconds"] > 0 and skim["cached_seconds"] > 0 and skim["uproot_seconds"] > 0
+    assert skim["events_read"] == 20_000 and 0 < skim["events_kept"] < 20_000
+    assert (skim["served_from_cache"], skim["transformed_when_cached"]) == (skim["files"], 0)
+    assert "the same request again (shared cache)" in stdout
 
 
 def test_bench_command_options():

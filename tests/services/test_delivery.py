@@ -377,3 +377,56 @@ def test_a_transform_without_progress_is_failed_as_stalled(dv):
         os.kill(pid, signal.SIGCONT)
     assert status["status"] == "Fatal", status
     assert "failed as stalled" in status["error"] and "delivery.stall_timeout" in status["error"]
+
+
+def test_a_changed_input_file_is_transformed_again_and_its_old_result_dropped(dv, tmp_path):
+    import time
+
+    ann_token = dv.ctx().request_token(user="ann")
+    path = tmp_path / "changing.root"
+    shutil.copyfile(dv.local_files[0], path)
+    body = {"file-list": [str(path)], "selection": json.dumps(QUERY), "codegen": "uproot-raw",
+            "result-format": "root-file"}  # fmt: skip
+
+    def transform() -> dict:
+        request_id = _api(dv, "POST", "/servicex/transformation", ann_token, body)[1]["request_id"]
+        deadline = time.monotonic() + 120
+        while _api(dv, "GET", f"/servicex/transformation/{request_id}",
+                   ann_token)[1]["status"] != "Complete":  # fmt: skip
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        return _api(dv, "GET", f"/casa/transformation/{request_id}", ann_token)[1]
+
+    first = transform()
+    assert (first["transformed"], first["from_cache"]) == (1, 0)
+    again = transform()
+    assert (again["transformed"], again["from_cache"]) == (0, 1)
+    shutil.copyfile(dv.local_files[1], path)  # another file's events, another size
+    changed = transform()
+    assert (changed["transformed"], changed["from_cache"]) == (1, 0)
+    assert changed["files"][0]["events"] == len(_expected([dv.local_files[1]]))
+
+
+def test_the_cache_keeps_within_its_bound_least_recently_used_first(tmp_path):
+    """The shared cache's bookkeeping on its own (its SQLite records and files)."""
+    from casa.services.delivery.cache import ResultCache, result_key
+    from casa.services.delivery.records import DeliveryRecords
+
+    cache = ResultCache(tmp_path / "cache", DeliveryRecords(tmp_path / "d.sqlite"), limit=250)
+    keys = [result_key("uproot-raw", QUERY, "root-file", f"root://h//f{i}.root", "10:1")
+            for i in range(3)]  # fmt: skip
+    assert len(set(keys)) == 3 and keys[0] == result_key(
+        "uproot-raw", json.loads(json.dumps(QUERY)), "root-file", "root://h//f0.root", "10:1"
+    )
+    cache.store(keys[0], "root-file", b"a" * 100, "root://h//f0.root", "10:1", 5)
+    cache.store(keys[1], "root-file", b"b" * 100, "root://h//f1.root", "10:1", 5)
+    assert cache.lookup(keys[0], "root-file") is not None  # f0 used: f1 is now the oldest
+    cache.store(keys[2], "root-file", b"c" * 100, "root://h//f2.root", "10:1", 5)
+    assert cache.lookup(keys[1], "root-file") is None
+    assert cache.lookup(keys[0], "root-file") and cache.lookup(keys[2], "root-file")
+    assert cache.size() == 200 and not cache.path(keys[1], "root-file").exists()
+    # A new identity of f0 (the file changed): its old result goes.
+    renewed = result_key("uproot-raw", QUERY, "root-file", "root://h//f0.root", "11:2")
+    cache.store(renewed, "root-file", b"d" * 10, "root://h//f0.root", "11:2", 1)
+    assert cache.lookup(keys[0], "root-file") is None
+    assert cache.lookup(renewed, "root-file")[1].events == 1

@@ -262,6 +262,25 @@ def print_tables(console: Console, report: dict[str, Any]) -> None:
             commands.add_row(figure["command"], f"{figure['seconds']:.2f}",
                              "-" if target is None else f"< {target:.2f}")  # fmt: skip
         console.print(commands)
+    skim = facility.get("delivery")
+    if skim:
+        delivered = Table(title="delivery: one skim through the service's API (its own time)")
+        for col in ("figure", "value"):
+            delivered.add_column(col, justify="left" if col == "figure" else "right")
+        delivered.add_row(
+            f"skim of {skim['events_read']:,} events in {skim['files']} file(s), "
+            "request to Complete",
+            f"{skim['seconds']:.2f} s",
+        )
+        delivered.add_row("events/s, read", _rate(skim["events_per_second"]))
+        delivered.add_row("compressed MB/s, read", f"{skim['input_mb_per_second']:.0f}")
+        delivered.add_row(
+            f"uproot alone, same query and files, {skim['workers']} processes",
+            f"{skim['uproot_seconds']:.2f} s",
+        )
+        delivered.add_row("the same request again (shared cache)",
+                          f"{skim['cached_seconds']:.2f} s")  # fmt: skip
+        console.print(delivered)
     limit_libraries = sorted({r["zlib_library"] for r in report.get("runs", [])
                               if r["engine"] == "limit" and "zlib_library" in r})  # fmt: skip
     if facility.get("worker_zlib_library") and limit_libraries:

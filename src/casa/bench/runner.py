@@ -270,6 +270,18 @@ def _on_facility(
         figures["command_line"] = whole
         for figure in whole.values():
             log(f"'{figure['command']}': {figure['seconds']:.2f} s")
+        # The delivery service: one skim, the same again (from its cache), and uproot alone.
+        from casa.bench.delivery import delivery_figures
+
+        figures["delivery"] = skim = delivery_figures(
+            facility.ctx, DATASET, paths, workers, sum(f.bytes for f in dataset.files)
+        )
+        log(
+            f"delivery: {skim['seconds']:.2f} s for {skim['events_read']:,} events "
+            f"({skim['events_per_second'] / 1e6:.2f} M events/s, "
+            f"{skim['input_mb_per_second']:.0f} MB/s), uproot {skim['uproot_seconds']:.2f} s; "
+            f"the same request again, from the cache: {skim['cached_seconds']:.2f} s"
+        )
     return figures
 
 
