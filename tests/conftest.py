@@ -140,6 +140,7 @@ LONGEST_FIRST = (
     "site/test_slurm_site.py",
     "services/test_gateway.py",
     "services/test_gateway_lifetimes.py",
+    "services/test_delivery.py",
     "services/test_run_faults.py",
     "services/test_newcomer.py",
     "services/test_supervisor.py",
