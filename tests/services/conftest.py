@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,27 +23,12 @@ from casa.services.processes import recorded_session_leaders
 def free_ports(n: int) -> list[int]:
     """``n`` distinct TCP ports free right now, outside the kernel's range for outgoing
     connections (a service started later would find such a port taken by some client's
-    connection), and each test process's own (port % processes == its number), so that two
-    processes never pick the same port between choosing and binding it."""
-    from casa.bench.facility import DEFAULT_PORTS, _ephemeral_range
+    connection), and each test process's own, so that two processes never pick the same
+    port between choosing and binding it."""
+    from casa.bench.facility import free_ports as bench_free_ports
 
-    ephemeral = _ephemeral_range()
     me = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
-    processes = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    candidates = [p for p in range(20000, 65536) if p % processes == me
-                  and p not in ephemeral and p not in DEFAULT_PORTS]  # fmt: skip
-    random.shuffle(candidates)
-    ports: list[int] = []
-    for port in candidates:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        ports.append(port)
-        if len(ports) == n:
-            return ports
-    raise RuntimeError(f"found only {len(ports)} free ports of {n}")
+    return bench_free_ports(n, share=(me, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 
 @dataclass

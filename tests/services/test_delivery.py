@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -252,13 +253,22 @@ def test_cancel_and_delete_through_the_client_and_the_skims_become_a_dataset(dv,
     ann_token = (ann / "token").read_text()
     body = {"did": "casa://sim", "selection": json.dumps(QUERY), "codegen": "uproot-raw",
             "result-format": "root-file"}  # fmt: skip
+    supervisor = dv.supervisor()
+    cache = supervisor.running_pid(next(s for s in supervisor.services if s.name == "cache"))
     os.environ["BEARER_TOKEN_FILE"] = str(ann / "token")
     try:
         client = ServiceXClient(backend="casa", config_path=str(ann / "servicex.yaml"))
+        body = {**body, "selection": json.dumps([{**QUERY[0], "cut": "MET_pt > 33"}])}
         request_id = _api(dv, "POST", "/servicex/transformation", ann_token, body)[1]["request_id"]
-        client.cancel_transform(request_id)
-        status = _api(dv, "GET", f"/servicex/transformation/{request_id}", ann_token)[1]
-        assert status["status"] in ("Canceled", "Complete"), status  # a tiny one may be done
+        os.kill(cache, signal.SIGSTOP)  # the transform cannot finish before it is canceled
+        try:
+            client.cancel_transform(request_id)
+            status = _api(dv, "GET", f"/servicex/transformation/{request_id}", ann_token)[1]
+        finally:
+            os.kill(cache, signal.SIGCONT)
+        assert status["status"] == "Canceled", status
+        with pytest.raises(RuntimeError, match="is Canceled already"):
+            client.cancel_transform(request_id)
         client.delete_transform(request_id)
         assert _api(dv, "GET", f"/servicex/transformation/{request_id}", ann_token)[0] == 404
         assert request_id not in {t.request_id for t in client.get_transforms()}
@@ -301,7 +311,6 @@ def _ann_cluster_client(dv, timeout: float = 120):
 
 
 def test_a_worker_killed_mid_transform_and_every_file_still_yields_one_result(dv, tmp_path_factory):
-    import signal
     import threading
     import time
 
@@ -355,7 +364,6 @@ def test_a_worker_killed_mid_transform_and_every_file_still_yields_one_result(dv
 
 
 def test_a_transform_without_progress_is_failed_as_stalled(dv):
-    import signal
     import time
 
     ann_token = dv.ctx().request_token(user="ann")

@@ -132,6 +132,31 @@ def test_login_spawn_and_analysis_in_the_users_kernel(hub, tmp_path):
         assert "LISTED ['demo']" in refused["stdout"], refused
         assert "REFUSED" in refused["stdout"] and "[3010]" in refused["stdout"]
         assert "Bearer%20" not in refused["stdout"], "tokens must not appear in error messages"
+
+        # The ServiceX client in her kernel, as it is: the hub wrote ~/servicex.yaml, the lab
+        # sets BEARER_TOKEN_FILE; the skim is made on her own cluster, as her.
+        skim = kernel.execute(
+            "import os, uproot\n"
+            "from casa import fileset\n"
+            "from servicex import dataset, deliver, query\n"
+            "os.chdir(os.path.expanduser('~'))\n"
+            "q = query.UprootRaw([{'treename': 'Events', 'filter_name': 'MET_pt',\n"
+            "                      'cut': 'MET_pt > 60'}])\n"
+            "files = deliver({'Sample': [{'Name': 'k', 'Query': q,\n"
+            "                 'Dataset': dataset.GenericDataSet('casa', 'demo')}]},\n"
+            "                progress_bar='none', return_exceptions=False)['k']\n"
+            "print('DELIVERED', sum(uproot.open(f)['Events'].num_entries for f in files))\n"
+            "urls = fileset('demo')['demo']['files']\n"
+            "import numpy as np\n"
+            "print('DIRECT', sum(int(np.sum(uproot.open(u)['Events']['MET_pt'].array(\n"
+            "                    library='np') > 60)) for u in urls))\n"
+            "print('MINE', all(os.stat(f).st_uid == os.getuid() for f in files))",
+            timeout=300,
+        )
+        assert skim["error"] is None, skim["error"]
+        lines = dict(line.split(" ", 1) for line in skim["stdout"].splitlines() if " " in line)
+        assert lines.get("DELIVERED") == lines.get("DIRECT") and int(lines["DIRECT"]) > 0, skim
+        assert lines.get("MINE") == "True", skim
     finally:
         kernel.close()
 

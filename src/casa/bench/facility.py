@@ -43,14 +43,18 @@ def _ephemeral_range() -> range:
     return range(low, high + 1)
 
 
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct TCP ports free right now, outside the ephemeral range and the defaults.
+def free_ports(n: int, share: tuple[int, int] = (0, 1)) -> list[int]:
+    """``n`` distinct TCP ports free right now, outside the ephemeral range and the defaults;
+    with ``share = (k, m)``, only ports p with p % m == k (process k of m choosing at once
+    never picks another's).
 
     The cache is restarted during a bench: a port from the ephemeral range could meanwhile
     become the local end of some outgoing connection, and the restart would find it taken.
     """
     ephemeral = _ephemeral_range()
-    candidates = [p for p in range(10000, 65536) if p not in ephemeral and p not in DEFAULT_PORTS]
+    k, m = share
+    candidates = [p for p in range(10000, 65536) if p % m == k
+                  and p not in ephemeral and p not in DEFAULT_PORTS]  # fmt: skip
     random.shuffle(candidates)
     ports: list[int] = []
     for port in candidates:

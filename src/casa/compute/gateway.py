@@ -128,25 +128,26 @@ def caller_environment() -> str:
     return ""
 
 
-def environment_option(gateway) -> dict[str, str]:
-    """``{"python_env": ...}`` for a new cluster of this process's environment, if the
-    gateway offers that option (one whose workers are no local processes, such as
-    Kubernetes pods running an image, does not); else ``{}``."""
-    env = caller_environment()
+def environment_option(gateway, env: str | None = None) -> dict[str, str]:
+    """``{"python_env": ...}`` for a new cluster of this process's environment (or of
+    ``env``), if the gateway offers that option (one whose workers are no local processes,
+    such as Kubernetes pods running an image, does not); else ``{}``."""
+    env = caller_environment() if env is None else env
     if env and "python_env" in gateway.cluster_options(use_local_defaults=False):
         return {"python_env": env}
     return {}
 
 
 def find_or_create_cluster(
-    gateway, worker_cores: int = 1, worker_memory: float = 2.0, say=lambda text: None
-):
-    """The caller's first running cluster of its own Python environment, or a new one
-    (``cluster.casa_created`` says which): workers import what the caller can. ``say`` is
-    told which, in a few words."""
+    gateway, worker_cores: int = 1, worker_memory: float = 2.0, say=lambda text: None,
+    env: str | None = None,
+):  # fmt: skip
+    """The caller's first running cluster of its own Python environment (or of ``env``), or
+    a new one (``cluster.casa_created`` says which): workers import what the caller can.
+    ``say`` is told which, in a few words."""
     from dask_gateway.client import GatewayClusterError
 
-    env = caller_environment()
+    env = caller_environment() if env is None else env
     for report in gateway.list_clusters():
         theirs = dict(report.options or {}).get("python_env") or ""
         if env and theirs and theirs != env:
@@ -159,7 +160,7 @@ def find_or_create_cluster(
         say("starting a new cluster on the gateway")
         cluster = gateway.new_cluster(
             worker_cores=worker_cores, worker_memory=worker_memory, shutdown_on_close=False,
-            **environment_option(gateway),
+            **environment_option(gateway, env),
         )  # fmt: skip
         cluster.casa_created = True
         return cluster

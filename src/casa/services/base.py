@@ -31,6 +31,17 @@ def get_json(url: str, timeout: float = 2.0) -> tuple[dict | None, Health | None
         return None, Health(False, f"{url} did not answer JSON")
 
 
+def casa_module_command(ctx: Facility, module: str) -> list[str]:
+    """``python -m MODULE --home HOME [--config FILE]``, by the same Python as casa: the
+    command of a service that is one of casa's own modules."""
+    import sys
+
+    cmd = [sys.executable, "-m", module, "--home", str(ctx.paths.home)]
+    if ctx.config_file:
+        cmd += ["--config", str(ctx.config_file)]
+    return cmd
+
+
 class Service(abc.ABC):
     """One long-running process of the facility.
 

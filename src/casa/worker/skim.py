@@ -128,7 +128,7 @@ def _language():
     return PythonLanguage(functions=functions)
 
 
-def _query_tree(source, name: str, sub: dict, i: int):
+def _query_tree(source, name: str, sub: dict, i: int, entry_stop: int | None = None):
     try:
         tree = source[name]
     except KeyError:
@@ -139,7 +139,8 @@ def _query_tree(source, name: str, sub: dict, i: int):
     arguments = {key: sub[key] for key in TREE_KEYS[1:] if sub.get(key) is not None}
     expressions = arguments.pop("expressions", None)
     try:
-        return tree.arrays(expressions, library="ak", language=_language(), **arguments)
+        return tree.arrays(expressions, library="ak", language=_language(),
+                           entry_stop=entry_stop, **arguments)  # fmt: skip
     except (KeyError, NameError, SyntaxError, TypeError, ValueError) as e:
         raise QueryError(f"subquery {i} on tree {name!r}: {_first_line(e)}") from None
 
@@ -233,3 +234,31 @@ def file_identity(path: str) -> str:
     with open(path, "rb"):  # the worker's account may read it
         info = os.stat(path)
     return f"{info.st_size}:{int(info.st_mtime)}"
+
+
+def skim_task(url: str, query: list[dict], result_format: str) -> dict:
+    """:func:`skim_file` as a delivery task: a query error is an answer, not a failure to
+    retry."""
+    try:
+        data, stats = skim_file(url, query, result_format)
+    except QueryError as e:
+        return {"error": str(e)}
+    return {"data": data, **stats}
+
+
+def probe_task(url: str, query: list[dict]) -> str | None:
+    """Whether ``query`` runs on the first entry of the file at ``url``: None, or why not."""
+    import uproot
+
+    try:
+        subqueries = check_query(query)
+        with uproot.open(url) as source:
+            for i, sub in enumerate(subqueries, 1):
+                if "treename" in sub:
+                    for name in _tree_names(sub["treename"], i):
+                        _query_tree(source, name, sub, i, entry_stop=1)
+    except QueryError as e:
+        return str(e)
+    except OSError as e:
+        return f"cannot read {url}: {str(e).strip().splitlines()[0] if str(e).strip() else e}"
+    return None

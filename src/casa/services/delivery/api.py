@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import logging
 import time
 import uuid
 
@@ -33,6 +34,8 @@ from casa.services.delivery.records import (
 from casa.services.delivery.transforms import Engine, resolve_inputs
 from casa.services.s3.keys import ObjectStore
 from casa.worker.skim import FORMATS, QueryError, check_query
+
+log = logging.getLogger("casa.delivery")
 
 #: The code generators, by the name the client sends (``codegen``), with their "image".
 CODE_GENERATORS = {"uproot-raw": "casa-uproot-raw"}
@@ -82,6 +85,10 @@ class DeliveryAPI:
             raise
         except CasaError as e:
             return _error(400, str(e))
+        except Exception as e:  # a bug or a lost cluster: one sentence, the traceback logged
+            log.exception("%s %s failed", request.method, request.path)
+            return _error(500, f"the delivery service failed: {type(e).__name__}: {e} (see "
+                               "its log, services/delivery/delivery.log)")  # fmt: skip
 
     # -- who is asking --------------------------------------------------------------
     def _user(self, request: web.Request) -> str:
@@ -164,6 +171,11 @@ class DeliveryAPI:
             )
         except CasaError as e:
             return _error(503, f"could not reach your Dask cluster: {e}")
+        except Exception as e:  # the cluster went away, its workers lack casa's worker code
+            self.engine.clusters.forget(user)
+            log.exception("trying the query of %s on their cluster failed", user)
+            return _error(503, f"could not try the query on your Dask cluster: "
+                               f"{type(e).__name__}: {e}")  # fmt: skip
         if problem:
             return _error(400, problem)
         request_id = str(uuid.uuid4())

@@ -54,8 +54,9 @@ class ResultCache:
         return path, entry
 
     def store(self, key: str, result_format: str, data: bytes, url: str, identity: str,
-              events: int) -> Path:  # fmt: skip
-        """Keep ``data`` as the result of ``key``, then bring the cache within its bound."""
+              events: int, evict: bool = True) -> Path:  # fmt: skip
+        """Keep ``data`` as the result of ``key``; then, unless ``evict`` is false, bring the
+        cache within its bound (a result larger than the bound is not kept)."""
         for old in self.records.entries_of(url):
             if old.identity != identity:  # the file changed: its old results are stale
                 self._drop(old.key)
@@ -65,7 +66,8 @@ class ResultCache:
         os.replace(partial, path)
         self.records.remember(CacheEntry(key, url, identity, len(data), events, 0.0),
                               time.time())  # fmt: skip
-        self.evict()
+        if evict:
+            self.evict()
         return path
 
     def evict(self) -> list[str]:

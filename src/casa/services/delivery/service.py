@@ -16,7 +16,7 @@ import signal
 import sys
 
 from casa.facility import Facility, facility_context
-from casa.services.base import Health, Service, get_json
+from casa.services.base import Health, Service, casa_module_command, get_json
 
 
 def delivery_url(ctx: Facility) -> str:
@@ -43,11 +43,7 @@ class DeliveryService(Service):
 
     def command(self, ctx: Facility) -> list[str]:
         """This module, run by the same Python as casa."""
-        cmd = [sys.executable, "-m", "casa.services.delivery.service", "--home",
-               str(ctx.paths.home)]  # fmt: skip
-        if ctx.config_file:
-            cmd += ["--config", str(ctx.config_file)]
-        return cmd
+        return casa_module_command(ctx, "casa.services.delivery.service")
 
     def health(self, ctx: Facility) -> Health:
         """GET /servicex answers with the uproot-raw code generator."""

@@ -19,7 +19,7 @@ import os
 import shutil
 import threading
 import time
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from urllib.parse import parse_qs, urlsplit
 
 from casa.errors import CasaError, UsageError
@@ -37,7 +37,7 @@ from casa.services.delivery.records import (
     Transform,
 )
 from casa.services.s3.keys import ObjectStore
-from casa.worker.skim import FORMATS, QueryError
+from casa.worker.skim import FORMATS, probe_task, skim_task
 
 log = logging.getLogger("casa.delivery")
 
@@ -89,38 +89,6 @@ def object_name(url: str, index: int, result_format: str) -> str:
     return f"{safe}_{index:04d}{FORMATS[result_format]}"
 
 
-def skim_task(url: str, query: list[dict], result_format: str) -> dict:
-    """:func:`casa.worker.skim.skim_file` on a worker: a query error is an answer, not a
-    failure to retry."""
-    from casa.worker.skim import skim_file
-
-    try:
-        data, stats = skim_file(url, query, result_format)
-    except QueryError as e:
-        return {"error": str(e)}
-    return {"data": data, **stats}
-
-
-def probe_task(url: str, query: list[dict]) -> str | None:
-    """Whether ``query`` runs on the first entry of the file at ``url``: None, or why not."""
-    import uproot
-
-    from casa.worker.skim import _query_tree, _tree_names, check_query
-
-    try:
-        subqueries = check_query(query)
-        with uproot.open(url) as source:
-            for i, sub in enumerate(subqueries, 1):
-                if "treename" in sub:
-                    for name in _tree_names(sub["treename"], i):
-                        _query_tree(source, name, {**sub, "entry_stop": 1}, i)
-    except QueryError as e:
-        return str(e)
-    except OSError as e:
-        return f"cannot read {url}: {str(e).strip().splitlines()[0] if str(e).strip() else e}"
-    return None
-
-
 class UserClusters:
     """A connection to each user's own Dask cluster on the gateway, made on first need."""
 
@@ -143,9 +111,16 @@ class UserClusters:
 
     def _connect(self, user: str):
         from casa.compute.gateway import find_or_create_cluster, gateway_client
+        from casa.services.hub.config import user_env_prefix
 
         gateway = gateway_client(self.ctx, token=self.ctx.request_token(user=user, kind="gateway"))
-        cluster = find_or_create_cluster(gateway)
+        # The users' environment (their notebooks' and terminal's), which every account may
+        # run and which holds casa's worker code; not the service's own. A running cluster of
+        # the user's in it, or in one of their own environments layered on it, serves too:
+        # its workers import casa as well, and a user's cores are not spent twice.
+        prefix = user_env_prefix(self.ctx)
+        env = str(prefix) if (prefix / "pyvenv.cfg").exists() else ""
+        cluster = _usable_cluster(gateway, env) or find_or_create_cluster(gateway, env=env)
         client = cluster.get_client(set_as_default=False)
         if not client.scheduler_info().get("workers"):
             cluster.scale(self.workers)
@@ -162,6 +137,18 @@ class UserClusters:
     def close(self) -> None:
         for user in list(self._clients):
             self.forget(user)
+
+
+def _usable_cluster(gateway, env: str):
+    """The user's first running cluster whose workers have casa's worker code: of ``env``
+    (the users' environment), or of an environment layered on it."""
+    from casa.lab.environments import is_layered_on
+
+    for report in gateway.list_clusters():
+        theirs = dict(report.options or {}).get("python_env") or ""
+        if theirs == env or (env and theirs and is_layered_on(Path(theirs), Path(env))):
+            return gateway.connect(report.name)
+    return None
 
 
 class Engine:
@@ -286,10 +273,11 @@ class Engine:
                 if "error" in answer:
                     self._fail(t, f.index, answer["error"], attempts)
                     continue
-                path = self.cache.store(key, t.result_format, answer["data"], f.url, identity,
-                                        answer["events"])  # fmt: skip
                 name = object_name(f.url, f.index, t.result_format)
-                _link(path, bucket / name)
+                path = self.cache.store(key, t.result_format, answer["data"], f.url, identity,
+                                        answer["events"], evict=False)  # fmt: skip
+                _link(path, bucket / name)  # before the cache may let the result go
+                self.cache.evict()
                 self.records.update_file(t.request_id, f.index, state=FILE_DONE, attempts=attempts,
                                          object_name=name, size=len(answer["data"]),
                                          events=answer["events"], finished=time.time())  # fmt: skip

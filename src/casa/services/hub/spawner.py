@@ -183,6 +183,25 @@ class CasaSpawner(LocalProcessSpawner):
         create_as(account, env, base)
         return env
 
+    def _write_servicex_config(self) -> None:
+        """``~/servicex.yaml`` naming this facility's delivery service, unless the user has
+        one: the ServiceX client then works in the lab as it is (it sends the token of
+        ``$BEARER_TOKEN_FILE``). Written under another name and renamed: never through a
+        link the user planted."""
+        from casa.filesystem import write_file
+        from casa.services.delivery.service import delivery_url
+
+        account = self._account()
+        path = Path(account.pw_dir) / "servicex.yaml"
+        if os.path.lexists(path):
+            return
+        text = (
+            "# The ServiceX client's settings (docs/delivery.md), written once by the hub.\n"
+            f"api_endpoints:\n  - endpoint: {delivery_url(self._ctx())}\n    name: casa\n"
+            f"default-endpoint: casa\ncache-path: {account.pw_dir}/.cache/servicex\n"
+        )
+        write_file(path, text, 0o644, owner=(account.pw_uid, account.pw_gid))
+
     def _copy_examples(self) -> None:
         account = self._account()
         target = Path(account.pw_dir) / EXAMPLES_DIR
@@ -262,6 +281,7 @@ class CasaSpawner(LocalProcessSpawner):
             await asyncio.get_running_loop().run_in_executor(None, self._prepare)
             self.cmd = [str(self._env / "bin" / "jupyterhub-singleuser")]
             self._copy_examples()
+            self._write_servicex_config()
             result = await super().start()
         except Exception as e:
             self._record_failure(str(e))

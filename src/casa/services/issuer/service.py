@@ -33,7 +33,7 @@ from casa.config import FacilityConfig, facility_paths, load_config
 from casa.errors import UsageError
 from casa.facility import Facility
 from casa.names import check_storage_name, close_scope
-from casa.services.base import Health, Service, get_json
+from casa.services.base import Health, Service, casa_module_command, get_json
 from casa.services.issuer.unix_socket import TokenSocketServer
 
 MAX_LIFETIME = 7 * 24 * 3600
@@ -55,10 +55,7 @@ class IssuerService(Service):
 
     def command(self, ctx: Facility) -> list[str]:
         """This module, run by the same Python as casa."""
-        cmd = [sys.executable, "-m", "casa.services.issuer.service", "--home", str(ctx.paths.home)]
-        if ctx.config_file:
-            cmd += ["--config", str(ctx.config_file)]
-        return cmd
+        return casa_module_command(ctx, "casa.services.issuer.service")
 
     def health(self, ctx: Facility) -> Health:
         """GET /health and check that the issuer is this facility's."""
