@@ -45,6 +45,7 @@ def dv(tmp_path_factory):
     (private,) = ctx.storage().store(
         "mine", [inspect_root_file(sorted(data.glob("*.root"))[0], "Events")], user="ann"
     )
+    ctx.catalog().add_files("mine", [private])  # ann's private dataset
     f.private_url = private.url
     f.sim_urls = [d.url for d in ctx.catalog().get("sim").files]
     f.local_files = sorted(str(p) for p in data.glob("*.root"))
@@ -144,14 +145,14 @@ def test_a_second_user_is_served_from_the_shared_cache_but_never_a_file_they_may
     query = [{**QUERY[0], "cut": "count_nonzero(Muon_pt > 25, axis=1) >= 2"}]
     first = _deliver(ann, dataset.FileList(dv.sim_urls), query=query)
     second = _deliver(anna, dataset.FileList(dv.sim_urls), query=query)
-    assert sorted(Path(p).read_bytes() for p in first) == sorted(
-        Path(p).read_bytes() for p in second
-    )
     anna_token = (anna / "token").read_text()
     status, record = _api(dv, "GET", f"/casa/transformation/{_request_id(second[0])}",
                           anna_token)  # fmt: skip
     assert status == 200, record
-    assert (record["transformed"], record["from_cache"]) == (0, 2)  # nothing ran again
+    assert (record["transformed"], record["from_cache"]) == (0, 2), record  # nothing ran again
+    assert sorted(Path(p).read_bytes() for p in first) == sorted(
+        Path(p).read_bytes() for p in second
+    )
 
     # ann's own file: hers; anna ("ann" is a prefix of her name) is refused it, cached or not.
     mine = _deliver(ann, dataset.FileList([dv.private_url]), query=query)
@@ -212,6 +213,17 @@ def test_tokens_owners_and_bad_queries_are_checked_in_one_sentence(dv, tmp_path)
     assert "has no tree 'Nope'" in refusal(selection=json.dumps([{"treename": "Nope"}]))
     assert "Rucio" in refusal(did="rucio://user.someone:data")
     assert "no dataset named 'nosuch'" in refusal(did="casa://nosuch")
+    # ann's private dataset is not anna's to see, not even by name.
+    status, listed = _api(dv, "GET", "/servicex/datasets", anna_token)
+    names = {d["name"] for d in listed["datasets"]}
+    assert "casa://sim" in names and "casa://mine" not in names, names
+    status, answer = _api(dv, "POST", "/servicex/transformation", anna_token,
+                          {**body, "did": "casa://mine"})  # fmt: skip
+    assert (
+        status == 400
+        and "no dataset named 'mine' among those you may read" in answer["message"]
+        and "ann~" not in answer["message"]
+    ), answer
     # The client shows the sentence as it is.
     with pytest.raises(ValueError, match="has no tree 'Nope'"):
         _deliver(ann, dataset.GenericDataSet("casa", "sim"), query=[{"treename": "Nope"}],

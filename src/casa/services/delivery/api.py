@@ -31,7 +31,7 @@ from casa.services.delivery.records import (
     Transform,
     iso,
 )
-from casa.services.delivery.transforms import Engine, resolve_inputs
+from casa.services.delivery.transforms import Engine, resolve_inputs, user_catalog
 from casa.services.s3.keys import ObjectStore
 from casa.worker.skim import FORMATS, QueryError, check_query
 
@@ -160,7 +160,7 @@ class DeliveryAPI:
             return _error(400, str(e) if isinstance(e, QueryError) else
                           "the selection must be an Uproot-Raw query (JSON)")  # fmt: skip
         did, file_list = body.get("did"), body.get("file-list")
-        urls = resolve_inputs(self.ctx, did, file_list)  # CasaError: 400 with its sentence
+        urls = resolve_inputs(self.ctx, did, file_list, user)  # CasaError: 400, its sentence
         if not urls:
             return _error(400, f"{did or 'the file list'} holds no files")
         # The query on the first entry of the first file, on the user's cluster: a tree
@@ -276,13 +276,13 @@ class DeliveryAPI:
         })  # fmt: skip
 
     async def datasets(self, request):
-        self._user(request)
+        user = self._user(request)
         return web.json_response({"datasets": [self._dataset(i, d) for i, d in
-                                               enumerate(self._catalog(), 1)]})  # fmt: skip
+                                               enumerate(self._catalog(user), 1)]})  # fmt: skip
 
     async def dataset(self, request):
-        self._user(request)
-        for i, d in enumerate(self._catalog(), 1):
+        user = self._user(request)
+        for i, d in enumerate(self._catalog(user), 1):
             if str(i) == request.match_info["id"]:
                 return web.json_response(self._dataset(i, d))
         return _error(404, f"no dataset {request.match_info['id']}")
@@ -292,8 +292,9 @@ class DeliveryAPI:
         return _error(403, "datasets are the facility's catalog: remove one with 'casa "
                            "datasets remove NAME' (an administrator's command)")  # fmt: skip
 
-    def _catalog(self):
-        return sorted(self.ctx.catalog().list(), key=lambda d: d.name)
+    def _catalog(self, user: str):
+        """The datasets ``user`` may read (the public ones and their own)."""
+        return user_catalog(self.ctx, user).list()
 
     def _dataset(self, i: int, d) -> dict:
         now = iso(time.time())

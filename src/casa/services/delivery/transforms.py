@@ -47,8 +47,18 @@ CASA_SCHEME = "casa"
 POLL_SECONDS = 0.5
 
 
-def resolve_inputs(ctx: Facility, did: str | None, file_list: list | None) -> list[str]:
-    """The input files of a request: a casa dataset's (``casa://NAME``) or the list given."""
+def user_catalog(ctx: Facility, user: str):
+    """The catalog as ``user`` sees it: the public datasets and their own (another user's
+    private dataset is not there, not even by name)."""
+    from casa.data.exports import ExportedCatalog
+
+    return ExportedCatalog(ctx.paths, user)
+
+
+def resolve_inputs(ctx: Facility, did: str | None, file_list: list | None,
+                   user: str) -> list[str]:  # fmt: skip
+    """The input files of ``user``'s request: a casa dataset's (``casa://NAME``, one they
+    may read) or the list given."""
     if file_list is not None:
         if (
             not isinstance(file_list, list)
@@ -71,7 +81,7 @@ def resolve_inputs(ctx: Facility, did: str | None, file_list: list | None) -> li
             "'casa datasets list') or give a list of files"
         )
     name = parts.netloc + parts.path
-    dataset = ctx.catalog().get(name)  # DataError naming the known datasets
+    dataset = user_catalog(ctx, user).get(name)  # DataError naming those they may read
     urls = [f.url for f in dataset.files]
     limit = parse_qs(parts.query).get("files")
     if limit:
@@ -224,6 +234,7 @@ class Engine:
                 self._fail(t, f.index, _reason(e))
                 continue
             began = time.monotonic()
+            identity = self._storage_identity(f.url) or identity
             key = result_key(t.codegen, query, t.result_format, f.url, identity)
             self.records.update_file(t.request_id, f.index, identity=identity)
             hit = self.cache.lookup(key, t.result_format)
@@ -283,6 +294,31 @@ class Engine:
                                          events=answer["events"], finished=time.time())  # fmt: skip
                 self.records.count_work(t.request_id, transformed=1)
         self.records.set_status(t.request_id, COMPLETE)
+
+    def _storage_identity(self, url: str) -> str | None:
+        """Size and modification time of a file of this facility's storage, on its disk.
+
+        Through the cache a file's modification time is the cache's copy's once it holds
+        some of it, so the identity the owner's task read would change once, and the first
+        results would never be found again. The owner's task has checked that they may read
+        it; the storage itself says what it is. None for other files (or storage elsewhere).
+        """
+        from casa.names import path_of_url
+
+        path = path_of_url(url)
+        if path is None or not url.startswith(("root://", "roots://")):
+            return None
+        authority = url.split("://", 1)[1].split("/", 1)[0]
+        config = self.ctx.config
+        ours = {f"{h}:{config.cache.port}" for h in config.cache_hosts()}
+        ours.add(f"{config.host_of('origin')}:{config.origin.port}")
+        if authority not in ours:
+            return None
+        try:
+            info = (self.ctx.paths.storage / path.lstrip("/")).stat()
+        except OSError:
+            return None
+        return f"{info.st_size}:{info.st_mtime_ns}"
 
     def _stalled(self, t: Transform) -> None:
         log.warning("%s: no progress in %s s, failed as stalled", t.request_id,
