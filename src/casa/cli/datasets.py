@@ -113,7 +113,7 @@ def _report_exports(catalog: DatasetCatalog) -> None:
 def handle_add(args: argparse.Namespace) -> int:
     """Register files as a dataset (copying them into facility storage with --store)."""
     catalog = open_catalog(args)
-    if (args.public or args.user) and not args.store:
+    if (args.public or args.user) and not (args.store or args.from_delivery):
         raise UsageError("--public and --user choose a storage area: use them with --store")
     args.schema = recorded_schema(args.schema)
     if args.from_delivery:

@@ -4,8 +4,8 @@ Steps: ``casa up``; a token for the caller (stored where WLCG discovery finds it
 demo dataset generated once and copied into facility storage as ``demo``; ``dimuon`` and
 ``adl5`` run on the caller's Dask Gateway cluster, whose workers read ``root://`` through
 XCache with the caller's token; then one skim of it delivered through the ServiceX client
-(``servicex.deliver``) by the delivery service. The facility stays up afterwards (``casa status``,
-``casa down``; the idle cluster stops by itself after ``gateway.idle_timeout``).
+(``servicex.deliver``) by the delivery service. The facility stays up afterwards (``casa
+status``, ``casa down``; the idle cluster stops by itself after ``gateway.idle_timeout``).
 """
 
 from __future__ import annotations
