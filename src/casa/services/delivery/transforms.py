@@ -204,6 +204,8 @@ class Engine:
             log.exception("transform %s failed", request_id)
             self.records.set_status(request_id, FATAL, f"{type(e).__name__}: {e}")
             self.clusters.forget(t.owner)
+        finally:
+            self._threads.pop(request_id, None)
 
     def _canceled(self, request_id: str) -> bool:
         t = self.records.get(request_id)
