@@ -151,12 +151,16 @@ class UserClusters:
 
 def _usable_cluster(gateway, env: str):
     """The user's first running cluster whose workers have casa's worker code: of ``env``
-    (the users' environment), or of an environment layered on it."""
+    (the users' environment) or an environment layered on it, of the facility's own
+    environment (this service's: the one ``casa run`` and ``casa demo`` make clusters of
+    when run from it), or of the gateway's default."""
+    from casa.compute.gateway import caller_environment
     from casa.lab.environments import is_layered_on
 
+    known = {env, caller_environment(), ""}
     for report in gateway.list_clusters():
         theirs = dict(report.options or {}).get("python_env") or ""
-        if theirs == env or (env and theirs and is_layered_on(Path(theirs), Path(env))):
+        if theirs in known or (env and theirs and is_layered_on(Path(theirs), Path(env))):
             return gateway.connect(report.name)
     return None
 
