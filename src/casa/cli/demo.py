@@ -157,9 +157,10 @@ def _signed_here(ctx, token: str) -> bool:
     and port has the same issuer URL, not the same key)."""
     import jwt
 
+    from casa.auth.tokens import verify_token
+
     try:
-        key = (ctx.paths.keys / "issuer.pub.pem").read_bytes()
-        jwt.decode(token, key, algorithms=["ES256"], options={"verify_aud": False})
+        verify_token(token, (ctx.paths.keys / "issuer.pub.pem").read_bytes())
     except (OSError, jwt.PyJWTError):
         return False
     return True

@@ -18,6 +18,7 @@ import uuid
 from aiohttp import web
 
 from casa import __version__
+from casa.auth.tokens import verify_token
 from casa.errors import CasaError
 from casa.facility import Facility
 from casa.services.delivery.records import (
@@ -102,11 +103,8 @@ class DeliveryAPI:
                 content_type="application/json",
             )  # fmt: skip
         try:
-            claims = jwt.decode(
-                token.strip(), self.public_key, algorithms=["ES256"],
-                audience=self.ctx.config.facility.name, issuer=self.ctx.config.issuer_url,
-                options={"require": ["exp", "sub", "iss", "aud"]},
-            )  # fmt: skip
+            claims = verify_token(token, self.public_key, issuer=self.ctx.config.issuer_url,
+                                  audience=self.ctx.config.facility.name)  # fmt: skip
         except jwt.PyJWTError as e:
             raise web.HTTPUnauthorized(
                 text=json.dumps({"message": f"the token was refused: {e}; get a new one "

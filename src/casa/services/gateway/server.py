@@ -43,6 +43,7 @@ from traitlets import Callable, Dict, Unicode
 from traitlets import Float as FloatTrait
 from traitlets import Integer as IntegerTrait
 
+from casa.auth.tokens import verify_token
 from casa.lab.environments import check_cluster_env
 from casa.services.gateway.dashboards import DashboardAccess
 from casa.services.gateway.logs import keep_logs, slurm_log_name
@@ -70,10 +71,7 @@ class CasaAuthenticator(Authenticator):
         with open(self.public_key_file, "rb") as f:
             key = f.read()
         try:
-            claims = jwt.decode(
-                token.strip(), key, algorithms=["ES256"], audience=self.audience,
-                issuer=self.issuer, options={"require": ["exp", "sub", "iss", "aud"]},
-            )  # fmt: skip
+            claims = verify_token(token, key, issuer=self.issuer, audience=self.audience)
         except jwt.PyJWTError as e:
             self.log.info("Refused a gateway token: %s", e)
             raise unauthorized("Bearer") from None
