@@ -247,3 +247,48 @@ class _OnClient:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_a_processor_from_a_module_the_user_imported_reaches_a_worker_elsewhere(
+    flat, tmp_path, remote_worker, monkeypatch
+):
+    """A notebook's ``from myproc import Scaled`` (a module beside the notebook, not a file
+    casa imported), and a ``file.py`` whose processor's class comes from a module beside it:
+    the module's folder goes to the worker, which imports the module by its own name."""
+    import importlib
+
+    client, worker_home = remote_worker
+    folder = tmp_path / "notebooks"
+    write_analysis(folder, "imported").rename(folder / "myproc_imported.py")
+    monkeypatch.syspath_prepend(str(folder))  # the kernel's working folder
+    monkeypatch.setenv("CASA_CATALOG", str(flat.catalog))
+    module = importlib.import_module("myproc_imported")
+    try:
+        result = casa.run(module.Scaled(), "flat", client, chunksize=1000)
+        assert np.array_equal(result["x"].values(), expected(flat.x))
+        (processor_at,) = result["processor_at"]
+        assert Path(processor_at).is_relative_to(worker_home), processor_at
+        assert Path(processor_at).name == "myproc_imported.py"
+
+        (folder / "run_me.py").write_text(
+            "from myproc_imported import Scaled\n\nprocessor = Scaled()\n"
+        )
+        set_scale(folder, "imported", 4.0)
+        importlib.reload(importlib.import_module("helpers_imported.corrections"))
+        out = run_analysis(load_processor(f"{folder / 'run_me.py'}:processor"), "flat",
+                           flat.infos, _OnClient(client), chunksize=1000, schema="BaseSchema")  # fmt: skip
+        assert np.array_equal(out.output["x"].values(), expected(flat.x, scale=4.0))
+        (processor_at,) = out.output["processor_at"]
+        assert Path(processor_at).is_relative_to(worker_home), processor_at
+    finally:
+        for name in [n for n in sys.modules if n.startswith(("myproc_imp", "helpers_imp"))]:
+            del sys.modules[name]
+
+
+def test_installed_packages_and_the_standard_library_are_never_shipped():
+    from casa.analysis.processors import DimuonProcessor  # casa's own (an editable install here)
+    from casa.compute.code import analysis_module
+
+    assert analysis_module(DimuonProcessor()) is None
+    assert analysis_module(json.dumps) is None
+    assert analysis_module(np.sum) is None

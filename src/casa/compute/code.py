@@ -18,6 +18,7 @@ the workers' copy, next to the data files that came with it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import io
@@ -83,9 +84,63 @@ def import_analysis_file(path: Path) -> Any:
 
 
 def analysis_module(processor: Any) -> Any | None:
-    """The module of a user's file that ``processor`` comes from, or None."""
+    """The module of the user's own code that ``processor`` comes from, or None.
+
+    Either a file casa imported (``casa run path/to/file.py:NAME``), or a module the user
+    imported themselves from a folder of their own: a notebook's ``from myproc import
+    MyProcessor``, or a class that ``file.py`` imports from a module beside it. Never a
+    module of an installed package or of Python's own library, nor a notebook's
+    ``__main__`` (cloudpickle sends what a notebook defines by value).
+    """
     name = getattr(processor, "__module__", None) or type(processor).__module__
-    return _ANALYSIS_MODULES.get(name)
+    return _ANALYSIS_MODULES.get(name) or _users_own_module(name)
+
+
+def _users_own_module(name: str | None) -> Any | None:
+    module = sys.modules.get(name or "")
+    file = getattr(module, "__file__", None)
+    if module is None or not file or name == "__main__":
+        return None
+    path = Path(file).resolve()
+    if any(path.is_relative_to(place) for place in _installed_places()):
+        return None
+    if name.partition(".")[0] in _installed_top_level_names():  # editable installs too
+        return None
+    return module
+
+
+@functools.cache
+def _installed_places() -> tuple[Path, ...]:
+    """Where Python's library and installed packages live."""
+    import site
+    import sysconfig
+
+    places = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    places |= {sysconfig.get_path(key) for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    places |= set(site.getsitepackages()) | {site.getusersitepackages()}
+    return tuple(Path(p).resolve() for p in places if p)
+
+
+@functools.cache
+def _installed_top_level_names() -> frozenset[str]:
+    """The top-level module names of every installed distribution."""
+    from importlib.metadata import packages_distributions
+
+    return frozenset(packages_distributions())
+
+
+def code_folder(module: Any) -> Path:
+    """The folder that goes to the workers with ``module``: the one its import started from
+    (``/work`` for ``/work/pkg/sub.py`` imported as ``pkg.sub``), so that the workers import
+    it by the same name."""
+    file = Path(module.__file__).resolve()
+    folder = file.parent
+    depth = module.__name__.count(".") + (file.stem == "__init__")
+    if module.__name__ in _ANALYSIS_MODULES:
+        depth = 0  # a file casa imported under a name of its own
+    for _ in range(depth):
+        folder = folder.parent
+    return folder
 
 
 @dataclass(frozen=True)
@@ -157,13 +212,13 @@ def check_analysis_folder(processor: Any) -> None:
     """Before any worker starts: AnalysisError when ``processor``'s folder cannot travel."""
     module = analysis_module(processor)
     if module is not None:
-        shipped_files(Path(module.__file__).resolve().parent)
+        shipped_files(code_folder(module))
 
 
 def pack_folder(module: Any, limit: int = MAX_FOLDER_BYTES) -> PackedFolder:
     """``module``'s folder as a zip; AnalysisError naming the folder when it is above ``limit``."""
     file = Path(module.__file__).resolve()
-    folder = file.parent
+    folder = code_folder(module)
     files = shipped_files(folder, limit)
     digest = hashlib.sha256()
     buffer = io.BytesIO()
@@ -212,9 +267,10 @@ def shipped_to(client: Any, processor: Any, sent: dict[str, Any]) -> Iterator[Pa
         return
     packed = pack_folder(module)
     if sent.get("analysis_code") != packed.digest:
-        plugin = AnalysisFolder(
-            packed.folder.name, packed.digest, packed.data, {packed.module_name: packed.module_file}
-        )
+        # A file casa imported is found by its own name; the user's own modules by theirs,
+        # from the folder first on the workers' sys.path.
+        by_name = {packed.module_name: packed.module_file} if _imported_by_casa(module) else {}
+        plugin = AnalysisFolder(packed.folder.name, packed.digest, packed.data, by_name)
         try:
             client.register_plugin(plugin)
         except Exception as e:
@@ -224,5 +280,12 @@ def shipped_to(client: Any, processor: Any, sent: dict[str, Any]) -> Iterator[Pa
                 "or run with a cluster of this environment)"
             ) from e
         sent["analysis_code"] = packed.digest
+    if not _imported_by_casa(module):  # pickled by reference already
+        yield packed
+        return
     with _by_reference(module):
         yield packed
+
+
+def _imported_by_casa(module: Any) -> bool:
+    return _ANALYSIS_MODULES.get(module.__name__) is module
