@@ -257,6 +257,88 @@ def test_each_transforms_key_reads_its_own_bucket_only(dv, tmp_path):
     assert refused.value.code == 403
 
 
+def _completed(dv, token: str, body: dict) -> str:
+    """A transform asked for through the API and waited for; its request id."""
+    import time
+
+    request_id = _api(dv, "POST", "/servicex/transformation", token, body)[1]["request_id"]
+    deadline = time.monotonic() + 120
+    while (status := _api(dv, "GET", f"/servicex/transformation/{request_id}",
+                          token)[1])["status"] not in ("Complete", "Fatal"):  # fmt: skip
+        assert time.monotonic() < deadline, status
+        time.sleep(0.3)
+    assert status["status"] == "Complete", status
+    return request_id
+
+
+def test_file_urls_download_over_plain_http_for_their_owner_until_they_expire(dv, tmp_path):
+    import time
+
+    from casa.services.delivery.downloads import UrlSigner
+
+    ann_token = dv.ctx().request_token(user="ann")
+    anna_token = dv.ctx().request_token(user="anna")
+    info = _api(dv, "GET", "/servicex", None)[1]
+    assert "generate_file_urls" in info["capabilities"]
+    body = {"file-list": dv.sim_urls, "selection": json.dumps(QUERY), "codegen": "uproot-raw",
+            "result-format": "root-file"}  # fmt: skip
+    request_id = _completed(dv, ann_token, body)
+    names = [
+        r["s3-object-name"]
+        for r in _api(dv, "GET", f"/servicex/transformation/{request_id}/results", ann_token)[1][
+            "results"
+        ]
+    ]
+
+    # The owner gets a URL per result; a plain GET, with no token, fetches the skim.
+    code, answer = _api(dv, "POST", "/servicex/transformation/file-urls", ann_token,
+                        {"request_id": request_id, "file_list": names})  # fmt: skip
+    assert code == 200 and sorted(answer["uris"]) == sorted(names), answer
+    got = []
+    for name in names:
+        url, headers, expiry = answer["uris"][name]
+        assert headers == {} and url.startswith(f"http://127.0.0.1:{dv.ports['delivery']}/")
+        assert datetime_of(expiry) > time.time() + 3000
+        (tmp_path / name).write_bytes(urllib.request.urlopen(url, timeout=30).read())
+        got.append(uproot.open(tmp_path / name)["Events"].arrays())
+    want = _expected(dv.local_files)
+    assert np.array_equal(ak.to_numpy(ak.concatenate(got).MET_pt), ak.to_numpy(want.MET_pt))
+
+    # Another user is told there is no such transform; a changed, borrowed or expired URL
+    # opens nothing.
+    code, _ = _api(dv, "POST", "/servicex/transformation/file-urls", anna_token,
+                   {"request_id": request_id, "file_list": names})  # fmt: skip
+    assert code == 404
+    code, answer404 = _api(dv, "POST", "/servicex/transformation/file-urls", ann_token,
+                           {"request_id": request_id, "file_list": ["../../keys"]})  # fmt: skip
+    assert code == 404 and "has no result named ../../keys" in answer404["message"]
+    url = answer["uris"][names[0]][0]
+    signer = UrlSigner(dv.ctx().service_dir("delivery") / "url.key", "http://x")
+    expired, _ = signer.url(request_id, names[0], now=time.time() - 7200)
+    refusals = [
+        ("bad signature", url[:-4] + ("0000" if not url.endswith("0000") else "1111")),
+        ("bad signature", url.replace(names[0], names[1])),  # another object, same proof
+        ("has expired", f"http://127.0.0.1:{dv.ports['delivery']}" + expired[len("http://x") :]),
+    ]
+    for reason, bad in refusals:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(bad, timeout=30)
+        assert refused.value.code == 403
+        assert reason in json.loads(refused.value.read())["message"]
+
+    # Deleted, the transform's URLs open nothing either.
+    assert _api(dv, "DELETE", f"/servicex/transformation/{request_id}", ann_token)[0] == 200
+    with pytest.raises(urllib.error.HTTPError) as gone:
+        urllib.request.urlopen(url, timeout=30)
+    assert gone.value.code == 404
+
+
+def datetime_of(text: str) -> float:
+    import datetime
+
+    return datetime.datetime.fromisoformat(text).timestamp()
+
+
 def test_cancel_and_delete_through_the_client_and_the_skims_become_a_dataset(dv, tmp_path):
     from servicex import dataset
     from servicex.servicex_client import ServiceXClient

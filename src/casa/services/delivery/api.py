@@ -21,6 +21,7 @@ from casa import __version__
 from casa.auth.tokens import verify_token
 from casa.errors import CasaError
 from casa.facility import Facility
+from casa.services.delivery.downloads import UrlSigner
 from casa.services.delivery.records import (
     CANCELED,
     DONE_STATES,
@@ -41,7 +42,7 @@ log = logging.getLogger("casa.delivery")
 #: The code generators, by the name the client sends (``codegen``), with their "image".
 CODE_GENERATORS = {"uproot-raw": "casa-uproot-raw"}
 #: What this server can do, as the client asks (``GET /servicex``).
-CAPABILITIES = ["poll_local_transformation_results"]
+CAPABILITIES = ["poll_local_transformation_results", "generate_file_urls"]
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -52,8 +53,10 @@ class DeliveryAPI:
     """The routes, over the records, the engine and the object store."""
 
     def __init__(self, ctx: Facility, records: DeliveryRecords, engine: Engine,
-                 store: ObjectStore, endpoint: str, public_key: bytes):  # fmt: skip
+                 store: ObjectStore, endpoint: str, public_key: bytes,
+                 signer: UrlSigner):  # fmt: skip
         self.ctx = ctx
+        self.signer = signer
         self.records = records
         self.engine = engine
         self.store = store
@@ -66,6 +69,7 @@ class DeliveryAPI:
             web.get("/health", self.health),
             web.get("/servicex", self.info),
             web.post("/servicex/transformation", self.submit),
+            web.post("/servicex/transformation/file-urls", self.file_urls),
             web.get("/servicex/transformation", self.list_transforms),
             web.get("/servicex/transformation/{id}", self.status),
             web.get("/servicex/transformation/{id}/results", self.results),
@@ -75,6 +79,7 @@ class DeliveryAPI:
             web.get("/servicex/datasets/{id}", self.dataset),
             web.delete("/servicex/datasets/{id}", self.delete_dataset),
             web.get("/casa/transformation/{id}", self.record),
+            web.get("/casa/files/{id}/{name}", self.download),
         ])  # fmt: skip
         return app
 
@@ -244,6 +249,45 @@ class DeliveryAPI:
                     }
                 )
         return web.json_response({"results": results})
+
+    async def file_urls(self, request):
+        """Signed plain-HTTP URLs of a transform's results (``generate_file_urls``):
+        ``{"uris": {name: [url, headers, expiry]}}``, for the names in ``file_list`` (all of
+        the bucket's when it is left out). No header is needed: the URL is its own proof."""
+        user = self._user(request)
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            return _error(400, "the request body must be JSON")
+        if not isinstance(body, dict) or not isinstance(body.get("request_id"), str):
+            return _error(400, 'send {"request_id": ID, "file_list": [names]}')
+        t = self.records.get(body["request_id"])
+        if t is None or t.owner != user:
+            return _error(404, f"no transform {body['request_id']} of {user}")
+        objects = self.store.objects(t.request_id)
+        names = body.get("file_list") or sorted(objects)
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            return _error(400, "file_list must be a list of the transform's object names")
+        missing = [n for n in names if n not in objects]
+        if missing:
+            return _error(404, f"transform {t.request_id} has no result named "
+                               f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")  # fmt: skip
+        uris = {}
+        for name in names:
+            url, expires = self.signer.url(t.request_id, name)
+            uris[name] = [url, {}, iso(expires)]
+        return web.json_response({"uris": uris})
+
+    async def download(self, request):
+        """One result by a signed URL (see :mod:`casa.services.delivery.downloads`)."""
+        request_id, name = request.match_info["id"], request.match_info["name"]
+        problem = self.signer.problem(request_id, name, request.query.get("expires", ""),
+                                      request.query.get("signature", ""))  # fmt: skip
+        if problem:
+            return _error(403, problem)
+        if self.records.get(request_id) is None or name not in self.store.objects(request_id):
+            return _error(404, f"transform {request_id} has no result {name} (any more)")
+        return web.FileResponse(self.store.bucket_dir(request_id) / name)
 
     async def cancel(self, request):
         t = self._own(request)

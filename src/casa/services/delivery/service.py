@@ -4,7 +4,8 @@
 (:mod:`casa.services.delivery.api`) on ``delivery.port``; its transforms run on each
 asking user's own Dask cluster (:mod:`casa.services.delivery.transforms`) and their results
 go to the object store (:mod:`casa.services.s3`). Its state is
-``services/delivery``: ``delivery.sqlite`` and the shared cache's files (``cache/``).
+``services/delivery``: ``delivery.sqlite``, the shared cache's files (``cache/``) and the
+key that signs download URLs (``url.key``).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def main() -> None:
     from casa.config import parse_size
     from casa.services.delivery.api import DeliveryAPI
     from casa.services.delivery.cache import ResultCache
+    from casa.services.delivery.downloads import UrlSigner
     from casa.services.delivery.records import DeliveryRecords
     from casa.services.delivery.transforms import Engine, UserClusters
     from casa.services.s3.service import object_store, object_store_endpoint
@@ -82,7 +84,8 @@ def main() -> None:
     engine = Engine(ctx, records, store, cache, clusters)
     engine.resume_unfinished()
     api = DeliveryAPI(ctx, records, engine, store, object_store_endpoint(ctx),
-                      (ctx.paths.keys / "issuer.pub.pem").read_bytes())  # fmt: skip
+                      (ctx.paths.keys / "issuer.pub.pem").read_bytes(),
+                      UrlSigner(folder / "url.key", delivery_url(ctx)))  # fmt: skip
 
     async def serve() -> None:
         runner = web.AppRunner(api.app(), access_log=None)
