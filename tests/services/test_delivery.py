@@ -73,7 +73,7 @@ def _deliver(folder: Path, dataset, query=QUERY, result_format=None, **options):
     from servicex import deliver
     from servicex import query as sx_query
 
-    q = sx_query.UprootRaw(query)
+    q = sx_query.UprootRaw(query) if isinstance(query, list) else query  # else FuncADL's
     sample = {"Name": "skim", "Dataset": dataset, "Query": q}
     if result_format:
         sample["Query"] = q
@@ -134,6 +134,40 @@ def test_a_casa_dataset_and_a_file_list_in_both_formats_match_uproot(dv, tmp_pat
     assert len(parquets) == 2 and all(p.endswith(".parquet") for p in parquets)
     table = ak.concatenate([ak.from_arrow(pq.read_table(p)) for p in sorted(parquets)])
     assert np.array_equal(ak.to_numpy(table.MET_pt), ak.to_numpy(want.MET_pt))
+
+
+def test_a_func_adl_query_through_the_client_matches_uproot(dv, tmp_path):
+    from servicex import dataset
+    from servicex import query as sx_query
+
+    ann = _as_user(dv, "ann", tmp_path)
+    q = (sx_query.FuncADL_Uproot().FromTree("Events")
+         .Where(lambda e: e.MET_pt > 30)
+         .Select(lambda e: {"met": e.MET_pt, "mu": e.Muon_pt}))  # fmt: skip
+    files = _deliver(ann, dataset.GenericDataSet("casa", "sim"), query=q)
+    assert len(files) == 2
+    got = ak.concatenate([uproot.open(p)["servicex"].arrays() for p in sorted(files)])
+    parts = [uproot.open(p)["Events"].arrays(["MET_pt", "Muon_pt"]) for p in dv.local_files]
+    want = ak.concatenate([a[a.MET_pt > 30] for a in parts])
+    assert len(got) == len(want) > 0
+    assert np.array_equal(ak.to_numpy(got.met), ak.to_numpy(want.MET_pt))
+    assert ak.all(ak.flatten(got.mu) == ak.flatten(want.Muon_pt))
+
+    # A branch the files do not have, a tree they do not have, qastle that does not parse:
+    # one sentence each when the request is made.
+    token = dv.ctx().request_token(user="ann")
+    for bad, said in (
+        (sx_query.FuncADL_Uproot().FromTree("Events").Select(lambda e: {"x": e.NoSuch}),
+         "NoSuch not in fields"),
+        (sx_query.FuncADL_Uproot().FromTree("Nope").Select(lambda e: {"x": e.MET_pt}),
+         "not found: 'Nope'"),
+        ("(call Select (", "does not translate"),
+    ):  # fmt: skip
+        selection = bad if isinstance(bad, str) else bad.generate_selection_string()
+        code, answer = _api(dv, "POST", "/servicex/transformation", token,
+                            {"did": "casa://sim", "selection": selection, "codegen": "uproot",
+                             "result-format": "root-file"})  # fmt: skip
+        assert code == 400 and said in answer["message"], answer
 
 
 def test_a_second_user_is_served_from_the_shared_cache_but_never_a_file_they_may_not_read(

@@ -335,11 +335,16 @@ def _from_delivery(args: argparse.Namespace) -> None:
             f"transform {t.request_id} is {t.status} with {t.result_format} outputs: a dataset "
             "needs the ROOT outputs (the client's default format) of a complete transform"
         )
+    from casa.worker.func_adl_query import OUTPUT_TREE as FUNC_ADL_TREE
+    from casa.worker.func_adl_query import is_func_adl
+
     bucket = object_store(ctx).bucket_dir(t.request_id)
     args.paths = [str(bucket / f.object_name) for f in t.files if f.state == FILE_DONE]
     if not args.paths:
         raise UsageError(f"transform {t.request_id} has no output: every input file failed")
     args.store = True
+    if args.tree == DEFAULT_TREE and is_func_adl(t.query):
+        args.tree = FUNC_ADL_TREE  # a FuncADL query's one output tree
     if not args.public and args.user is None:
         args.user = t.owner  # the issuer minted their token: a reader of this facility
         args.user_is_owner = True

@@ -10,7 +10,8 @@ or ``{"copy_histograms": name, glob, /regex/ or a list of them}``, which copies 
 objects of the file. Cuts and expressions may use numpy's functions (as uproot's own
 expression language does) and awkward's reducers (``count_nonzero``, ``sum``, ``num``,
 ...). The output is one file: a ROOT file with one tree per output tree name, or a
-parquet file holding every tree, a ``treename`` column saying which.
+parquet file holding every tree, a ``treename`` column saying which. A FuncADL query
+(``{"qastle": ...}``) runs as :mod:`casa.worker.func_adl_query` says.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable
 from typing import Any
+
+from casa.worker.func_adl_query import FuncADLError, is_func_adl, probe_func_adl, run_func_adl
 
 #: The output formats, by the name the ServiceX client sends (``result-format``).
 FORMATS = {"root-file": ".root", "parquet": ".parquet"}
@@ -68,14 +71,31 @@ def check_query(selection: Any) -> list[dict]:
     return selection
 
 
-def skim_file(path: str, selection: list[dict], result_format: str) -> tuple[bytes, dict]:
+def skim_file(path: str, selection: list[dict] | dict, result_format: str) -> tuple[bytes, dict]:
     """The output file of ``selection`` on the file at ``path`` (a local path or a
     ``root://`` URL, read with this worker's token), and ``{"events": ..., "trees": ...}``."""
-    import uproot
 
     if result_format not in FORMATS:
         raise QueryError(f"the output format {result_format!r} is not one of {', '.join(FORMATS)}")
-    selection = check_query(selection)
+    if is_func_adl(selection):
+        try:
+            outputs, copies = run_func_adl(path, selection), {}
+        except FuncADLError as e:
+            raise QueryError(str(e)) from None
+    else:
+        outputs, copies = _uproot_raw(path, check_query(selection))
+    events = sum(len(a) for a in outputs.values())
+    if result_format == "parquet":
+        data = _parquet(outputs)
+    else:
+        data = _root_file(outputs, copies)
+    return data, {"events": events, "trees": sorted(outputs)}
+
+
+def _uproot_raw(path: str, selection: list[dict]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``({output tree: arrays}, {name: copied object})`` of an Uproot-Raw query."""
+    import uproot
+
     outputs: dict[str, Any] = {}
     copies: dict[str, Any] = {}
     with uproot.open(path) as source:
@@ -85,12 +105,7 @@ def skim_file(path: str, selection: list[dict], result_format: str) -> tuple[byt
                 continue
             for name, out in _tree_names(sub["treename"], i).items():
                 outputs[out] = _query_tree(source, name, sub, i)
-    events = sum(len(a) for a in outputs.values())
-    if result_format == "parquet":
-        data = _parquet(outputs)
-    else:
-        data = _root_file(outputs, copies)
-    return data, {"events": events, "trees": sorted(outputs)}
+    return outputs, copies
 
 
 def _as_list(value: Any) -> Iterable:
@@ -251,13 +266,16 @@ def probe_task(url: str, query: list[dict]) -> str | None:
     import uproot
 
     try:
+        if is_func_adl(query):
+            probe_func_adl(url, query)
+            return None
         subqueries = check_query(query)
         with uproot.open(url) as source:
             for i, sub in enumerate(subqueries, 1):
                 if "treename" in sub:
                     for name in _tree_names(sub["treename"], i):
                         _query_tree(source, name, sub, i, entry_stop=1)
-    except QueryError as e:
+    except (QueryError, FuncADLError) as e:
         return str(e)
     except OSError as e:
         return f"cannot read {url}: {str(e).strip().splitlines()[0] if str(e).strip() else e}"

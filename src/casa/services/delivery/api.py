@@ -35,12 +35,13 @@ from casa.services.delivery.records import (
 )
 from casa.services.delivery.transforms import Engine, resolve_inputs, user_catalog
 from casa.services.s3.keys import ObjectStore
+from casa.worker.func_adl_query import QASTLE, FuncADLError, check_func_adl, is_func_adl
 from casa.worker.skim import FORMATS, QueryError, check_query
 
 log = logging.getLogger("casa.delivery")
 
 #: The code generators, by the name the client sends (``codegen``), with their "image".
-CODE_GENERATORS = {"uproot-raw": "casa-uproot-raw"}
+CODE_GENERATORS = {"uproot-raw": "casa-uproot-raw", "uproot": "casa-func-adl-uproot"}
 #: What this server can do, as the client asks (``GET /servicex``).
 CAPABILITIES = ["poll_local_transformation_results", "generate_file_urls"]
 
@@ -150,7 +151,8 @@ class DeliveryAPI:
         codegen = body.get("codegen")
         if codegen not in CODE_GENERATORS:
             return _error(400, f"the code generator {codegen!r} is not one of this server's: "
-                               f"{', '.join(CODE_GENERATORS)} (UprootRaw queries)")  # fmt: skip
+                               f"{', '.join(CODE_GENERATORS)} (UprootRaw and FuncADL_Uproot "
+                               "queries)")  # fmt: skip
         result_format = body.get("result-format", "root-file")
         if result_format not in FORMATS:
             return _error(400, f"the output format {result_format!r} is not one of "
@@ -158,9 +160,12 @@ class DeliveryAPI:
         if body.get("result-destination", "object-store") != "object-store":
             return _error(400, "results go to the object store here ('object-store')")
         try:
-            query = check_query(json.loads(body.get("selection") or "null"))
-        except ValueError as e:  # QueryError, or a selection that is not JSON
-            return _error(400, str(e) if isinstance(e, QueryError) else
+            if codegen == "uproot":  # FuncADL_Uproot: qastle text, parsed and translated here
+                query = check_func_adl(body.get("selection"))
+            else:
+                query = check_query(json.loads(body.get("selection") or "null"))
+        except ValueError as e:  # QueryError, FuncADLError, or a selection that is not JSON
+            return _error(400, str(e) if isinstance(e, (QueryError, FuncADLError)) else
                           "the selection must be an Uproot-Raw query (JSON)")  # fmt: skip
         did, file_list = body.get("did"), body.get("file-list")
         urls = resolve_inputs(self.ctx, did, file_list, user)  # CasaError: 400, its sentence
@@ -199,7 +204,8 @@ class DeliveryAPI:
         done, failed = t.count(FILE_DONE), t.count(FILE_FAILED)
         return {
             "request_id": t.request_id, "did": t.did, "did_id": 0, "title": t.title or None,
-            "selection": t.selection, "tree-name": None, "image": CODE_GENERATORS[t.codegen],
+            "selection": t.query[QASTLE] if is_func_adl(t.query) else t.selection,
+            "tree-name": None, "image": CODE_GENERATORS[t.codegen],
             "result-destination": "object-store", "result-format": t.result_format,
             "generated-code-cm": "", "status": t.status, "app-version": __version__,
             "files": len(t.files), "files-completed": done, "files-failed": failed,

@@ -119,7 +119,8 @@ class Transform:
         return sum(f.state == state for f in self.files)
 
     @property
-    def query(self) -> list[dict]:
+    def query(self) -> list[dict] | dict:
+        """The query: an Uproot-Raw list, or ``{"qastle": ...}`` for FuncADL."""
         return json.loads(self.selection)
 
 
