@@ -491,6 +491,60 @@ def test_a_worker_killed_mid_transform_and_every_file_still_yields_one_result(dv
     cluster.close(shutdown=False)
 
 
+def test_a_transform_the_service_died_in_resumes_when_it_is_up_again(dv, tmp_path_factory):
+    """The delivery service killed mid-transform, then 'casa up': the transform goes on,
+    files done before are not transformed again, and every file yields one result."""
+    import time
+
+    data = tmp_path_factory.mktemp("resumed")
+    generate_dataset(data, 360_000, 12, seed=29, workers=1)
+    dv.casa("datasets", "add", "resumed", data, "--store", check=True)
+    ann_token = dv.ctx().request_token(user="ann")
+    query = [{"treename": "Events", "filter_name": "*",
+              "cut": "count_nonzero(Muon_pt > 7, axis=1) >= 1"}]  # fmt: skip
+    body = {"did": "casa://resumed", "selection": json.dumps(query), "codegen": "uproot-raw",
+            "result-format": "root-file"}  # fmt: skip
+    supervisor = dv.supervisor()
+    by_name = {s.name: s for s in supervisor.services}
+    cache_pid = supervisor.running_pid(by_name["cache"])
+    delivery_pid = supervisor.running_pid(by_name["delivery"])
+    request_id = _api(dv, "POST", "/servicex/transformation", ann_token, body)[1]["request_id"]
+    path = f"/servicex/transformation/{request_id}"
+    deadline = time.monotonic() + 120
+    while _api(dv, "GET", path, ann_token)[1]["files-completed"] < 1:
+        assert time.monotonic() < deadline, "no file finished"
+        time.sleep(0.05)
+    os.kill(cache_pid, signal.SIGSTOP)  # the other files' reads wait: the transform is mid-way
+    try:
+        before = {r["s3-object-name"]: r["created_at"]
+                  for r in _api(dv, "GET", f"{path}/results", ann_token)[1]["results"]}  # fmt: skip
+        assert 1 <= len(before) < 12, before
+        os.kill(delivery_pid, signal.SIGKILL)
+    finally:
+        os.kill(cache_pid, signal.SIGCONT)
+    supervisor.up()
+    assert supervisor.running_pid(by_name["delivery"]) not in (None, delivery_pid)
+    deadline = time.monotonic() + 180
+    while (status := _api(dv, "GET", path, ann_token)[1])["status"] not in ("Complete", "Fatal"):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.3)
+    assert status["status"] == "Complete" and status["files-completed"] == 12, status
+    after = {r["s3-object-name"]: r["created_at"]
+             for r in _api(dv, "GET", f"{path}/results", ann_token)[1]["results"]}  # fmt: skip
+    assert len(after) == 12 and all(after[name] == when for name, when in before.items())
+    record = _api(dv, "GET", f"/casa/transformation/{request_id}", ann_token)[1]
+    # (a result the killed service had cached but not yet recorded comes from the cache)
+    assert record["transformed"] + record["from_cache"] == 12, record
+    bucket = dv.ctx().service_dir("s3") / "buckets" / request_id / request_id
+    assert sorted(p.name for p in bucket.iterdir()) == sorted(after)
+    got = sum(uproot.open(bucket / name)["Events"].num_entries for name in after)
+    want = 0
+    for f in sorted(data.glob("*.root")):
+        muons = uproot.open(f)["Events"]["Muon_pt"].array()
+        want += int(ak.sum(ak.count_nonzero(muons > 7, axis=1) >= 1))
+    assert got == want
+
+
 def test_a_transform_without_progress_is_failed_as_stalled(dv):
     import time
 
