@@ -127,6 +127,13 @@ def test_the_readme_session_runs_as_written(tmp_path):
             and copied[0].read_bytes() == (work / "data" / "sim" / copied[0].name).read_bytes()
         )
         assert (f.home / "storage" / "store" / "data" / "sim-store~" / copied[0].name).exists()
+        # The skim the ServiceX client fetched, one file per input, printed by the session.
+        skims = sorted(work.glob("servicex-cache/*/*.root"))
+        assert len(skims) == 4 and all(str(p) in done.stdout for p in skims), done.stdout
+        events = ak.concatenate([uproot.open(p)["Events"].arrays() for p in skims])
+        muons = ak.concatenate([uproot.open(p)["Events"]["Muon_pt"].array() for p in files])
+        assert len(events) == ak.sum(ak.count_nonzero(muons > 20, axis=1) >= 2) > 0
+        assert sorted(events.fields) == ["MET_pt", "Muon_pt"]
     finally:
         f.casa("down")
         stop_everything(f.home)
