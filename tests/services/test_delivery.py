@@ -178,6 +178,11 @@ def test_a_second_user_is_served_from_the_shared_cache_but_never_a_file_they_may
     ann, anna = _as_user(dv, "ann", tmp_path), _as_user(dv, "anna", tmp_path)
     query = [{**QUERY[0], "cut": "count_nonzero(Muon_pt > 25, axis=1) >= 2"}]
     first = _deliver(ann, dataset.FileList(dv.sim_urls), query=query)
+    # The client's own local cache still answers its user: no new request reaches the service.
+    ann_token = (ann / "token").read_text()
+    asked = len(_api(dv, "GET", "/servicex/transformation", ann_token)[1]["requests"])
+    assert sorted(_deliver(ann, dataset.FileList(dv.sim_urls), query=query)) == sorted(first)
+    assert len(_api(dv, "GET", "/servicex/transformation", ann_token)[1]["requests"]) == asked
     second = _deliver(anna, dataset.FileList(dv.sim_urls), query=query)
     anna_token = (anna / "token").read_text()
     status, record = _api(dv, "GET", f"/casa/transformation/{_request_id(second[0])}",
