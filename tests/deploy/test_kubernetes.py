@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import http.server
 import importlib.util
 import inspect
 import json
@@ -22,6 +23,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -35,6 +37,7 @@ import yaml
 
 from casa.config import FacilityPaths, parse_config, parse_size, tomllib
 from casa.config.model import DeliverySection, S3Section
+from casa.data.exports import CatalogExports
 from casa.facility import Facility
 from casa.services.delivery.service import DeliveryService
 from casa.services.s3.service import ObjectStoreService, object_store, rclone_program
@@ -333,7 +336,7 @@ def test_issuer_key_is_read_only_and_reaches_only_the_issuer(build):
                 ]
                 assert sorted(users) == ["issuer", "issuer-key"]
                 holders += 1
-    assert holders == 3  # the hub's pod, the gateway's pod and the delivery service's pod
+    assert holders == 2  # the hub's pod (with the delivery service) and the gateway's pod
 
 
 def test_pods_run_unprivileged_and_xrootd_as_its_own_account(build):
@@ -357,7 +360,7 @@ def test_pods_run_unprivileged_and_xrootd_as_its_own_account(build):
         (xrootd,) = [c for c in spec["containers"] if c["command"][0] == "xrootd"]
         assert "-R" not in xrootd["command"]  # casa's switch to the xrootd account under root
         assert "--uid 10094 --gid xrootd" in dockerfile
-    for name in ("casa-hub", "casa-gateway-api", "casa-gateway-controller", "casa-delivery"):
+    for name in ("casa-hub", "casa-gateway-api", "casa-gateway-controller"):
         assert pod_spec(find(objects, "Deployment", name))["securityContext"]["runAsUser"] == 10000
     assert "--uid 10000 --gid casa" in dockerfile
 
@@ -491,11 +494,7 @@ def test_public_name_and_image_are_consistent(build):
     assert urlparse(site["public_url"]).hostname == host
     assert find(objects, "Ingress", "casa-hub")["spec"]["rules"][0]["host"] == host
     with_issuer = [o for o in objects if any(c["name"] == "issuer" for c in containers(o))]
-    assert sorted(o["metadata"]["name"] for o in with_issuer) == [
-        "casa-delivery",
-        "casa-gateway-api",
-        "casa-hub",
-    ]
+    assert sorted(o["metadata"]["name"] for o in with_issuer) == ["casa-gateway-api", "casa-hub"]
     for obj in with_issuer:
         # The issuer binds facility.host: in its pod that name is the loopback.
         assert pod_spec(obj)["hostAliases"] == [{"ip": "127.0.0.1", "hostnames": [host]}]
@@ -640,8 +639,14 @@ def test_hub_spawns_pods_with_the_users_tokens(build, tmp_path, monkeypatch):
     assert env["BEARER_TOKEN"] == "data-token-of-alice"
     assert env["DASK_GATEWAY__AUTH__KWARGS__TOKEN"] == "gateway-token-of-alice"
     assert env["DASK_GATEWAY__AUTH__TYPE"] == "casa.compute.gateway.CasaGatewayAuth"
-    assert env["DASK_GATEWAY__ADDRESS"] == f"http://casa-gateway.casa:{config.gateway.port}"
-    gateway_service = find(objects, "Service", "casa-gateway")
+    # Users' servers reach the gateway where casa's own clients do: gateway.address, its
+    # Service.
+    assert env["DASK_GATEWAY__ADDRESS"] == f"http://{config.gateway.address}:{config.gateway.port}"
+    assert env["DASK_GATEWAY__PROXY_ADDRESS"] == (
+        f"gateway://{config.gateway.address}:{config.gateway.scheduler_port}"
+    )
+    gateway_service = find(objects, "Service", config.gateway.address)
+    assert gateway_service["metadata"]["name"] == "casa-gateway"
     assert {p["port"] for p in gateway_service["spec"]["ports"]} == {
         config.gateway.port,
         config.gateway.scheduler_port,
@@ -649,7 +654,7 @@ def test_hub_spawns_pods_with_the_users_tokens(build, tmp_path, monkeypatch):
     assert Spawner.environment == {"PATH": "/opt/casa/bin"}  # the class default is untouched
 
 
-# -- the delivery service and the S3 store ---------------------------------------------------
+# -- the delivery service and the S3 store, in the hub's pod ---------------------------------
 
 
 def _env(container: dict) -> dict[str, str]:
@@ -667,6 +672,15 @@ def _mount(container: dict, path: str | Path) -> dict | None:
     return max(holding, key=lambda m: len(m["mountPath"]), default=None)
 
 
+def _in_volume(container: dict, path: str | Path) -> tuple[str, Path]:
+    """Which of the pod's volumes holds ``path`` in ``container``, and where in it."""
+    mount = _mount(container, path)
+    assert mount is not None, (container["name"], str(path))
+    return mount["name"], Path(mount.get("subPath", "")) / Path(path).relative_to(
+        mount["mountPath"]
+    )
+
+
 def _volume(spec: dict, name: str) -> dict:
     (volume,) = [v for v in spec["volumes"] if v["name"] == name]
     return volume
@@ -678,9 +692,10 @@ def _in_image(argv: list[str]) -> list[str]:
 
 
 def _delivery_pod(objects: list[dict]) -> tuple[dict, dict, dict[str, dict], Facility]:
-    """The Deployment casa-delivery, its pod spec, its containers by name, and the facility
-    its delivery container sees (the shipped casa.toml at CASA_CONFIG, CASA_HOME)."""
-    deployment = find(objects, "Deployment", "casa-delivery")
+    """The Deployment casa-hub, where the delivery service and the S3 store run: the
+    Deployment, its pod spec, its containers by name, and the facility its delivery
+    container sees (the shipped casa.toml at CASA_CONFIG, CASA_HOME)."""
+    deployment = find(objects, "Deployment", "casa-hub")
     pod = {c["name"]: c for c in containers(deployment, init=False)}
     env = _env(pod["delivery"])
     config = parse_config(tomllib.loads(casa_toml(objects)))
@@ -692,7 +707,9 @@ def test_delivery_pod_runs_what_casa_up_runs(build, monkeypatch):
     name, _, objects = build
     deployment, spec, pod, ctx = _delivery_pod(objects)
     config = ctx.config
-    assert sorted(pod) == ["delivery", "gateway-forward", "issuer", "s3"]
+    # Beside the hub and its issuer; no pod of their own, nothing forwarding ports.
+    assert sorted(pod) == ["delivery", "hub", "issuer", "s3"]
+    assert not [o for o in objects if o["metadata"]["name"] == "casa-delivery" and pod_spec(o)]
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"]["type"] == "Recreate"  # one owner of delivery.sqlite
     delivery, s3 = pod["delivery"], pod["s3"]
@@ -729,11 +746,16 @@ def test_delivery_and_s3_ports_and_probes_are_the_configurations(build):
     if name == "base":
         assert (config.delivery.port, config.s3.port) == (DeliverySection().port, S3Section().port)
     labels = deployment["spec"]["template"]["metadata"]["labels"]
-    for container, port_name, port, service_name in (
-        (pod["delivery"], "http", config.delivery.port, "delivery"),
-        (pod["s3"], "s3", config.s3.port, "s3"),
+    names = [p["name"] for c in pod.values() for p in c.get("ports", [])]
+    assert len(names) == len(set(names))  # a Service's targetPort names one port of the pod
+    for container, port, service_name in (
+        (pod["delivery"], config.delivery.port, "delivery"),
+        (pod["s3"], config.s3.port, "s3"),
     ):
-        assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [(port_name, port)]
+        ((port_name, container_port),) = [
+            (p["name"], p["containerPort"]) for p in container["ports"]
+        ]
+        assert container_port == port
         # Clients are told site.delivery and site.s3: the Services of these ports.
         service = find(objects, "Service", config.host_of(service_name))
         assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
@@ -741,8 +763,9 @@ def test_delivery_and_s3_ports_and_probes_are_the_configurations(build):
         ]
         assert service["spec"]["selector"].items() <= labels.items()
     assert object_store(ctx).root == ctx.service_dir("s3")
-    # The delivery service listens on site.delivery: the pod's hostname, its own address.
-    assert spec["hostname"] == config.host_of("delivery")
+    # The delivery service listens on site.delivery: the pod's hostname, its own address
+    # (facility.host, which the issuer listens on, is the pod's loopback: no other pod's).
+    assert spec["hostname"] == config.host_of("delivery") != config.facility.host
     assert not any(config.host_of("delivery") in a["hostnames"] for a in spec["hostAliases"])
     # Probes: GET /health of the delivery service (a route of its API, without a token);
     # a TCP check of the S3 store, which answers unsigned requests with 403.
@@ -751,8 +774,9 @@ def test_delivery_and_s3_ports_and_probes_are_the_configurations(build):
     unset = dict.fromkeys(inspect.signature(DeliveryAPI).parameters)  # routes need none of them
     routes = DeliveryAPI(**unset).app().router.routes()
     answered = {(r.method, r.resource.canonical) for r in routes}
+    http = pod["delivery"]["ports"][0]["name"]
     for probe in ("readinessProbe", "livenessProbe"):
-        assert pod["delivery"][probe]["httpGet"] == {"path": "/health", "port": "http"}
+        assert pod["delivery"][probe]["httpGet"] == {"path": "/health", "port": http}
         assert ("GET", pod["delivery"][probe]["httpGet"]["path"]) in answered
         assert pod["s3"][probe]["tcpSocket"] == {"port": "s3"}
 
@@ -763,12 +787,15 @@ def test_delivery_and_s3_share_the_bucket_folder_and_the_issuers_key(build):
     delivery, s3 = pod["delivery"], pod["s3"]
     store = object_store(ctx)
     # Results in the cache are linked into the buckets: one mount holds both, and the keys.
-    state = _mount(delivery, ctx.service_dir("delivery") / "cache")
-    assert not state.get("readOnly")
+    results = _mount(delivery, ctx.service_dir("delivery") / "cache")
+    assert not results.get("readOnly")
     # The records and the key of download URLs outlive the pod too.
     for path in (store.buckets_dir, store.keys_dir, ctx.service_dir("delivery") / "url.key"):
-        assert _mount(delivery, path) == state, path
-    claim = _volume(spec, state["name"])["persistentVolumeClaim"]["claimName"]
+        assert _mount(delivery, path) == results, path
+    # On a volume of their own, which the hub's database is not on.
+    claim = _volume(spec, results["name"])["persistentVolumeClaim"]["claimName"]
+    assert claim == "casa-delivery"
+    assert _in_volume(pod["hub"], ctx.paths.database)[0] != results["name"]
     requested = find(objects, "PersistentVolumeClaim", claim)["spec"]["resources"]["requests"]
     assert parse_size(requested["storage"].replace("i", "").lower()) > parse_size(
         ctx.config.delivery.cache_size
@@ -776,7 +803,7 @@ def test_delivery_and_s3_share_the_bucket_folder_and_the_issuers_key(build):
     # The S3 store serves the same folders, read-only.
     for folder in (store.buckets_dir, store.keys_dir):
         mount = _mount(s3, folder)
-        assert (mount["name"], mount["mountPath"]) == (state["name"], state["mountPath"])
+        assert (mount["name"], mount["mountPath"]) == (results["name"], results["mountPath"])
         assert mount["readOnly"] is True
     # Users' tokens are checked with keys/issuer.pub.pem: the ConfigMap casa-issuer-public.
     public = _mount(delivery, ctx.paths.keys / "issuer.pub.pem")
@@ -786,10 +813,73 @@ def test_delivery_and_s3_share_the_bucket_folder_and_the_issuers_key(build):
         assert "issuer.pub.pem" in find(objects, "ConfigMap", "casa-issuer-public")["data"]
 
 
+def test_delivery_reads_the_catalog_the_hub_writes(build):
+    _, _, objects = build
+    _, spec, pod, ctx = _delivery_pod(objects)
+    hub, delivery = pod["hub"], pod["delivery"]
+    hub_paths = FacilityPaths(Path(_env(hub)["CASA_HOME"]))
+    written, read = CatalogExports(hub_paths), CatalogExports(ctx.paths)
+    # casa://NAME is looked up in what the hub writes on every change of the catalog: the
+    # public datasets, and each user's (ExportedCatalog); the same files of the same volume.
+    for attribute in ("public_details", "public_file"):
+        ours, theirs = getattr(written, attribute), getattr(read, attribute)
+        assert _in_volume(delivery, theirs) == _in_volume(hub, ours), attribute
+    for method in ("user_details", "user_file"):
+        ours, theirs = getattr(written, method)("alice"), getattr(read, method)("alice")
+        assert _in_volume(delivery, theirs) == _in_volume(hub, ours), method
+    # The delivery container reads them; of the hub's volume it sees services/hub alone
+    # (not casa.sqlite, with its accounts' password hashes, nor the hub's keys).
+    state = _mount(delivery, read.public_details)
+    assert state["readOnly"] is True and not _mount(hub, written.public_details).get("readOnly")
+    assert _volume(spec, state["name"])["persistentVolumeClaim"]["claimName"] == "casa-hub-state"
+    assert state["subPath"] == str(hub_paths.services.relative_to(hub_paths.home) / "hub")
+    mounts = [m for m in delivery["volumeMounts"] if m["name"] == state["name"]]
+    assert mounts == [state]
+    # That folder is made by casa's account before any container starts (not as root by
+    # the kubelet for the subPath, or by the runtime for the issuer's socket below it).
+    first = spec["initContainers"][0]
+    assert first["name"] == "state-folders" and first["command"][:2] == ["mkdir", "-p"]
+    assert "runAsUser" not in first["securityContext"]  # the pod's: casa's account
+    assert [_in_volume(first, p) for p in first["command"][2:]] == [
+        (state["name"], Path(state["subPath"]))
+    ]
+
+
+def test_only_the_hubs_container_holds_the_service_accounts_token(build):
+    _, _, objects = build
+    deployment, spec, pod, _ = _delivery_pod(objects)
+    # KubeSpawner's access to the API (pods, volumes, Secrets): not for the delivery
+    # service, the S3 store (which any pod may call) or the issuer.
+    rules = find(objects, "Role", spec["serviceAccountName"])["rules"]
+    assert any("secrets" in r["resources"] for r in rules)
+    assert spec["automountServiceAccountToken"] is False
+    projected = {v["name"]: v["projected"] for v in spec["volumes"] if "projected" in v}
+    holders = [
+        (c["name"], m["mountPath"], m["readOnly"])
+        for c in containers(deployment)
+        for m in c.get("volumeMounts", [])
+        if m["name"] in projected
+    ]
+    # Where Kubernetes's clients (kubernetes_asyncio's in-cluster configuration) look.
+    assert holders == [("hub", "/var/run/secrets/kubernetes.io/serviceaccount", True)]
+    (sources,) = [p["sources"] for p in projected.values()]
+    files = {}
+    for source in sources:
+        (kind,) = source
+        if kind == "serviceAccountToken":
+            files[source[kind]["path"]] = kind
+        else:
+            files |= {i.get("path"): i for i in source[kind]["items"]}
+    assert sorted(files) == ["ca.crt", "namespace", "token"]
+    assert files["ca.crt"] == {"key": "ca.crt", "path": "ca.crt"}
+    assert files["namespace"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert {"configMap": {"name": "kube-root-ca.crt", "items": [files["ca.crt"]]}} in sources
+
+
 def test_token_askers_share_the_issuers_socket(build):
     _, _, objects = build
     pods = [o for o in objects if any(c["name"] == "issuer" for c in containers(o))]
-    assert len(pods) == 3
+    assert len(pods) == 2
     for obj in pods:
         spec = pod_spec(obj)
         pod = {c["name"]: c for c in containers(obj, init=False)}
@@ -800,6 +890,8 @@ def test_token_askers_share_the_issuers_socket(build):
         assert "emptyDir" in _volume(spec, listening["name"])
         askers = [c for c in pod.values() if "CASA_HOME" in _env(c)]
         assert askers, obj["metadata"]["name"]
+        if obj["metadata"]["name"] == "casa-hub":
+            assert sorted(c["name"] for c in askers) == ["delivery", "hub"]
         for container in askers:
             ours = Facility(config, FacilityPaths(Path(_env(container)["CASA_HOME"])))
             asking = _mount(container, ours.issuer_socket)
@@ -809,7 +901,7 @@ def test_token_askers_share_the_issuers_socket(build):
             ) == theirs.issuer_socket.relative_to(listening["mountPath"])
 
 
-def test_delivery_reaches_the_gateway_through_its_pod(build, monkeypatch):
+def test_delivery_reaches_the_gateway_through_its_service(build, monkeypatch):
     _, _, objects = build
     _, spec, pod, ctx = _delivery_pod(objects)
     import dask_gateway
@@ -820,16 +912,19 @@ def test_delivery_reaches_the_gateway_through_its_pod(build, monkeypatch):
     monkeypatch.setattr(dask_gateway, "Gateway", lambda **kw: made.update(kw) or "gateway")
     assert gateway_client(ctx, token="a-gateway-token") == "gateway"
     web, tls = urlparse(made["address"]), urlparse(made["proxy_address"])
-    assert web.hostname == tls.hostname == ctx.config.host_of("gateway")
-    # That name is the pod's loopback (the issuer listens on it) ...
-    assert [a["ip"] for a in spec["hostAliases"] if web.hostname in a["hostnames"]] == ["127.0.0.1"]
-    # ... where gateway-forward passes both ports on to the gateway's Service.
-    forward = _env(pod["gateway-forward"])["CASA_FORWARD"].split()
-    assert dict(p.split("=") for p in forward) == {
-        f"127.0.0.1:{u.port}": f"casa-gateway:{u.port}" for u in (web, tls)
-    }
-    ports = {p["port"] for p in find(objects, "Service", "casa-gateway")["spec"]["ports"]}
-    assert {web.port, tls.port} <= ports
+    # gateway.address: the Service of the gateway's two ports (Traefik), not the gateway's
+    # host, facility.host, which in this pod is the loopback (the issuer listens on it).
+    assert web.hostname == tls.hostname == ctx.config.gateway.address
+    service = find(objects, "Service", web.hostname)
+    assert {web.port, tls.port} <= {p["port"] for p in service["spec"]["ports"]}
+    traefik = find(objects, "Deployment", "casa-gateway")
+    assert (
+        service["spec"]["selector"].items()
+        <= traefik["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert not any(web.hostname in a["hostnames"] for a in spec["hostAliases"])
+    host = ctx.config.host_of("gateway")
+    assert [a["ip"] for a in spec["hostAliases"] if host in a["hostnames"]] == ["127.0.0.1"]
 
 
 def test_commands_are_casas_modules_and_scripts_that_compile(build):
@@ -862,15 +957,15 @@ def test_commands_are_casas_modules_and_scripts_that_compile(build):
         assert spec is not None and spec.origin, module
         source = Path(spec.origin).read_text()
         assert re.search(r'^if __name__ == "__main__":\n    main\(\)', source, re.M), module
-    assert scripts >= 6  # the key caches, the issuers' probes, gateway-forward
+    assert scripts == 4  # the XRootD pods' key caches, the issuers' probes
 
 
-# -- the delivery pod's commands, run here ---------------------------------------------------
+# -- the hub pod's commands, run here --------------------------------------------------------
 
 
-def _free_port() -> int:
+def _free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -904,13 +999,6 @@ def _connect(port: int) -> None:
     socket.create_connection(("127.0.0.1", port), timeout=2).close()
 
 
-def _start(argv: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
-    with log.open("w") as out:
-        return subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-        )
-
-
 def _stop(process: subprocess.Popen) -> int:
     if process.poll() is None:
         process.terminate()  # what the kubelet sends first
@@ -922,68 +1010,150 @@ def _stop(process: subprocess.Popen) -> int:
     return process.returncode
 
 
-@pytest.fixture
-def delivery_pod_here(tree, tmp_path):
-    """The base's delivery pod with its folders here: the objects, its containers, the
-    facility they see, and ``here(argv)``, a container's command with the pod's paths and
-    the image's Python mapped to tmp_path and this Python."""
-    objects = kustomize(tree / "base")
-    _, _, pod, ctx = _delivery_pod(objects)
-    home, etc = tmp_path / "home", tmp_path / "etc"
-    etc.mkdir()
-    # The issuer's public key where the ConfigMap casa-issuer-public is mounted.
-    (home / "keys").mkdir(parents=True)
-    secrets = tree / "overlays" / "example" / "secrets"
-    shutil.copy(secrets / "issuer.pub.pem", home / "keys" / "issuer.pub.pem")
-    mapping = {str(ctx.paths.home): str(home), str(ctx.config_file.parent): str(etc)}
+class PodHere:
+    """The base's hub pod laid out in a folder: one folder per volume of the pod (those of
+    ConfigMaps and Secrets holding what the example overlay puts there), and each
+    container's own filesystem, where each of its mounts is a link to its volume's folder
+    (its subPath in it), made when the container first starts, in the order of the
+    container's mounts, the way the kubelet and the container runtime make them. Commands
+    run as the container would run them: paths under /var and /etc are the container's,
+    ``python`` is this Python."""
 
-    def here(argv: list[str]) -> list[str]:
-        out = []
-        for arg in argv:
-            arg = (
-                sys.executable
-                if arg == "python"
-                else arg.replace("python -m ", f"{sys.executable} -m ")
+    def __init__(self, objects: list[dict], folder: Path, secrets: Path):
+        self.objects = objects
+        _, self.spec, _, self.ctx = _delivery_pod(objects)
+        self.containers = {
+            c["name"]: c for c in self.spec["initContainers"] + self.spec["containers"]
+        }
+        self.folder = folder
+        self._laid_out: set[str] = set()
+        filled = {
+            "casa-config": {"casa.toml": casa_toml(objects)},
+            "casa-issuer-public": {"issuer.pub.pem": (secrets / "issuer.pub.pem").read_text()},
+            "casa-issuer-key": {"issuer.pem": (secrets / "issuer.pem").read_text()},
+        }
+        for volume in self.spec["volumes"]:
+            made = self.volume(volume["name"])
+            made.mkdir(parents=True)
+            source = volume.get("configMap", {}).get("name") or volume.get("secret", {}).get(
+                "secretName"
             )
-            for theirs, ours in mapping.items():
-                arg = arg.replace(theirs, ours)
-            out.append(arg)
-        return out
+            for name, text in filled.get(source, {}).items():
+                (made / name).write_text(text)
 
-    return objects, pod, ctx, home, etc / ctx.config_file.name, secrets, here
+    def volume(self, name: str) -> Path:
+        """The folder of the pod's volume ``name``."""
+        return self.folder / "v" / name
+
+    def root(self, container: str) -> Path:
+        """The container's filesystem, laid out when first asked for."""
+        root = self.folder / "c" / container
+        if container not in self._laid_out:
+            self._laid_out.add(container)
+            mounts = self.containers[container].get("volumeMounts", [])
+            for mount in sorted(mounts, key=lambda m: m["mountPath"].count("/")):
+                source = self.volume(mount["name"]) / mount.get("subPath", "")
+                source.mkdir(parents=True, exist_ok=True)  # the kubelet makes a subPath
+                target = root / mount["mountPath"].lstrip("/")
+                target.parent.mkdir(parents=True, exist_ok=True)  # the runtime, mount points
+                target.symlink_to(source, target_is_directory=True)
+        return root
+
+    def path(self, container: str, path: str | Path) -> Path:
+        """``path`` of the container, here."""
+        return self.root(container) / str(path).lstrip("/")
+
+    def _here(self, container: str, text: str) -> str:
+        root = str(self.root(container))
+        text = re.sub(r"(^|\s)(/(?:var|etc)/)", lambda m: m.group(1) + root + m.group(2), text)
+        if text == "python":
+            return sys.executable
+        return text.replace("python -m ", f"{sys.executable} -m ")
+
+    def argv(self, container: str) -> list[str]:
+        """The container's command, run here."""
+        return [self._here(container, a) for a in self.containers[container]["command"]]
+
+    def env(self, container: str) -> dict[str, str]:
+        """The container's environment, here."""
+        return {k: self._here(container, v) for k, v in _env(self.containers[container]).items()}
+
+    def configure(self, data: dict) -> None:
+        """A casa.toml in the ConfigMap casa-config instead of the shipped one."""
+        (self.volume("config") / "casa.toml").write_text(_toml(data))
+
+    def run(self, container: str) -> None:
+        """Run an init container to its end."""
+        done = subprocess.run(self.argv(container), capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, (container, done.stdout + done.stderr)
+
+    def start(self, container: str, log: Path, argv: list[str] | None = None) -> subprocess.Popen:
+        """Start a container's command, its output in ``log``."""
+        argv = argv or self.argv(container)
+        with log.open("w") as out:
+            return subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env(container)},
+            )  # fmt: skip
 
 
-def test_delivery_command_serves_its_probe_and_checks_tokens(delivery_pod_here, tmp_path):
-    objects, pod, ctx, home, config_file, secrets, here = delivery_pod_here
+@pytest.fixture
+def hub_pod_here(tree):
+    """The base's hub pod, its folders here (see :class:`PodHere`): in a folder of a short
+    name, for the issuer's socket (a Unix socket's path has at most 107 bytes)."""
+    secrets = tree / "overlays" / "example" / "secrets"
+    folder = Path(tempfile.mkdtemp(prefix="casa-pod-"))
+    try:
+        yield PodHere(kustomize(tree / "base"), folder, secrets)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _post(url: str, body: dict, token: str) -> tuple[int, dict]:
+    asked = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )  # fmt: skip
+    try:
+        with _OPENER.open(asked, timeout=60) as answer:
+            return answer.status, json.load(answer)
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def test_delivery_command_serves_its_probe_and_checks_tokens(hub_pod_here, tmp_path):
+    pod = hub_pod_here
     from casa.auth.tokens import TokenIssuer
 
-    data = tomllib.loads(casa_toml(objects))
+    data = tomllib.loads(casa_toml(pod.objects))
     port = _free_port()
     # site.delivery is the pod's hostname, whose address is the pod's: here, the loopback.
     data["site"]["delivery"] = "127.0.0.1"
     data["delivery"]["port"] = port
-    config_file.write_text(_toml(data))
-    argv = here(pod["delivery"]["command"])
+    pod.configure(data)
+    argv = pod.argv("delivery")
     assert argv[:3] == [sys.executable, "-m", "casa.services.delivery.service"]
     log = tmp_path / "delivery.log"
-    process = _start(argv, log, {"CASA_HOME": str(home), "CASA_CONFIG": str(config_file)})
+    process = pod.start("delivery", log)
     url = f"http://127.0.0.1:{port}"
     try:
-        probe = pod["delivery"]["readinessProbe"]["httpGet"]["path"]
+        probe = pod.containers["delivery"]["readinessProbe"]["httpGet"]["path"]
         answer = _until(
             lambda: json.load(_OPENER.open(url + probe, timeout=5)), "health", process, log
         )
         assert answer["status"] == "ok"
-        # A fresh volume: the service makes its own folders and the store's.
+        # A fresh volume: the service makes its own folders and the store's, on its volume.
+        results = pod.volume("delivery")
         for made in ("delivery.sqlite", "url.key"):
-            assert (home / "services" / "delivery" / made).is_file(), made
-        assert (home / "services" / "s3" / "buckets").is_dir()
+            assert (results / "delivery" / made).is_file(), made
+        assert (results / "s3" / "buckets").is_dir()
+        assert not (pod.volume("state") / "services" / "delivery").exists()
         # Users' tokens are checked with the public key where casa-issuer-public is mounted.
         with pytest.raises(urllib.error.HTTPError) as refused:
             _OPENER.open(url + "/servicex/transformation", timeout=5)
         assert refused.value.code == 401
-        issuer = TokenIssuer(secrets / "issuer.pem", ctx.config.issuer_url,
-                             ctx.config.facility.name)  # fmt: skip
+        issuer = TokenIssuer(pod.volume("issuer-key") / "issuer.pem", pod.ctx.config.issuer_url,
+                             pod.ctx.config.facility.name)  # fmt: skip
         token = issuer.mint("alice", ["storage.read:/"], 300)
         asked = urllib.request.Request(
             url + "/servicex/transformation", headers={"Authorization": f"Bearer {token}"}
@@ -994,22 +1164,121 @@ def test_delivery_command_serves_its_probe_and_checks_tokens(delivery_pod_here, 
     assert code == 0, log.read_text()  # it stops cleanly on the kubelet's SIGTERM
 
 
-def test_s3_command_serves_the_delivery_services_buckets(delivery_pod_here, tmp_path):
+def test_delivery_finds_the_hubs_datasets_and_asks_the_gateway_at_its_address(
+    hub_pod_here, tmp_path
+):
+    """The pod's init containers, its issuer and its delivery service, run here: a dataset
+    the hub registers is found by name (casa://NAME), and the user's cluster is asked of
+    the gateway at gateway.address with the user's gateway token from the pod's issuer."""
+    pod = hub_pod_here
+    from casa.auth.tokens import gateway_audience, verify_token
+    from casa.data.exports import facility_catalog
+    from casa.data.files import FileInfo
+
+    data = tomllib.loads(casa_toml(pod.objects))
+    assert data["gateway"]["address"] == "casa-gateway"
+    # facility.host is the pod's loopback (hostAliases); the gateway's Service is elsewhere:
+    # here another address of the loopback, where a stand-in answers.
+    data["facility"]["host"] = "127.0.0.1"
+    data["site"]["delivery"] = "127.0.0.1"
+    data["delivery"]["port"] = port = _free_port()
+    data.setdefault("issuer", {})["port"] = _free_port()
+    data["gateway"]["address"] = "127.0.0.2"
+    data["gateway"]["port"] = _free_port("127.0.0.2")
+    pod.configure(data)
+    config = parse_config(data)
+    asked: list[tuple[str, str]] = []
+
+    class Gateway(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            bearer = self.headers.get("Authorization", "")
+            if not bearer:  # dask-gateway's client sends its credential when asked
+                self.send_error(401)
+                return
+            asked.append((self.path, bearer))
+            self.send_error(503, "a stand-in for the gateway")
+
+        do_POST = do_GET  # noqa: N815
+
+        def log_message(self, *args):
+            pass
+
+    gateway = http.server.ThreadingHTTPServer(("127.0.0.2", config.gateway.port), Gateway)
+    threading.Thread(target=gateway.serve_forever, daemon=True).start()
+    # The init containers, in their order: the hub's folders, the issuer's key.
+    assert [c["name"] for c in pod.spec["initContainers"]] == ["state-folders", "issuer-key"]
+    for init in pod.spec["initContainers"]:
+        pod.run(init["name"])
+    # The hub registers a public dataset: every change rewrites the exports.
+    hub_home = pod.path("hub", _env(pod.containers["hub"])["CASA_HOME"])
+    url = "root://127.0.0.1:1/store/data/demo~/f.root"
+    facility_catalog(FacilityPaths(hub_home)).add_files("demo", [FileInfo(url, "Events", 10, 99)])
+    issuer_log, delivery_log = tmp_path / "issuer.log", tmp_path / "delivery.log"
+    issuer = pod.start("issuer", issuer_log)
+    delivery = None
+    try:
+        home = pod.containers["issuer"]["command"]
+        socket_path = Facility(config, FacilityPaths(Path(home[home.index("--home") + 1])))
+        here = pod.path("issuer", socket_path.issuer_socket)
+
+        def socket_ready():
+            if not here.exists():
+                raise FileNotFoundError(here)
+
+        _until(socket_ready, "the issuer's socket", issuer, issuer_log)
+        delivery = pod.start("delivery", delivery_log)
+        service = f"http://127.0.0.1:{port}"
+        _until(
+            lambda: _OPENER.open(service + "/health", timeout=5), "health", delivery, delivery_log
+        )
+        from casa.auth.tokens import TokenIssuer
+
+        token = TokenIssuer(
+            pod.volume("issuer-key") / "issuer.pem", config.issuer_url, config.facility.name
+        ).mint("alice", ["storage.read:/"], 300)
+        query = json.dumps([{"treename": "Events", "filter_name": ["MET_pt"]}])
+        body = {"codegen": "uproot-raw", "selection": query, "result-format": "root-file"}
+        code, answer = _post(service + "/servicex/transformation", {**body, "did": "casa://x"},
+                             token)  # fmt: skip
+        assert code == 400 and "'x'" in answer["message"] and "demo" in answer["message"], answer
+        assert asked == []
+        code, answer = _post(service + "/servicex/transformation",
+                             {**body, "did": "casa://demo"}, token)  # fmt: skip
+        assert code == 503, (answer, delivery_log.read_text())
+        assert asked, delivery_log.read_text()
+        path, bearer = asked[0]
+        assert path.startswith("/api/")
+        claims = verify_token(
+            bearer.removeprefix("Bearer "), (pod.volume("issuer-public") / "issuer.pub.pem").read_bytes(),
+            issuer=config.issuer_url, audience=gateway_audience(config.facility.name),
+        )  # fmt: skip
+        assert claims["sub"] == "alice"
+    finally:
+        gateway.shutdown()
+        gateway.server_close()
+        if delivery is not None:
+            assert _stop(delivery) == 0, delivery_log.read_text()
+        _stop(issuer)
+
+
+def test_s3_command_serves_the_delivery_services_buckets(hub_pod_here, tmp_path):
     boto3 = pytest.importorskip("boto3")
-    objects, pod, ctx, home, config_file, secrets, here = delivery_pod_here
+    pod = hub_pod_here
+    ctx = pod.ctx
     port = _free_port()
-    argv = here(pod["s3"]["command"])
+    argv = pod.argv("s3")
     argv[0] = rclone_program(ctx)
     argv[argv.index("--addr") + 1] = f"127.0.0.1:{port}"
     # A transform's result as the delivery service leaves it: in the cache, linked into the
-    # transform's bucket, with a key to that bucket (all on the one volume of the pod).
+    # transform's bucket, with a key to that bucket (all on the one volume of the two).
     from casa.services.delivery.transforms import _link
 
-    here_ctx = Facility(ctx.config, FacilityPaths(home))
+    delivery_home = pod.path("delivery", _env(pod.containers["delivery"])["CASA_HOME"])
+    here_ctx = Facility(ctx.config, FacilityPaths(delivery_home))
     store = object_store(here_ctx).ensure()  # what the delivery service writes
     proxy = argv[argv.index("--auth-proxy") + 1].split()
     assert proxy[:3] == [sys.executable, "-m", "casa.services.s3.auth_proxy"]
-    assert proxy[proxy.index("--root") + 1] == str(store.root)
+    assert Path(proxy[proxy.index("--root") + 1]).resolve() == store.root.resolve()
     key = store.grant("request-1")
     cache = here_ctx.service_dir("delivery") / "cache"
     cache.mkdir(parents=True)
@@ -1018,7 +1287,7 @@ def test_s3_command_serves_the_delivery_services_buckets(delivery_pod_here, tmp_
     linked = store.bucket_dir("request-1") / "out_0000.root"
     assert linked.stat().st_ino == (cache / "result.root").stat().st_ino  # a link, not a copy
     log = tmp_path / "s3.log"
-    process = _start(argv, log)
+    process = pod.start("s3", log, argv)
     try:
         _until(lambda: _connect(port), "the TCP probe", process, log)
         with pytest.raises(urllib.error.HTTPError) as refused:
@@ -1034,53 +1303,6 @@ def test_s3_command_serves_the_delivery_services_buckets(delivery_pod_here, tmp_
         assert body == b"skimmed events"
     finally:
         _stop(process)
-
-
-def test_gateway_forward_passes_bytes_both_ways(delivery_pod_here, tmp_path):
-    objects, pod, ctx, home, config_file, secrets, here = delivery_pod_here
-    forward = pod["gateway-forward"]
-    assert forward["command"][:2] == ["python", "-c"]
-
-    # A stand-in for the gateway's Service: answers what it received, once the client is done.
-    listener = socket.create_server(("127.0.0.1", 0))
-    gateway_port = listener.getsockname()[1]
-
-    def serve():
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn:
-                received = b""
-                while chunk := conn.recv(65536):
-                    received += chunk
-                conn.sendall(b"gateway got " + received)
-
-    threading.Thread(target=serve, daemon=True).start()
-    web, gone = _free_port(), _free_port()
-    nobody = _free_port()  # nothing listens there
-    pairs = f"127.0.0.1:{web}=127.0.0.1:{gateway_port} 127.0.0.1:{gone}=127.0.0.1:{nobody}"
-    log = tmp_path / "forward.log"
-    process = _start(here(forward["command"]), log, {"CASA_FORWARD": pairs})
-    try:
-        _until(lambda: _connect(gone), "gateway-forward", process, log)
-        for size in (5, 300_000):
-            with socket.create_connection(("127.0.0.1", web), timeout=10) as conn:
-                sent = b"x" * size
-                conn.sendall(sent)
-                conn.shutdown(socket.SHUT_WR)  # the client's end: passed on as such
-                answer = b""
-                while chunk := conn.recv(65536):
-                    answer += chunk
-            assert answer == b"gateway got " + sent
-        # A gateway that does not answer: the client's connection is closed, not left open.
-        with socket.create_connection(("127.0.0.1", gone), timeout=10) as conn:
-            assert conn.recv(1) == b""
-    finally:
-        listener.close()
-        _stop(process)
-    assert f"cannot reach 127.0.0.1:{nobody}" in log.read_text()
 
 
 def test_dockerfile_installs_what_the_pods_run():

@@ -66,7 +66,8 @@ class FileTokenAuth(GatewayAuth):
 
 
 def gateway_client(ctx: Facility, token: str | None = None):
-    """A ``dask_gateway.Gateway`` for this facility, authenticated as the caller."""
+    """A ``dask_gateway.Gateway`` for this facility, authenticated as the caller, at
+    ``gateway.address`` (else the gateway's host)."""
     from dask_gateway import Gateway
 
     safe_gateway_close()
@@ -74,7 +75,7 @@ def gateway_client(ctx: Facility, token: str | None = None):
         token = ctx.request_token(kind="gateway")
     auth = CasaGatewayAuth(token)
     g = ctx.config.gateway
-    host = ctx.config.host_of("gateway")
+    host = ctx.config.gateway_client_host()
     return Gateway(
         address=f"http://{host}:{g.port}",
         proxy_address=f"gateway://{host}:{g.scheduler_port}",
@@ -200,7 +201,7 @@ class GatewayBackend(ComputeBackend):
         follow each other on one cluster): reconnecting costs about 40 ms a run here.
         """
         g = self.ctx.config.gateway
-        key = (self.ctx.config.host_of("gateway"), g.port, os.geteuid(), self.worker_memory)
+        key = (self.ctx.config.gateway_client_host(), g.port, os.geteuid(), self.worker_memory)
         conn = KEPT.take(key)
         if conn is not None:
             try:

@@ -176,6 +176,15 @@ class IssuerSection:
     )
 
 
+def _host_or_empty(value: Any) -> bool:
+    """A host name or address, with neither a scheme nor a port (IPv6 addresses bare), or
+    ``""``."""
+    text = str(value)
+    if text != text.strip() or any(c.isspace() or c in "/@[]" for c in text):
+        return False
+    return text.count(":") != 1  # "host:port" is refused; "::1" and "fd00::5" are not
+
+
 #: The values of ``gateway.backend``: the one key that chooses where clusters run.
 GATEWAY_BACKENDS = ("auto", "local", "local-accounts", "slurm", "kubernetes")
 
@@ -230,6 +239,15 @@ class GatewaySection:
             "help": "seconds before an idle cluster stops (0: never)",
         },
     )
+    address: str = field(
+        default="",
+        metadata={"check": _host_or_empty,
+                  "help": "a host name or address (no scheme, no port): the host casa's own "
+                          "clients (casa run, users' servers, the delivery service) reach the "
+                          "gateway at, when it is not the host the gateway runs on, such as "
+                          "its Service casa-gateway on Kubernetes (default: site.gateway, "
+                          "else facility.host)"},
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -509,6 +527,17 @@ class FacilityConfig:
     def host_of(self, service: str) -> str:
         """The host that runs ``service`` (one of :data:`SITE_SERVICES`)."""
         return getattr(self.site, service) or self.facility.host
+
+    def gateway_client_host(self) -> str:
+        """The host casa's own clients connect to for the gateway's API and its schedulers'
+        proxy: ``gateway.address``, else the gateway's host (``site.gateway``).
+
+        They differ where the gateway is reached by another name than the host it runs on:
+        on Kubernetes the gateway's host is ``facility.host``, the loopback of each pod with
+        an issuer, and clients reach the gateway through its Service. Where the gateway
+        itself listens stays :meth:`host_of`.
+        """
+        return self.gateway.address or self.host_of("gateway")
 
     def cache_hosts(self) -> list[str]:
         """Every host running a cache: the facility's first, then ``site.caches``."""

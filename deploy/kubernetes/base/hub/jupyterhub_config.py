@@ -80,7 +80,8 @@ async def give_credentials(spawner):
     loop = asyncio.get_running_loop()
     data = await loop.run_in_executor(None, lambda: ctx.request_token(user=user))
     token = await loop.run_in_executor(None, lambda: ctx.request_token(user=user, kind="gateway"))
-    address = f"casa-gateway.{NAMESPACE}"
+    # gateway.address, as for casa's own clients (the gateway's Service), else that Service.
+    address = gateway.address or f"casa-gateway.{NAMESPACE}"
     spawner.environment = {
         **spawner.environment,
         "HOME": "/home/user",

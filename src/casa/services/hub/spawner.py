@@ -242,7 +242,7 @@ class CasaSpawner(LocalProcessSpawner):
         g = ctx.config.gateway
         python_env = getattr(self, "_env", None) or user_env_prefix(ctx)
         facility_bin = user_env_prefix(ctx) / "bin"
-        host = ctx.config.host_of("gateway")
+        host = ctx.config.gateway_client_host()
         folder = Path(self._account().pw_dir) / USER_FOLDER
         env.update(
             {
