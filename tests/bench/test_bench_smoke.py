@@ -66,25 +66,48 @@ def test_smoke_measures_every_engine_on_every_query(smoke):
             "casa-warm": True,
             "casa-columns": True,
             "coffea": True,
+            "coffea-warm": True,
             "rdf": True,
+            "rdf-warm": True,
         }
         assert summary["decompressed_bytes"] > 0
         assert summary["engines"]["limit"]["decompressed_mb_per_second"] > 0
         assert set(summary["ratios"]) == {
-            "casa/coffea",
-            "casa/rdf",
-            "casa/limit",
-            "cold/warm",
-            "cols/coffea",
-            "cols/rdf",
-            "cols/limit",
+            "casa_over_rdf_warm",
+            "casa_over_coffea_warm",
+            "casa_over_limit",
+            "columns_over_rdf_warm",
+            "columns_over_coffea_warm",
+            "columns_over_limit",
+            "casa_over_rdf_cold",
+            "casa_over_coffea_cold",
+            "cold_over_warm",
         }
+        engines = summary["engines"]
+        ratio = engines["casa-warm"]["events_per_second"] / engines["rdf-warm"]["events_per_second"]
+        assert summary["ratios"]["casa_over_rdf_warm"] == pytest.approx(ratio)
         assert summary["time_to_first_histogram_seconds"] > 0
         assert summary["peak_worker_memory_mb"] > 0
     assert report["checks"]["histograms_equal"] is True
     assert report["checks"]["bins_compared"] > 0
     pairs = sorted((r["query"], r["engine"], r["repetition"]) for r in report["runs"])
     assert pairs == sorted((q, e, 1) for q in SMOKE_QUERIES for e in ENGINES)
+    assert set(report["geometric_means"]) == set(summary["ratios"])
+
+
+def test_smoke_warm_anchors_are_warm(smoke):
+    """RDataFrame's second loop skips its helpers' compilation (less wall time than the
+    cold one beyond the loop); coffea's warm session skips preprocessing (no
+    preprocess_seconds) after an untimed first run of its pool."""
+    _, report, stdout = smoke
+    runs = {(r["query"], r["engine"]): r for r in report["runs"]}
+    for query in SMOKE_QUERIES:
+        cold, warm = runs[query, "rdf"], runs[query, "rdf-warm"]
+        assert warm["jit_seconds"] < cold["jit_seconds"], (query, cold, warm)
+        assert "preprocess_seconds" in runs[query, "coffea"]
+        assert "preprocess_seconds" not in runs[query, "coffea-warm"]
+    assert report["facility"]["coffea_warm_up_seconds"] > 0
+    assert "casa/RDF warm" in stdout and "geo. mean" in stdout
 
 
 def test_smoke_cold_runs_start_from_an_empty_cache(smoke):
@@ -182,30 +205,43 @@ def test_a_differing_histogram_names_query_and_histogram():
 
 
 def test_summary_takes_medians_and_ratios():
-    """Medians over repetitions; ratios of events/s; MB/s from the limit's decompressed bytes."""
+    """Medians over repetitions; ratios of events/s; MB/s from the limit's decompressed bytes;
+    geometric means of each ratio over the queries."""
+    from casa.bench.report import geometric_means
+
     memory = {"peak_worker_memory_mb": {"w": 100.0}, "first_chunk_seconds": 0.5}
     runs = []
-    for rep, scale in enumerate((1.0, 3.0, 2.0), start=1):
-        runs += [
-            Measurement("casa-cold", "adl1", rep, 1000, 4.0 * scale, dict(memory)),
-            Measurement("casa-warm", "adl1", rep, 1000, 2.0 * scale, dict(memory)),
-            Measurement("coffea", "adl1", rep, 1000, 8.0 * scale),
-            Measurement("rdf", "adl1", rep, 1000, 1.0 * scale),
-            Measurement("limit", "adl1", rep, 1000, 0.5 * scale, {"uncompressed_bytes": 2e6}),
-        ]
-    q = summarize(runs, workers=2)["adl1"]
+    for query, slow in (("adl1", 1.0), ("adl2", 4.0)):
+        for rep, scale in enumerate((1.0, 3.0, 2.0), start=1):
+            runs += [
+                Measurement("casa-cold", query, rep, 1000, 4.0 * scale, dict(memory)),
+                Measurement("casa-warm", query, rep, 1000, 2.0 * scale, dict(memory)),
+                Measurement("coffea", query, rep, 1000, 8.0 * scale),
+                Measurement("coffea-warm", query, rep, 1000, 4.0 * scale * slow),
+                Measurement("rdf", query, rep, 1000, 1.0 * scale),
+                Measurement("rdf-warm", query, rep, 1000, 0.5 * scale * slow),
+                Measurement("limit", query, rep, 1000, 0.5 * scale, {"uncompressed_bytes": 2e6}),
+            ]
+    queries = summarize(runs, workers=2)
+    q = queries["adl1"]
     assert q["engines"]["casa-warm"]["median_seconds"] == 4.0
     assert q["engines"]["casa-warm"]["events_per_second"] == 250.0
     assert q["engines"]["casa-warm"]["events_per_second_per_core"] == 125.0
     assert q["engines"]["limit"]["decompressed_mb_per_second"] == 2.0
     assert q["ratios"] == {
-        "casa/coffea": 4.0,
-        "casa/rdf": 0.5,
-        "casa/limit": 0.25,
-        "cold/warm": 0.5,
+        "casa_over_rdf_warm": 0.25,
+        "casa_over_coffea_warm": 2.0,
+        "casa_over_limit": 0.25,
+        "casa_over_rdf_cold": 0.5,
+        "casa_over_coffea_cold": 4.0,
+        "cold_over_warm": 0.5,
     }
     assert q["time_to_first_histogram_seconds"] == 4.0
     assert q["peak_worker_memory_mb"] == 100.0
+    means = geometric_means(queries)
+    assert means["casa_over_rdf_warm"] == pytest.approx(0.5)  # sqrt(0.25 * 1.0)
+    assert means["casa_over_coffea_warm"] == pytest.approx(4.0)  # sqrt(2 * 8)
+    assert means["cold_over_warm"] == pytest.approx(0.5)
 
 
 def test_wan_subnet_avoids_the_hosts_networks():

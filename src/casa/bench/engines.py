@@ -5,8 +5,12 @@
   ``casa-warm``); ``casa-warm`` leaves the workers' column cache alone, so it decompresses
   every basket as plain coffea does;
 - ``casa-columns``: the same again with the column cache that ``casa-cold`` filled;
-- ``coffea``: the same processor with plain coffea on the local files, as a user runs it;
-- ``rdf``: ROOT's RDataFrame (:mod:`casa.bench.rdf`) in a fresh process;
+- ``coffea``: the same processor with plain coffea on the local files, as a user's fresh
+  script runs it (preprocessing and process pools included);
+- ``coffea-warm``: plain coffea as a warm session runs it: the same process pool for the
+  whole bench, already used, and coffea's metadata cache filled (no preprocessing);
+- ``rdf``: ROOT's RDataFrame (:mod:`casa.bench.rdf`) in a fresh process (JIT included);
+- ``rdf-warm``: the same query again in that process: helpers compiled, thread pool up;
 - ``limit``: the decompression limit (:mod:`casa.bench.readlimit`).
 
 Every engine's time is wall-clock time from the call to the histograms (or, for the limit,
@@ -15,6 +19,7 @@ to the last decompressed basket); events/s is the dataset's events over that tim
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +30,16 @@ import numpy as np
 from casa.errors import AnalysisError
 
 #: The engines, in the order they run for each query and repetition.
-ENGINES: tuple[str, ...] = ("casa-cold", "casa-warm", "casa-columns", "coffea", "rdf", "limit")
+ENGINES: tuple[str, ...] = (
+    "casa-cold",
+    "casa-warm",
+    "casa-columns",
+    "coffea",
+    "coffea-warm",
+    "rdf",
+    "rdf-warm",
+    "limit",
+)
 
 
 @dataclass
@@ -167,61 +181,128 @@ def run_casa(
     return measurement, flow_counts(result.output)
 
 
+def _coffea_runner(executor: Any, chunksize: int, metadata_cache: dict) -> Any:
+    from coffea import processor
+    from coffea.nanoevents import NanoAODSchema
+
+    return processor.Runner(
+        executor=executor, schema=NanoAODSchema, chunksize=chunksize, metadata_cache=metadata_cache
+    )
+
+
+def _quiet_coffea() -> contextlib.AbstractContextManager:
+    """coffea's progress bars off (its work unchanged) while the block runs."""
+    from coffea.util import coffea_console
+
+    @contextlib.contextmanager
+    def quiet():
+        before, coffea_console.quiet = coffea_console.quiet, True
+        try:
+            yield
+        finally:
+            coffea_console.quiet = before
+
+    return quiet()
+
+
 def run_coffea(
     query: str, paths: Sequence[str], events: int, workers: int, chunksize: int, repetition: int
 ) -> tuple[Measurement, dict[str, np.ndarray]]:
-    """Plain coffea, as a user runs it: ``Runner`` with ``FuturesExecutor`` on a fileset.
+    """Plain coffea, as a user's fresh script runs it: ``Runner`` with ``FuturesExecutor``.
 
     Includes coffea's own preprocessing (opening every file to count its entries) and the
     process pools it starts; ``details["preprocess_seconds"]`` is the preprocessing alone,
     timed in a second, separate call after the run.
     """
     from coffea import processor
-    from coffea.nanoevents import NanoAODSchema
 
     from casa.analysis.registry import load_processor
 
-    def new_runner() -> processor.Runner:
+    def new_runner() -> Any:
         # A cache of its own: coffea's default one lives as long as this process, so every
         # run after the first would skip the preprocessing a user's fresh script does.
-        return processor.Runner(
-            executor=processor.FuturesExecutor(workers=workers, status=False),
-            schema=NanoAODSchema,
-            chunksize=chunksize,
-            metadata_cache={},
-        )
-
-    runner = new_runner()
-    from coffea.util import coffea_console
+        executor = processor.FuturesExecutor(workers=workers, status=False)
+        return _coffea_runner(executor, chunksize, {})
 
     fileset = {"bench": list(paths)}
-    quiet, coffea_console.quiet = coffea_console.quiet, True  # coffea's bars, not its work
-    try:
+    with _quiet_coffea():
         started = time.perf_counter()
-        output = runner(fileset, load_processor(query), treename="Events")
+        output = new_runner()(fileset, load_processor(query), treename="Events")
         seconds = time.perf_counter() - started
         # What the preprocessing inside that call costs, measured by itself afterwards
         # (with a new Runner: the first one remembers the files' entries now).
         started = time.perf_counter()
         list(new_runner().preprocess(fileset, treename="Events"))
         preprocess = time.perf_counter() - started
-    finally:
-        coffea_console.quiet = quiet
     details = {"preprocess_seconds": preprocess}
     measurement = Measurement("coffea", query, repetition, events, seconds, details)
     return measurement, flow_counts(output)
 
 
+class WarmCoffea:
+    """Plain coffea in a warm session: one process pool of ``workers`` processes for the
+    whole bench and one metadata cache, both used once (:meth:`warm_up`) before any run
+    is timed, as a physicist's notebook has them after its first run."""
+
+    def __init__(self, paths: Sequence[str], workers: int, chunksize: int) -> None:
+        import concurrent.futures
+
+        from coffea import processor
+
+        self.fileset = {"bench": list(paths)}
+        self.pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers)
+        self.metadata_cache: dict = {}
+        self.runner = _coffea_runner(
+            processor.FuturesExecutor(pool=self.pool, workers=workers, status=False),
+            chunksize,
+            self.metadata_cache,
+        )
+
+    def __enter__(self) -> WarmCoffea:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def warm_up(self, query: str) -> float:
+        """One untimed run (processes started, coffea imported, entries cached); its seconds."""
+        from casa.analysis.registry import load_processor
+
+        started = time.perf_counter()
+        with _quiet_coffea():
+            self.runner(self.fileset, load_processor(query), treename="Events")
+        return time.perf_counter() - started
+
+    def run(
+        self, query: str, events: int, repetition: int
+    ) -> tuple[Measurement, dict[str, np.ndarray]]:
+        """The query on the warm pool, from the call to the merged histograms."""
+        from casa.analysis.registry import load_processor
+
+        with _quiet_coffea():
+            started = time.perf_counter()
+            output = self.runner(self.fileset, load_processor(query), treename="Events")
+            seconds = time.perf_counter() - started
+        measurement = Measurement("coffea-warm", query, repetition, events, seconds)
+        return measurement, flow_counts(output)
+
+
 def run_rdf(
     query: str, paths: Sequence[str], workers: int, repetition: int
-) -> tuple[Measurement, dict[str, np.ndarray]]:
-    """RDataFrame on ``workers`` threads in a fresh process (cold, JIT included)."""
-    from casa.bench.rdf import run_rdf_subprocess
+) -> list[tuple[Measurement, dict[str, np.ndarray]]]:
+    """RDataFrame on ``workers`` threads in a fresh process: ``rdf`` (cold: loading, helpers,
+    JIT and event loop), then ``rdf-warm``, the same query again in that process."""
+    from casa.bench.rdf import run_rdf_queries_subprocess
 
-    result = run_rdf_subprocess(query, list(paths), threads=workers)
-    details = {"jit_seconds": result.jit_seconds, "loop_seconds": result.loop_seconds}
-    measurement = Measurement("rdf", query, repetition, result.events, result.wall_seconds, details)
-    return measurement, result.histograms
+    results = run_rdf_queries_subprocess([query, query], list(paths), threads=workers)
+    out = []
+    for engine, result in zip(("rdf", "rdf-warm"), results, strict=True):
+        details = {"jit_seconds": result.jit_seconds, "loop_seconds": result.loop_seconds}
+        measurement = Measurement(
+            engine, query, repetition, result.events, result.wall_seconds, details
+        )
+        out.append((measurement, result.histograms))
+    return out
 
 
 def run_limit(query: str, paths: Sequence[str], workers: int, repetition: int) -> Measurement:

@@ -23,8 +23,9 @@ ROOT's implicit multi-threading can be set only once per process: ``ROOT.EnableI
 fixes the size of ROOT's thread pool the first time it is called, and later calls cannot
 change it. :func:`run_rdf` therefore refuses a thread count that differs from the one the
 process already runs with; :func:`run_rdf_subprocess` runs each measurement in a fresh
-``python -m casa.bench.rdf`` process, so every measurement is cold (JIT included) and thread
-settings never leak from one measurement into the next.
+``python -m casa.bench.rdf`` process, so its first query is cold (JIT included) and thread
+settings never leak from one measurement into the next; the bench runs each query twice in
+that process, the second time warm (helpers compiled, thread pool up).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import datetime
 import importlib.metadata
 import importlib.util
 import json
+import math
 import os
 import platform
 import re
@@ -26,8 +27,10 @@ LABELS = {
     "casa-cold": "casa, cold cache",
     "casa-warm": "casa, warm cache",
     "casa-columns": "casa, warm cache and columns",
-    "coffea": "plain coffea",
-    "rdf": "RDataFrame",
+    "coffea": "plain coffea, fresh script",
+    "coffea-warm": "plain coffea, warm session",
+    "rdf": "RDataFrame, fresh process",
+    "rdf-warm": "RDataFrame, second loop",
     "limit": "decompression limit",
 }
 #: Column headings of the tables.
@@ -36,18 +39,35 @@ SHORT = {
     "casa-warm": "casa warm",
     "casa-columns": "casa cols",
     "coffea": "coffea",
+    "coffea-warm": "coffea warm",
     "rdf": "RDF",
+    "rdf-warm": "RDF warm",
     "limit": "limit",
 }
-#: Ratios reported per query: name -> (numerator engine, denominator engine), on events/s.
+#: Ratios reported per query: name -> (numerator engine, denominator engine), on events/s;
+#: warm against warm first.
 RATIOS = {
-    "casa/coffea": ("casa-warm", "coffea"),
-    "casa/rdf": ("casa-warm", "rdf"),
-    "casa/limit": ("casa-warm", "limit"),
-    "cold/warm": ("casa-cold", "casa-warm"),
-    "cols/coffea": ("casa-columns", "coffea"),
-    "cols/rdf": ("casa-columns", "rdf"),
-    "cols/limit": ("casa-columns", "limit"),
+    "casa_over_rdf_warm": ("casa-warm", "rdf-warm"),
+    "casa_over_coffea_warm": ("casa-warm", "coffea-warm"),
+    "casa_over_limit": ("casa-warm", "limit"),
+    "columns_over_rdf_warm": ("casa-columns", "rdf-warm"),
+    "columns_over_coffea_warm": ("casa-columns", "coffea-warm"),
+    "columns_over_limit": ("casa-columns", "limit"),
+    "casa_over_rdf_cold": ("casa-warm", "rdf"),
+    "casa_over_coffea_cold": ("casa-warm", "coffea"),
+    "cold_over_warm": ("casa-cold", "casa-warm"),
+}
+#: Column headings of the ratios.
+RATIO_HEADINGS = {
+    "casa_over_rdf_warm": "casa/RDF warm",
+    "casa_over_coffea_warm": "casa/coffea warm",
+    "casa_over_limit": "casa/limit",
+    "columns_over_rdf_warm": "cols/RDF warm",
+    "columns_over_coffea_warm": "cols/coffea warm",
+    "columns_over_limit": "cols/limit",
+    "casa_over_rdf_cold": "casa/RDF cold",
+    "casa_over_coffea_cold": "casa/coffea cold",
+    "cold_over_warm": "cold/warm",
 }
 
 
@@ -177,6 +197,16 @@ def summarize(runs: Sequence[Measurement], workers: int) -> dict[str, dict[str, 
     return queries
 
 
+def geometric_means(queries: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Each ratio's geometric mean over the queries that have it."""
+    means = {}
+    for name in RATIOS:
+        values = [q["ratios"][name] for q in queries.values() if q["ratios"].get(name, 0) > 0]
+        if values:
+            means[name] = math.exp(sum(math.log(v) for v in values) / len(values))
+    return means
+
+
 def write_json(path: Path, report: dict[str, Any]) -> None:
     """``bench.json``, indented."""
     path.write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
@@ -221,22 +251,27 @@ def print_tables(console: Console, report: dict[str, Any]) -> None:
         )
     console.print(rates)
 
-    derived = Table(title="per core, decompressed MB/s and ratios of events/s")
+    derived = Table(title="ratios of events/s, warm against warm first; per core; decompressed MB/s")
     derived.add_column("query")
+    for name in RATIOS:
+        derived.add_column(RATIO_HEADINGS[name], justify="right")
     derived.add_column("casa warm /core", justify="right")
     derived.add_column("MB/s casa warm", justify="right")
     derived.add_column("MB/s limit", justify="right")
-    for name in RATIOS:
-        derived.add_column(name, justify="right")
     for query, q in report["queries"].items():
         warm = q["engines"].get("casa-warm", {})
         limit = q["engines"].get("limit", {})
         derived.add_row(
             query,
+            *[_ratio(q["ratios"].get(name)) for name in RATIOS],
             _rate(warm.get("events_per_second_per_core")),
             _mb(warm.get("decompressed_mb_per_second")),
             _mb(limit.get("decompressed_mb_per_second")),
-            *[_ratio(q["ratios"].get(name)) for name in RATIOS],
+        )
+    means = report.get("geometric_means", {})
+    if means:
+        derived.add_row(
+            "geo. mean", *[_ratio(means.get(name)) for name in RATIOS], "", "", "", style="bold"
         )
     console.print(derived)
 

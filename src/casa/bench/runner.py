@@ -24,6 +24,7 @@ from casa.bench.command_line import command_line_figures, warm_run_figures
 from casa.bench.dataset import BenchDataset, ensure_dataset
 from casa.bench.engines import (
     Measurement,
+    WarmCoffea,
     check_equal,
     run_casa,
     run_coffea,
@@ -55,8 +56,25 @@ DEFINITIONS = {
     "casa-columns": "the same run again with the workers' column cache, which casa-cold "
     "filled (the column cache is emptied before each casa-cold run)",
     "coffea": "coffea.processor.Runner with FuturesExecutor(workers=W) on the local files, "
-    "in this process, preprocessing and process pools included",
+    "in this process, as a fresh script runs it: preprocessing and process pools included",
+    "coffea-warm": "the same Runner as a warm session has it: one pool of W processes for "
+    "the whole bench and coffea's metadata cache, both used by an untimed run first (no "
+    "preprocessing, no pool start-up)",
     "rdf": "RDataFrame on W threads in a fresh process: loading, helpers, JIT and event loop",
+    "rdf-warm": "the same query again in that process right after: helpers compiled, "
+    "ImplicitMT's thread pool up; a new graph, its event loop and its histograms",
+    "casa_over_rdf_warm": "events/s of casa-warm over rdf-warm (warm against warm)",
+    "casa_over_coffea_warm": "events/s of casa-warm over coffea-warm (warm against warm)",
+    "casa_over_limit": "events/s of casa-warm (no column cache) over the decompression limit",
+    "columns_over_rdf_warm": "events/s of casa-columns over rdf-warm",
+    "columns_over_coffea_warm": "events/s of casa-columns over coffea-warm",
+    "columns_over_limit": "events/s of casa-columns over the decompression limit",
+    "casa_over_rdf_cold": "events/s of casa-warm over rdf (RDataFrame started cold)",
+    "casa_over_coffea_cold": "events/s of casa-warm over coffea (a fresh script)",
+    "cold_over_warm": "events/s of casa-cold over casa-warm (what an empty cache costs)",
+    "geometric_means": "each ratio's geometric mean over the queries measured",
+    "coffea_warm_up_seconds": "the untimed first run of plain coffea's warm session (its "
+    "processes started, coffea imported, the files' entries cached)",
     "limit": "reading and decompressing the query's baskets on W processes (start-up excluded)",
     "time_to_first_histogram_seconds": "median wall time of casa-warm: from calling "
     "run_analysis on an up facility with a warm cluster to the complete histograms",
@@ -121,7 +139,13 @@ class BenchOptions:
 def run_bench(options: BenchOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the whole bench; write ``bench.json`` and ``bench.png`` into ``options.out``."""
     from casa.analysis.runner import quiet_schema_warnings
-    from casa.bench.report import machine_info, summarize, write_chart, write_json
+    from casa.bench.report import (
+        geometric_means,
+        machine_info,
+        summarize,
+        write_chart,
+        write_json,
+    )
 
     options.validate()
     options.out.mkdir(parents=True, exist_ok=True)
@@ -165,6 +189,7 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = print) -> dict
         "bins_compared": sum(sum(e.values()) for e in equal.values()),
     }
     report["queries"] = summarize(runs, options.workers)
+    report["geometric_means"] = geometric_means(report["queries"])
     for query, engines in equal.items():
         report["queries"][query]["histograms_equal"] = {e: True for e in engines}
     report["runs"] = [r.to_json() for r in runs]
@@ -210,6 +235,8 @@ def _on_facility(
         )
         figures["warm_up_seconds"] = imports + first.seconds
         figures["worker_zlib_library"] = probe.zlib_libraries()
+        coffea = stack.enter_context(WarmCoffea(paths, workers, options.chunksize))
+        figures["coffea_warm_up_seconds"] = coffea.warm_up(options.queries[0])
         log(
             f"cluster {probe.cluster.name}: ready in {figures['new_cluster_seconds']:.2f} s"
             + (
@@ -228,7 +255,7 @@ def _on_facility(
         def record(m: Measurement) -> None:
             runs.append(m)
             log(
-                f"[{m.repetition}/{options.repeat}] {m.query:<6} {m.engine:<9} "
+                f"[{m.repetition}/{options.repeat}] {m.query:<6} {m.engine:<12} "
                 f"{m.seconds:8.2f} s  {m.events_per_second / 1e6:8.3f} M events/s"
             )
 
@@ -253,13 +280,16 @@ def _on_facility(
                 )
                 record(plain)
                 _compare(equal, query, reference, counts, "coffea")
-                rdf, counts = run_rdf(query, paths, workers, repetition)
-                record(rdf)
-                if rdf.events != dataset.events:
-                    raise AnalysisError(
-                        f"{query}: RDataFrame saw {rdf.events:,} events of {dataset.events:,}"
-                    )
-                _compare(equal, query, reference, counts, "rdf")
+                plain, counts = coffea.run(query, dataset.events, repetition)
+                record(plain)
+                _compare(equal, query, reference, counts, "coffea-warm")
+                for rdf, counts in run_rdf(query, paths, workers, repetition):
+                    record(rdf)
+                    if rdf.events != dataset.events:
+                        raise AnalysisError(
+                            f"{query}: RDataFrame saw {rdf.events:,} events of {dataset.events:,}"
+                        )
+                    _compare(equal, query, reference, counts, rdf.engine)
                 record(run_limit(query, paths, workers, repetition))
         # A whole 'casa run' as a user types it, on the warm cluster (the same environment's:
         # the command reuses it).

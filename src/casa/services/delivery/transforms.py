@@ -43,7 +43,8 @@ log = logging.getLogger("casa.delivery")
 
 #: The dataset-identifier scheme of casa's catalog: ``casa://NAME`` (``?files=N``: the first N).
 CASA_SCHEME = "casa"
-#: How often a running transform looks for finished files, cancellation and stalls.
+#: How often a running transform with no file finishing looks for cancellation and stalls
+#: (a file that finishes is taken at once).
 POLL_SECONDS = 0.5
 
 
@@ -259,13 +260,12 @@ class Engine:
             if self._canceled(t.request_id):
                 client.cancel(list(tasks))
                 return
-            done = [fut for fut in tasks if fut.done()]
+            done = _first_done(client, list(tasks), POLL_SECONDS)  # as soon as one is, or after a poll
             if not done:
                 if time.monotonic() - last_progress > self.settings.stall_timeout:
                     client.cancel(list(tasks))
                     self._stalled(t)
                     return
-                time.sleep(POLL_SECONDS)
                 continue
             last_progress = time.monotonic()
             for fut in done:
@@ -359,3 +359,16 @@ def _link(source, target) -> None:
         os.link(source, target)
     except OSError:
         shutil.copyfile(source, target)
+
+
+def _first_done(client, futures: list, timeout: float) -> list:
+    """The futures among ``futures`` (of ``client``) that are done, waiting up to ``timeout``
+    seconds for one."""
+    from distributed import wait
+
+    try:
+        with client.as_current():  # wait() asks for the current client, not the futures'
+            wait(futures, timeout=timeout, return_when="FIRST_COMPLETED")
+    except TimeoutError:
+        return []
+    return [fut for fut in futures if fut.done()]
