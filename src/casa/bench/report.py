@@ -251,7 +251,9 @@ def print_tables(console: Console, report: dict[str, Any]) -> None:
         )
     console.print(rates)
 
-    derived = Table(title="ratios of events/s, warm against warm first; per core; decompressed MB/s")
+    derived = Table(
+        title="ratios of events/s, warm against warm first; per core; decompressed MB/s"
+    )
     derived.add_column("query")
     for name in RATIOS:
         derived.add_column(RATIO_HEADINGS[name], justify="right")

@@ -260,7 +260,8 @@ class Engine:
             if self._canceled(t.request_id):
                 client.cancel(list(tasks))
                 return
-            done = _first_done(client, list(tasks), POLL_SECONDS)  # as soon as one is, or after a poll
+            # As soon as one file is done, or after a poll with none.
+            done = _first_done(client, list(tasks), POLL_SECONDS)
             if not done:
                 if time.monotonic() - last_progress > self.settings.stall_timeout:
                     client.cancel(list(tasks))
