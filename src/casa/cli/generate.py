@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "generate",
         help="write synthetic collision events as NanoAOD-like ROOT files",
         description="Write synthetic collision events (Z, top pairs, W+jets, multijet) in the "
-        "layout of the CMS ADL benchmark file, with a manifest.json of sizes and checksums.",
+        "layout of the CMS ADL benchmark file (--layout adl) or of full CMS NanoAOD, over a "
+        "thousand branches (--layout nanoaod-wide), with a manifest.json of sizes and checksums.",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write the files into")
     p.add_argument(
@@ -29,10 +30,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--seed", type=int, default=1, metavar="S", help="same seed, same bytes (default: 1)"
     )
     p.add_argument(
+        "--layout",
+        choices=("adl", "nanoaod-wide"),
+        default="adl",
+        help="branches to write: adl, the ADL benchmark file's few dozen (default), or "
+        "nanoaod-wide, those plus about 1,500 more shaped like real NanoAOD",
+    )
+    p.add_argument(
         "--codec",
-        default="zlib:1",
+        default=None,
         metavar="CODEC",
-        help="compression: zlib:1 (default), lz4:4, zstd:5, lzma:9 (any level 1-9)",
+        help="compression: zlib:1, lz4:4, zstd:5, lzma:9 (any level 1-9); default zlib:1 "
+        "for --layout adl, zstd:5 for nanoaod-wide",
     )
     p.add_argument("--workers", type=int, default=None, metavar="W", help="parallel processes")
     p.set_defaults(handler=handle)
@@ -40,18 +49,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     """Generate the files and print where they are."""
-    from casa.generate.generator import generate_dataset, parse_codec
+    from casa.generate.generator import default_codec, generate_dataset, parse_codec
 
-    parse_codec(args.codec)
+    codec = args.codec or default_codec(args.layout)
+    parse_codec(codec)
     with event_progress("Generating", args.events, err_console) as advance:
         manifest = generate_dataset(
             args.out,
             args.events,
             args.files,
             args.seed,
-            args.codec,
+            codec,
             workers=args.workers,
             progress=advance,
+            layout=args.layout,
         )
     size = sum(f["bytes"] for f in manifest["files"])
     console.print(

@@ -14,12 +14,13 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
+import awkward as ak
 import numpy as np
 import uproot
 
 from casa.data.files import sha256_of
 from casa.errors import UsageError
-from casa.generate import physics
+from casa.generate import physics, wide
 
 #: Events per basket (one ``extend`` call writes one basket per branch).
 BASKET_EVENTS = 50_000
@@ -30,6 +31,23 @@ MANIFEST = "manifest.json"
 FILE_PATTERN = "events_{index:04d}.root"
 #: The run number of file 0; file i is run FIRST_RUN + i.
 FIRST_RUN = 194_000
+#: File layouts and the codec each uses when none is given: ``adl`` is the few dozen
+#: branches of the ADL benchmark file, ``nanoaod-wide`` those plus the breadth of real
+#: NanoAOD (casa.generate.wide).
+DEFAULT_CODECS = {"adl": "zlib:1", wide.LAYOUT: wide.DEFAULT_CODEC}
+LAYOUTS = tuple(DEFAULT_CODECS)
+
+
+def check_layout(layout: str) -> str:
+    """``layout`` if it is one of LAYOUTS, else a UsageError."""
+    if layout not in DEFAULT_CODECS:
+        raise UsageError(f"unknown layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+    return layout
+
+
+def default_codec(layout: str = "adl") -> str:
+    """The codec files of ``layout`` are written with when no codec is given."""
+    return DEFAULT_CODECS[check_layout(layout)]
 
 
 def parse_codec(spec: str) -> uproot.compression.Compression:
@@ -79,8 +97,8 @@ def _frozen_write_clock() -> Iterator[None]:
 def _branch_types(first: dict) -> dict:
     types = {}
     for name, value in first.items():
-        if name in physics.COLLECTIONS:
-            types[name] = value.type.content  # the record type of one object
+        if name in physics.COLLECTIONS or isinstance(value, ak.Array):
+            types[name] = value.type.content  # the record type of one object, or var * dtype
         else:
             types[name] = value.dtype
     return types
@@ -90,16 +108,19 @@ def generate_file(
     path: Path,
     n_events: int,
     seed: int,
-    codec: str = "zlib:1",
+    codec: str | None = None,
     *,
     file_index: int = 0,
     progress: Callable[[int], None] | None = None,
+    layout: str = "adl",
 ) -> dict:
     """Write one generated file and return its manifest entry (name, events, bytes, sha256).
 
-    The content depends only on ``seed``, ``file_index``, ``n_events`` and ``codec``.
+    The content depends only on ``seed``, ``file_index``, ``n_events``, ``codec`` (by default
+    the layout's, see DEFAULT_CODECS) and ``layout``.
     """
     path = Path(path)
+    codec = codec or default_codec(layout)
     compression = parse_codec(codec)
     if isinstance(compression, uproot.ZLIB):
         # Stock zlib, whatever this process reads with: ZLIB's library is a class attribute
@@ -110,6 +131,10 @@ def generate_file(
     # The UUID names the content (column caches key on it): files that differ in any input
     # that shapes their bytes get different UUIDs.
     name = f"casa:{seed}:{file_index}:{n_events}:{codec}"
+    if layout != "adl":
+        name += f":{layout}"
+        # The extra branches draw from their own stream: the adl ones stay as in an adl file.
+        wide_rng = np.random.default_rng(np.random.SeedSequence([seed, file_index, wide.STREAM]))
     file_uuid = uuid.UUID(bytes=hashlib.sha256(name.encode()).digest()[:16])
     first_event = 1
     run = FIRST_RUN + file_index
@@ -125,6 +150,8 @@ def generate_file(
         while done < n_events or tree is None:
             n = min(BASKET_EVENTS, n_events - done)
             block = physics.generate_events(rng, n, first_event + done, run)
+            if layout != "adl":
+                block = wide.widen(wide_rng, block)
             if tree is None:
                 tree = f.mktree("Events", _branch_types(block), title="Events")
                 # uproot writes no cluster ranges; an fAutoFlush equal to the basket size
@@ -154,12 +181,14 @@ def split_events(n_events: int, n_files: int) -> list[int]:
 
 
 def _file_job(args: tuple) -> dict:
-    path, n, seed, codec, index, queue = args
+    path, n, seed, codec, index, queue, layout = args
 
     def report(k: int) -> None:
         queue.put(k)
 
-    return generate_file(Path(path), n, seed, codec, file_index=index, progress=report)
+    return generate_file(
+        Path(path), n, seed, codec, file_index=index, progress=report, layout=layout
+    )
 
 
 def generate_dataset(
@@ -167,12 +196,17 @@ def generate_dataset(
     n_events: int,
     n_files: int,
     seed: int,
-    codec: str = "zlib:1",
+    codec: str | None = None,
     *,
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
+    layout: str = "adl",
 ) -> dict:
-    """Write ``n_files`` files holding ``n_events`` in all into ``out``, plus ``manifest.json``."""
+    """Write ``n_files`` files holding ``n_events`` in all into ``out``, plus ``manifest.json``.
+
+    ``layout`` is ``adl`` or ``nanoaod-wide``; ``codec`` defaults to the layout's.
+    """
+    codec = codec or default_codec(layout)
     if n_events < 1:
         raise UsageError(f"--events must be at least 1 (got {n_events})")
     if n_files < 1:
@@ -191,13 +225,19 @@ def generate_dataset(
     with ctx.Manager() as manager:
         queue = manager.Queue()
         jobs = [
-            (str(out / FILE_PATTERN.format(index=i)), counts[i], seed, codec, i, queue)
+            (str(out / FILE_PATTERN.format(index=i)), counts[i], seed, codec, i, queue, layout)
             for i in range(n_files)
         ]
         if workers == 1:
             for i, job in enumerate(jobs):
                 entries[i] = generate_file(
-                    Path(job[0]), counts[i], seed, codec, file_index=i, progress=progress
+                    Path(job[0]),
+                    counts[i],
+                    seed,
+                    codec,
+                    file_index=i,
+                    progress=progress,
+                    layout=layout,
                 )
         else:
             with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
@@ -213,6 +253,7 @@ def generate_dataset(
         "generator": "casa",
         "seed": seed,
         "codec": codec,
+        "layout": layout,
         "events": n_events,
         "tree": "Events",
         "files": entries,
@@ -231,8 +272,20 @@ def _drain(queue, progress: Callable[[int], None] | None) -> None:
             progress(k)
 
 
-def manifest_matches(folder: Path, events: int, files: int, seed: int, codec: str) -> bool:
-    """Whether ``folder/manifest.json`` describes exactly this dataset and its files exist."""
+def manifest_matches(
+    folder: Path,
+    events: int,
+    files: int,
+    seed: int,
+    codec: str | None = None,
+    *,
+    layout: str = "adl",
+) -> bool:
+    """Whether ``folder/manifest.json`` describes exactly this dataset and its files exist.
+
+    A manifest without a layout (written before layouts existed) describes an ``adl`` one.
+    """
+    codec = codec or default_codec(layout)
     try:
         found = json.loads((Path(folder) / MANIFEST).read_text())
     except (OSError, ValueError):
@@ -242,6 +295,7 @@ def manifest_matches(folder: Path, events: int, files: int, seed: int, codec: st
         found.get("events") == events
         and found.get("codec") == codec
         and found.get("seed") == seed
+        and found.get("layout", "adl") == layout
         and len(entries) == files
         and all(
             isinstance(e, dict) and (Path(folder) / e.get("name", "")).is_file() for e in entries
@@ -254,17 +308,19 @@ def ensure_generated(
     n_events: int,
     n_files: int,
     seed: int,
-    codec: str = "zlib:1",
+    codec: str | None = None,
     *,
     progress: Callable[[int], None] | None = None,
+    layout: str = "adl",
 ) -> tuple[list[Path], bool]:
-    """The dataset in ``folder``, reused while its manifest matches, else generated anew
-    (its old files removed first); its files in order, and whether they were reused."""
+    """The dataset in ``folder``, reused while its manifest matches (layout included), else
+    generated anew (its old files removed first); its files in order, and whether reused."""
     folder = Path(folder)
-    reused = manifest_matches(folder, n_events, n_files, seed, codec)
+    codec = codec or default_codec(layout)
+    reused = manifest_matches(folder, n_events, n_files, seed, codec, layout=layout)
     if not reused:
         for old in folder.glob("*.root"):
             old.unlink()
-        generate_dataset(folder, n_events, n_files, seed, codec, progress=progress)
+        generate_dataset(folder, n_events, n_files, seed, codec, progress=progress, layout=layout)
     manifest = json.loads((folder / MANIFEST).read_text())
     return [folder / e["name"] for e in manifest["files"]], reused
