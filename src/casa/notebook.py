@@ -111,8 +111,11 @@ def run(
         url: treename or (spec["object_path"] if isinstance(spec, dict) else spec)
         for url, spec in entry["files"].items()
     }
+    from casa.compute.on_dask import RunClient
+
     runner = processor.Runner(
-        executor=processor.DaskExecutor(client=client, status=False),
+        # RunClient: the processor on every worker, so that the chunks use them all.
+        executor=processor.DaskExecutor(client=RunClient(client), status=False),
         schema=resolve_schema(schema),
         chunksize=chunksize,
     )

@@ -94,14 +94,14 @@ def _where_it_ran(item):
 def test_pinned_chunks_are_spread_evenly_and_stay_put(files, backend):
     """However coffea's hash pins them, chunks go round robin to the workers, every run alike."""
     from casa.analysis.runner import plan_chunks
-    from casa.compute.on_dask import LooseAffinityClient
+    from casa.compute.on_dask import RunClient
 
     client = backend.client
     chunks = plan_chunks("cc", files, CHUNKSIZE)
     workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
     placements = []
     for _ in range(2):
-        loose = LooseAffinityClient(client, chunks)
+        loose = RunClient(client, chunks)
         # As coffea would call it if its hash had pinned every chunk to the first worker.
         futures = loose.map(_where_it_ran, chunks, workers={workers[0]}, pure=False)
         placements.append(client.gather(futures))

@@ -34,13 +34,13 @@ class DaskOpenBackend(OpenBackend):
         """With ``column_cache``, each chunk goes to the same worker every time and the
         columns it reads stay there for later runs; with ``tree_cache``, workers keep each
         file's tree between chunks instead of reading its metadata for every chunk."""
-        setup = RunSetup(self.executor)
+        # Every run: coffea's processor reaches every worker (RunClient), or one worker
+        # would run every chunk.
+        setup = RunSetup(
+            dataclasses.replace(self.executor, client=RunClient(self.executor.client, chunks))
+        )
         if column_cache and self.column_cache_ready:
-            setup.executor = dataclasses.replace(
-                self.executor,
-                worker_affinity=True,
-                client=LooseAffinityClient(self.executor.client, chunks),
-            )
+            setup.executor = dataclasses.replace(setup.executor, worker_affinity=True)
             setup.cachestrategy = "dask-worker"
         if tree_cache and self.tree_cache_ready:
             from casa.worker.tree_cache import forget, take_thread_bytes, tree_cache_options
@@ -184,17 +184,23 @@ def on_job_cluster(
         yield on_dask_client(client, name.lower(), cluster.dashboard_link)
 
 
-class LooseAffinityClient:
-    """A ``distributed.Client`` whose ``map`` places pinned chunks evenly and loosely.
+class RunClient:
+    """A ``distributed.Client`` for one run of coffea's DaskExecutor: its processor reaches
+    every worker, and pinned chunks are placed evenly and loosely.
 
-    coffea's worker affinity pins each chunk to the worker a hash of it names, with
-    ``allow_other_workers=False``. Two changes:
-
-    - *Even*: the hash split 8 chunks on 2 workers 4/4 only about a quarter of the time
-      (6/2 as well), so one worker did most of a run. Chunks are placed instead in plan
-      order, round robin over the workers sorted by address: the same chunk goes to the
-      same worker on every run (and every query) while the workers stay the same, and each
-      worker gets its share.
+    - *Spread*: coffea sends the processor once, as a task of its own
+      (``client.submit(lambda x: x, processor)``), and every chunk depends on it. The
+      scheduler runs a task where its inputs are, so every chunk of a short run went to
+      the one worker holding the processor: on 2 workers, 4 chunks of adl8 ran one after
+      the other on one worker while the other idled (docs/performance.md). That task's
+      result is copied to every worker (``Client.replicate``) before the chunks are
+      mapped, so they go wherever a worker is free.
+    - *Even*: coffea's worker affinity pins each chunk to the worker a hash of it names,
+      with ``allow_other_workers=False``; the hash split 8 chunks on 2 workers 4/4 only
+      about a quarter of the time (6/2 as well), so one worker did most of a run. Pinned
+      chunks are placed instead in plan order, round robin over the workers sorted by
+      address: the same chunk goes to the same worker on every run (and every query) while
+      the workers stay the same, and each worker gets its share.
     - *Loose*: a chunk pinned to a worker that dies (a host lost mid-run) would wait
       forever. With the restriction loose, the scheduler still sends each chunk to its
       worker (where its columns are cached) while that worker lives, and to another one
@@ -211,6 +217,13 @@ class LooseAffinityClient:
         if self._workers is None:
             self._workers = sorted(self._client.scheduler_info(n_workers=-1)["workers"])
         return self._workers
+
+    def submit(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        """``Client.submit``, its result then copied to every worker (coffea submits only
+        the processor this way)."""
+        future = self._client.submit(function, *args, **kwargs)
+        self._client.replicate([future])
+        return future
 
     def map(self, function: Any, items: Any, *args: Any, **kwargs: Any) -> Any:
         """``Client.map``; chunks pinned to workers go to their even, loose placement."""
