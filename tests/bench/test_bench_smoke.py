@@ -88,6 +88,10 @@ def test_smoke_measures_every_engine_on_every_query(smoke):
         assert summary["ratios"]["casa_over_rdf_warm"] == pytest.approx(ratio)
         assert summary["time_to_first_histogram_seconds"] > 0
         assert summary["peak_worker_memory_mb"] > 0
+        # Memory: a worker's peak against its base before the run and one chunk's columns.
+        memory = summary["memory"]
+        assert 0 < memory["base_mb"] <= summary["peak_worker_memory_mb"]
+        assert memory["chunk_decompressed_mb"] > 0 and memory["growth_over_chunk"] >= 0
     assert report["checks"]["histograms_equal"] is True
     assert report["checks"]["bins_compared"] > 0
     pairs = sorted((r["query"], r["engine"], r["repetition"]) for r in report["runs"])
@@ -175,6 +179,29 @@ def test_smoke_records_the_facility_machine_and_chart(smoke):
     assert "the same request again (shared cache)" in stdout
 
 
+def test_smoke_measures_the_wide_files(smoke):
+    """The wide-file benchmark: nanoaod-wide files (zstd), a quarter of their branches read
+    on the facility with and without the column cache, equal to uproot's counts, beside the
+    decompression limit and the 200 Gbps challenge's figures per worker."""
+    _, report, stdout = smoke
+    wide = report["wide"]
+    assert wide["events"] == 5_000 and wide["codec"].startswith("zstd")
+    assert wide["branches"] > 1000
+    assert 0.2 < wide["branches_read"] / wide["branches"] < 0.3
+    assert wide["compressed_bytes_read"] > 0
+    assert wide["decompressed_bytes_read"] > wide["compressed_bytes_read"]
+    assert set(wide["engines"]) == {"casa-warm", "casa-columns", "limit"}
+    for engine, figures in wide["engines"].items():
+        assert figures["events_per_second_per_worker"] > 0, engine
+        assert figures["compressed_mb_per_second_per_worker"] > 0, engine
+    assert wide["histograms_equal_uproot"] is True
+    assert wide["challenge"]["events_per_second_per_worker"] == 30_700
+    runs = {r["engine"]: r for r in wide["runs"]}
+    assert runs["casa-warm"]["column_cache_hits"] == 0
+    assert runs["casa-columns"]["column_cache_hits"] > 0
+    assert "200 Gbps challenge" in stdout and "wide files" in stdout
+
+
 def test_bench_command_options():
     """--smoke fills what was not given; given options win; a bad --wan is a usage error."""
     from casa.cli.bench import options_from
@@ -183,10 +210,14 @@ def test_bench_command_options():
     args = parser.parse_args(["bench", "--smoke", "--out", "x", "--queries", "adl5"])
     options = options_from(args)
     assert (options.events, options.files, options.workers, options.repeat) == (20_000, 1, 1, 1)
+    assert options.wide_events == 5_000
     assert options.queries == ("adl5",)
     full = options_from(parser.parse_args(["bench", "--wan", "20,100"]))
     assert (full.events, full.files, full.workers, full.repeat) == (2_000_000, 4, 2, 3)
     assert len(full.queries) == 9 and full.wan == WanSpec(20.0, 100.0)
+    assert (full.wide_events, full.wide_files) == (200_000, 2)
+    none = options_from(parser.parse_args(["bench", "--smoke", "--wide-events", "0"]))
+    assert none.wide_events == 0
     with pytest.raises(UsageError, match="RTT_MS,RATE_MBIT"):
         options_from(parser.parse_args(["bench", "--wan", "fast"]))
     bad = options_from(parser.parse_args(["bench", "--queries", "adl1,adl9"]))

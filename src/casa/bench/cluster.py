@@ -48,6 +48,16 @@ def _peak_kib(method: str) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
+def _resident_kib() -> int:
+    """On a worker: the process's resident set now (``VmRSS``) in KiB, 0 if unknown."""
+    try:
+        with open("/proc/self/status") as f:
+            m = re.search(r"^VmRSS:\s+(\d+) kB", f.read(), re.MULTILINE)
+    except OSError:
+        return 0
+    return int(m[1]) if m else 0
+
+
 def _warm_imports() -> bool:
     """On a worker: import what a chunk needs, so that the first run pays no import time."""
     import coffea.nanoevents  # noqa: F401
@@ -166,6 +176,10 @@ class ClusterProbe:
 
         stats = [s for s in column_cache_stats(self.client).values() if s is not None]
         return {k: sum(s[k] for s in stats) for k in ("hits", "misses", "columns", "bytes")}
+
+    def resident_memory_mb(self) -> dict[str, float]:
+        """Each worker's resident memory (MB) now: the base a run's peak grows from."""
+        return {a: kib * 1024 / 1e6 for a, kib in self.client.run(_resident_kib).items()}
 
     def peak_memory_mb(self) -> dict[str, float]:
         """Each worker's peak resident memory (MB) since :meth:`reset_peak_memory`."""

@@ -23,6 +23,7 @@ class BenchDataset:
     seed: int
     reused: bool
     generate_seconds: float
+    layout: str = "adl"
 
     @property
     def paths(self) -> list[str]:
@@ -40,6 +41,7 @@ class BenchDataset:
             "events": self.events,
             "files": len(self.files),
             "codec": self.codec,
+            "layout": self.layout,
             "seed": self.seed,
             "bytes": self.bytes,
             "paths": self.paths,
@@ -56,10 +58,13 @@ def ensure_dataset(
     seed: int,
     *,
     progress: Callable[[int], None] | None = None,
+    layout: str = "adl",
 ) -> BenchDataset:
     """The dataset in ``folder``: reused if its manifest matches, generated (again) if not."""
     started = time.perf_counter()
-    paths, reused = ensure_generated(folder, events, files, seed, codec, progress=progress)
+    paths, reused = ensure_generated(
+        folder, events, files, seed, codec, progress=progress, layout=layout
+    )
     seconds = 0.0 if reused else time.perf_counter() - started
     infos = [inspect_root_file(p, TREE) for p in paths]
-    return BenchDataset(infos, events, codec, seed, reused, seconds)
+    return BenchDataset(infos, events, codec, seed, reused, seconds, layout)

@@ -118,8 +118,10 @@ def run_casa(
     engine: str,
     repetition: int,
     column_cache: bool = True,
+    processor: Any = None,
 ) -> tuple[Measurement, dict[str, np.ndarray]]:
-    """casa's runner on the facility's gateway cluster, through the cache.
+    """casa's runner on the facility's gateway cluster, through the cache (``processor``,
+    or the built-in one named ``query``).
 
     ``seconds`` runs from the call of ``run_analysis`` (connecting to the running cluster
     included) to its merged output; ``details`` adds the runner's own wall time, the time
@@ -141,10 +143,11 @@ def run_casa(
             marks.setdefault("first_chunk", time.perf_counter())
 
     probe.reset_peak_memory()
+    base = probe.resident_memory_mb()
     cache_before = probe.column_cache_totals()
     started = time.perf_counter()
     result = run_analysis(
-        load_processor(query),
+        processor if processor is not None else load_processor(query),
         "bench",
         list(files),
         GatewayBackend(ctx, Scaling(workers=workers)),
@@ -171,6 +174,7 @@ def run_casa(
         "bytes_read": result.bytes_read,
         "workers": result.workers,
         "peak_worker_memory_mb": peaks,
+        "base_worker_memory_mb": base,
         "peak_memory_method": probe.method,
         "column_cache": result.extra.get("column_cache", False),
         "column_cache_hits": cache_after["hits"] - cache_before["hits"],

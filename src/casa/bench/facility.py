@@ -107,16 +107,15 @@ class BenchFacility:
         report = self.supervisor.up()
         return time.perf_counter() - started, report
 
-    def store(self, dataset: BenchDataset) -> tuple[list[FileInfo], float]:
-        """Copy the files into facility storage and catalogue their ``root://`` URLs."""
+    def store(self, dataset: BenchDataset, name: str = DATASET) -> tuple[list[FileInfo], float]:
+        """Copy the files into facility storage and catalogue their ``root://`` URLs as
+        dataset ``name``."""
         started = time.perf_counter()
         storage = self.ctx.storage()
         catalog = self.ctx.catalog()
         try:
-            copied = storage.store(DATASET, list(dataset.files))
-            stored = catalog.add_files(
-                DATASET, copied, metadata={"area": storage.area(DATASET, None)}
-            )
+            copied = storage.store(name, list(dataset.files))
+            stored = catalog.add_files(name, copied, metadata={"area": storage.area(name, None)})
         finally:
             catalog.close()
         return list(stored.files), time.perf_counter() - started

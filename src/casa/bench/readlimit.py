@@ -114,6 +114,10 @@ def branches_for(query: str, available: Sequence[str] | None = None) -> list[str
     On the generated layout this is ``QUERY_BRANCHES[query]``; a file without ``MET_*`` or
     ``Jet_btag`` gets ``PFMET_*`` or ``Jet_btagDeepFlavB``/``Jet_btagDeepB``, like the processors.
     """
+    if query == "challenge" and available is not None:  # the wide-file query (bench.wide)
+        from casa.generate.wide import challenge_branches
+
+        return challenge_branches(available)
     if query not in QUERY_BRANCHES:
         raise UsageError(f"unknown query {query!r}: choose one of {', '.join(QUERY_BRANCHES)}")
     names = list(QUERY_BRANCHES[query])

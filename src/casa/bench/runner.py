@@ -37,7 +37,15 @@ from casa.errors import AnalysisError, CasaError, UsageError
 #: The bench's default seed (the same files every time).
 BENCH_SEED = 2012
 #: What ``--smoke`` runs unless other options say otherwise.
-SMOKE = {"events": 20_000, "files": 1, "queries": ("dimuon", "adl1"), "repeat": 1, "workers": 1}
+SMOKE = {
+    "events": 20_000,
+    "files": 1,
+    "queries": ("dimuon", "adl1"),
+    "repeat": 1,
+    "workers": 1,
+    "wide_events": 5_000,
+    "wide_files": 1,
+}
 #: What a full bench runs unless other options say otherwise.
 FULL = {
     "events": 2_000_000,
@@ -45,6 +53,8 @@ FULL = {
     "queries": ("dimuon", *(f"adl{i}" for i in range(1, 9))),
     "repeat": 3,
     "workers": 2,
+    "wide_events": 200_000,
+    "wide_files": 2,
 }
 DEFINITIONS = {
     "events_per_second": "the dataset's events over the median wall time of an engine's runs",
@@ -73,6 +83,10 @@ DEFINITIONS = {
     "casa_over_coffea_cold": "events/s of casa-warm over coffea (a fresh script)",
     "cold_over_warm": "events/s of casa-cold over casa-warm (what an empty cache costs)",
     "geometric_means": "each ratio's geometric mean over the queries measured",
+    "memory": "per query, of the casa-warm runs (no column cache): each worker's resident "
+    "memory right before a run (base_mb, the largest), the largest growth of a worker's "
+    "peak (VmHWM) over its base during a run, one chunk's decompressed columns (the "
+    "query's decompressed bytes over the chunks) and growth_over_chunk, their ratio",
     "coffea_warm_up_seconds": "the untimed first run of plain coffea's warm session (its "
     "processes started, coffea imported, the files' entries cached)",
     "limit": "reading and decompressing the query's baskets on W processes (start-up excluded)",
@@ -106,6 +120,9 @@ class BenchOptions:
     seed: int = BENCH_SEED
     wan: WanSpec | None = None
     smoke: bool = False
+    #: Events and files of the wide-file benchmark (casa.bench.wide); 0 events: none.
+    wide_events: int = 0
+    wide_files: int = 1
 
     def validate(self) -> None:
         """UsageError naming the first bad option."""
@@ -120,6 +137,10 @@ class BenchOptions:
         for name in ("events", "files", "workers", "repeat", "chunksize"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name} must be at least 1 (got {getattr(self, name)})")
+        if self.wide_events < 0:
+            raise UsageError(f"--wide-events must be 0 or more (got {self.wide_events})")
+        if self.wide_events and self.wide_files > self.wide_events:
+            raise UsageError(f"--wide-events must be at least {self.wide_files}")
         if self.files > self.events:
             raise UsageError(f"--files ({self.files}) cannot exceed --events ({self.events})")
         if not rdf_available():
@@ -155,7 +176,7 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = print) -> dict
         "command": sys.argv,
         "options": options.to_json(),
         "machine": machine_info(),
-        "definitions": DEFINITIONS,
+        "definitions": dict(DEFINITIONS),
     }
     report["command_line"] = command_line_figures()
     for figure in report["command_line"].values():
@@ -169,10 +190,24 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = print) -> dict
         f"dataset {'reused' if dataset.reused else 'generated'}: {dataset.bytes / 1e6:.1f} MB "
         f"in {options.out / 'data'}"
     )
+    wide = None
+    if options.wide_events:
+        from casa.bench.wide import DEFINITIONS as WIDE_DEFINITIONS
+        from casa.bench.wide import ensure_wide_dataset
+
+        report["definitions"].update(WIDE_DEFINITIONS)
+        wide = ensure_wide_dataset(
+            options.out / "wide-data", options.wide_events, options.wide_files, options.seed
+        )
+        report["wide_dataset"] = wide.to_json()
+        log(
+            f"wide dataset {'reused' if wide.reused else 'generated'}: {wide.events:,} events, "
+            f"{wide.bytes / 1e6:.1f} MB ({wide.codec}) in {options.out / 'wide-data'}"
+        )
     runs: list[Measurement] = []
     equal: dict[str, dict[str, int]] = {q: {} for q in options.queries}
     try:
-        report["facility"] = _on_facility(options, dataset, runs, equal, log)
+        report["facility"] = _on_facility(options, dataset, runs, equal, log, wide)
     except CasaError as e:
         # What was measured so far, for the record; the error itself goes to the caller.
         equal_so_far = False if isinstance(e, AnalysisError) else None
@@ -182,6 +217,7 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = print) -> dict
         write_json(options.out / "bench.json", report)
         raise
     report["command_line"].update(report["facility"].pop("command_line", {}))
+    report["wide"] = report["facility"].pop("wide", None)
     report["machine"]["load_average_end"] = list(os.getloadavg())
     report["checks"] = {
         "histograms_equal": True,
@@ -206,6 +242,7 @@ def _on_facility(
     runs: list[Measurement],
     equal: dict[str, dict[str, int]],
     log: Callable[[str], None],
+    wide: BenchDataset | None = None,
 ) -> dict[str, Any]:
     """Start the facility, measure it and every engine, stop it; return the facility figures."""
     from casa.bench.cluster import ClusterProbe
@@ -291,6 +328,13 @@ def _on_facility(
                         )
                     _compare(equal, query, reference, counts, rdf.engine)
                 record(run_limit(query, paths, workers, repetition))
+        if wide is not None:
+            from casa.bench.wide import wide_figures
+
+            figures["wide"], wide_runs = wide_figures(
+                facility, wide, probe, workers, options.chunksize, options.repeat, log
+            )
+            figures["wide"]["runs"] = [r.to_json() for r in wide_runs]
         # A whole 'casa run' as a user types it, on the warm cluster (the same environment's:
         # the command reuses it).
         whole = warm_run_figures(

@@ -40,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="bench.json, bench.png and the dataset (DIR/data) (default bench-results)")  # fmt: skip
     p.add_argument("--wan", metavar="RTT_MS,RATE_MBIT",
                    help="put the origin behind an emulated WAN link (needs root and tc netem)")  # fmt: skip
+    p.add_argument("--wide-events", type=int, metavar="N",
+                   help="events in the wide-file benchmark (nanoaod-wide files, the challenge "
+                   "query); 0 leaves it out (default 200000, 5000 with --smoke)")  # fmt: skip
     p.add_argument("--smoke", action="store_true",
                    help="a tiny run: 20,000 events, 1 file, dimuon and adl1, 1 worker, once")  # fmt: skip
     p.set_defaults(handler=handle)
@@ -74,6 +77,8 @@ def options_from(args: argparse.Namespace):
         seed=args.seed if args.seed is not None else BENCH_SEED,
         wan=WanSpec.parse(args.wan) if args.wan else None,
         smoke=args.smoke,
+        wide_events=pick("wide_events"),
+        wide_files=base["wide_files"],
     )
 
 
