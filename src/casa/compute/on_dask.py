@@ -34,12 +34,12 @@ class DaskOpenBackend(OpenBackend):
         """With ``column_cache``, each chunk goes to the same worker every time and the
         columns it reads stay there for later runs; with ``tree_cache``, workers keep each
         file's tree between chunks instead of reading its metadata for every chunk."""
-        # Every run: coffea's processor reaches every worker (RunClient), or one worker
-        # would run every chunk.
-        setup = RunSetup(
-            dataclasses.replace(self.executor, client=RunClient(self.executor.client, chunks))
-        )
-        if column_cache and self.column_cache_ready:
+        pinned = column_cache and self.column_cache_ready
+        # Unpinned, coffea's processor must reach every worker first (RunClient), or one
+        # worker would run every chunk; pinned chunks go to their workers anyway.
+        client = RunClient(self.executor.client, chunks, spread=not pinned)
+        setup = RunSetup(dataclasses.replace(self.executor, client=client))
+        if pinned:
             setup.executor = dataclasses.replace(setup.executor, worker_affinity=True)
             setup.cachestrategy = "dask-worker"
         if tree_cache and self.tree_cache_ready:
@@ -194,7 +194,9 @@ class RunClient:
       the one worker holding the processor: on 2 workers, 4 chunks of adl8 ran one after
       the other on one worker while the other idled (docs/performance.md). That task's
       result is copied to every worker (``Client.replicate``) before the chunks are
-      mapped, so they go wherever a worker is free.
+      mapped, so they go wherever a worker is free. (Not with ``spread=False``: chunks
+      pinned to their workers go there anyway, and each worker fetches the processor
+      while the others already work.)
     - *Even*: coffea's worker affinity pins each chunk to the worker a hash of it names,
       with ``allow_other_workers=False``; the hash split 8 chunks on 2 workers 4/4 only
       about a quarter of the time (6/2 as well), so one worker did most of a run. Pinned
@@ -207,8 +209,9 @@ class RunClient:
       when it is gone, so counts stay exact.
     """
 
-    def __init__(self, client: Any, chunks: Sequence = ()):
+    def __init__(self, client: Any, chunks: Sequence = (), *, spread: bool = True):
         self._client = client
+        self._spread = spread
         self._order = {chunk_key(c): i for i, c in enumerate(chunks)}
         self._workers: list[str] | None = None
 
@@ -219,10 +222,11 @@ class RunClient:
         return self._workers
 
     def submit(self, function: Any, *args: Any, **kwargs: Any) -> Any:
-        """``Client.submit``, its result then copied to every worker (coffea submits only
-        the processor this way)."""
+        """``Client.submit``, its result then copied to every worker unless told not to
+        (coffea submits only the processor this way)."""
         future = self._client.submit(function, *args, **kwargs)
-        self._client.replicate([future])
+        if self._spread:
+            self._client.replicate([future])
         return future
 
     def map(self, function: Any, items: Any, *args: Any, **kwargs: Any) -> Any:
