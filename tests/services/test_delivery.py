@@ -443,18 +443,24 @@ def _ann_cluster_client(dv, timeout: float = 120):
     return cluster, cluster.get_client(set_as_default=False)
 
 
+def _twelve_files_request(dv, tmp_path_factory, name, events, seed, muon_pt):
+    """Dataset ``name``: 12 generated files stored in the facility; their folder, ann's token
+    and the body of a request for every branch of the events with a muon above ``muon_pt``."""
+    data = tmp_path_factory.mktemp(name)
+    generate_dataset(data, events, 12, seed=seed, workers=1)
+    dv.casa("datasets", "add", name, data, "--store", check=True)
+    query = [{"treename": "Events", "filter_name": "*",
+              "cut": f"count_nonzero(Muon_pt > {muon_pt}, axis=1) >= 1"}]  # fmt: skip
+    body = {"did": f"casa://{name}", "selection": json.dumps(query), "codegen": "uproot-raw",
+            "result-format": "root-file"}  # fmt: skip
+    return data, dv.ctx().request_token(user="ann"), body
+
+
 def test_a_worker_killed_mid_transform_and_every_file_still_yields_one_result(dv, tmp_path_factory):
     import threading
     import time
 
-    data = tmp_path_factory.mktemp("many")
-    generate_dataset(data, 240_000, 12, seed=23, workers=1)
-    dv.casa("datasets", "add", "many", data, "--store", check=True)
-    ann_token = dv.ctx().request_token(user="ann")
-    everything = [{"treename": "Events", "filter_name": "*",
-                   "cut": "count_nonzero(Muon_pt > 5, axis=1) >= 1"}]  # fmt: skip
-    body = {"did": "casa://many", "selection": json.dumps(everything), "codegen": "uproot-raw",
-            "result-format": "root-file"}  # fmt: skip
+    data, ann_token, body = _twelve_files_request(dv, tmp_path_factory, "many", 240_000, 23, 5)
     killed: list[int] = []
     connected = []
 
@@ -501,14 +507,7 @@ def test_a_transform_the_service_died_in_resumes_when_it_is_up_again(dv, tmp_pat
     files done before are not transformed again, and every file yields one result."""
     import time
 
-    data = tmp_path_factory.mktemp("resumed")
-    generate_dataset(data, 360_000, 12, seed=29, workers=1)
-    dv.casa("datasets", "add", "resumed", data, "--store", check=True)
-    ann_token = dv.ctx().request_token(user="ann")
-    query = [{"treename": "Events", "filter_name": "*",
-              "cut": "count_nonzero(Muon_pt > 7, axis=1) >= 1"}]  # fmt: skip
-    body = {"did": "casa://resumed", "selection": json.dumps(query), "codegen": "uproot-raw",
-            "result-format": "root-file"}  # fmt: skip
+    data, ann_token, body = _twelve_files_request(dv, tmp_path_factory, "resumed", 360_000, 29, 7)
     supervisor = dv.supervisor()
     by_name = {s.name: s for s in supervisor.services}
     cache_pid = supervisor.running_pid(by_name["cache"])
