@@ -446,3 +446,34 @@ def test_missing_et_names_the_branches_looked_for():
     events = ak.Array([{"PuppiMET": {"pt": 10.0, "phi": 0.0}}])
     with pytest.raises(DataError, match="MET_pt, PFMET_pt"):
         missing_et(events)
+
+
+def test_adl6_in_slices_of_events_fills_what_it_fills_at_once(small_nanoaod, monkeypatch):
+    """adl6 works through a chunk's trijets a slice of events at a time (memory); the
+    histograms do not depend on the slices, which cover every event once, in order."""
+    from coffea.nanoevents import NanoEventsFactory
+
+    from casa.analysis.processors import adl
+
+    events = NanoEventsFactory.from_root(
+        {str(small_nanoaod): "Events"}, schemaclass=NanoAODSchema, mode="eager"
+    ).events()
+    jets = events.Jet[ak.num(events.Jet) >= 3]
+    n = ak.to_numpy(ak.num(jets))
+    per_event = n * (n - 1) * (n - 2) // 6
+    slices = list(adl._combination_slices(jets, 500))
+    assert len(slices) > 10
+    assert slices[0][0] == 0 and slices[-1][1] == len(jets)
+    assert all(a < b for a, b in slices)
+    assert all(b == c for (_, b), (c, _) in zip(slices, slices[1:], strict=False))
+    assert all(per_event[a:b].sum() <= 500 or b - a == 1 for a, b in slices)
+
+    monkeypatch.setattr(adl, "TRIJET_COMBINATIONS_AT_ONCE", 1 << 40)
+    at_once = adl.ADL6Processor().process(events)
+    monkeypatch.setattr(adl, "TRIJET_COMBINATIONS_AT_ONCE", 500)
+    sliced = adl.ADL6Processor().process(events)
+    for name in ("trijet_pt", "trijet_btag"):
+        assert at_once[name].values(flow=True).sum() == len(jets)
+        np.testing.assert_array_equal(
+            sliced[name].values(flow=True), at_once[name].values(flow=True)
+        )

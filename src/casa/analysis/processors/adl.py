@@ -94,7 +94,13 @@ class ADL6Processor(HistogramProcessor):
         """Fill ``trijet_pt`` and ``trijet_btag`` once per event with at least three jets."""
         jets = events.Jet
         jets = jets[ak.num(jets) >= 3]
-        best_pt, max_btag = _best_trijets(jets, jets[btag_field(jets)])
+        btag = jets[btag_field(jets)]
+        # A slice of events at a time: every 3-jet combination holds a dozen numbers, so a
+        # whole chunk's combinations took 7x its columns in memory (docs/performance.md).
+        slices = _combination_slices(jets, TRIJET_COMBINATIONS_AT_ONCE)
+        parts = [_best_trijets(jets[a:b], btag[a:b]) for a, b in slices]
+        best_pt = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0)
+        max_btag = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0)
         return {
             "trijet_pt": fill(_gev_hist("trijet_pt", r"Trijet $p_{T}$ [GeV]"), best_pt),
             "trijet_btag": fill(
@@ -102,6 +108,24 @@ class ADL6Processor(HistogramProcessor):
                 max_btag,
             ),
         }
+
+
+#: At most this many 3-jet combinations at a time in adl6 (about 6 MB of arrays: a 500,000-event
+#: chunk's combinations at once grew a worker by 300 MB; this way by about 10 MB, as fast).
+TRIJET_COMBINATIONS_AT_ONCE = 1 << 16
+
+
+def _combination_slices(jets: ak.Array, limit: int = TRIJET_COMBINATIONS_AT_ONCE):
+    """``(start, stop)`` ranges of events, in order, whose 3-jet combinations number at most
+    ``limit`` each (an event with more gets a range of its own)."""
+    n = ak.to_numpy(ak.num(jets)).astype(np.int64)
+    combinations = np.cumsum(n * (n - 1) * (n - 2) // 6)
+    start, done = 0, 0
+    while start < len(n):
+        stop = max(int(np.searchsorted(combinations, done + limit, side="right")), start + 1)
+        yield start, stop
+        done = int(combinations[stop - 1])
+        start = stop
 
 
 def _best_trijets(jets: ak.Array, btag: ak.Array) -> tuple[np.ndarray, np.ndarray]:
