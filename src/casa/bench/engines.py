@@ -19,7 +19,6 @@ to the last decompressed basket); events/s is the dataset's events over that tim
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from casa.errors import AnalysisError
+from casa.workarounds import quiet_coffea
 
 #: The engines, in the order they run for each query and repetition.
 ENGINES: tuple[str, ...] = (
@@ -194,21 +194,6 @@ def _coffea_runner(executor: Any, chunksize: int, metadata_cache: dict) -> Any:
     )
 
 
-def _quiet_coffea() -> contextlib.AbstractContextManager:
-    """coffea's progress bars off (its work unchanged) while the block runs."""
-    from coffea.util import coffea_console
-
-    @contextlib.contextmanager
-    def quiet():
-        before, coffea_console.quiet = coffea_console.quiet, True
-        try:
-            yield
-        finally:
-            coffea_console.quiet = before
-
-    return quiet()
-
-
 def run_coffea(
     query: str, paths: Sequence[str], events: int, workers: int, chunksize: int, repetition: int
 ) -> tuple[Measurement, dict[str, np.ndarray]]:
@@ -229,7 +214,7 @@ def run_coffea(
         return _coffea_runner(executor, chunksize, {})
 
     fileset = {"bench": list(paths)}
-    with _quiet_coffea():
+    with quiet_coffea():
         started = time.perf_counter()
         output = new_runner()(fileset, load_processor(query), treename="Events")
         seconds = time.perf_counter() - started
@@ -273,7 +258,7 @@ class WarmCoffea:
         from casa.analysis.registry import load_processor
 
         started = time.perf_counter()
-        with _quiet_coffea():
+        with quiet_coffea():
             self.runner(self.fileset, load_processor(query), treename="Events")
         return time.perf_counter() - started
 
@@ -283,7 +268,7 @@ class WarmCoffea:
         """The query on the warm pool, from the call to the merged histograms."""
         from casa.analysis.registry import load_processor
 
-        with _quiet_coffea():
+        with quiet_coffea():
             started = time.perf_counter()
             output = self.runner(self.fileset, load_processor(query), treename="Events")
             seconds = time.perf_counter() - started

@@ -211,7 +211,9 @@ def memory_per_chunk(runs: Sequence[Measurement], decompressed: float | None) ->
     if not growths or not chunks or not decompressed:
         return None
     chunk_mb = decompressed / 1e6 / statistics.median(chunks)
-    base_mb = max(max(r.details["base_worker_memory_mb"].values(), default=0.0) for r in runs)
+    base_mb = max(
+        max((r.details.get("base_worker_memory_mb") or {}).values(), default=0.0) for r in runs
+    )
     return {
         "base_mb": base_mb,
         "largest_growth_mb": max(growths),
