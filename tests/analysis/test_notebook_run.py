@@ -77,3 +77,21 @@ def test_run_takes_a_tree_a_schema_and_a_callable(client, catalog):
     assert out["rows"] == sum(uproot.open(p)["other"].num_entries for p in catalog)
     with pytest.raises(UsageError, match="unknown schema 'Flat'"):
         casa.run(count_rows, "flat", client, schema="Flat")
+
+
+def test_run_uses_every_worker(catalog):
+    """3 chunks on 2 workers: both run some (coffea alone would put all 3 on the worker that
+    holds the processor, tests/compute/test_chunks_use_every_worker.py)."""
+    from distributed import Client, get_task_stream
+
+    with Client(processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None) as c:
+        casa.run(SumAbove(4.0), "flat", c, chunksize=200)  # warm-up
+        with get_task_stream(client=c) as stream:
+            out = casa.run(SumAbove(4.0), "flat", c, chunksize=200)
+    per_worker: dict[str, int] = {}
+    for task in stream.data:
+        if "SumAbove" in str(task["key"]):
+            per_worker[task["worker"]] = per_worker.get(task["worker"], 0) + 1
+    assert sorted(per_worker.values()) == [1, 2], per_worker
+    x = np.concatenate([uproot.open(p)["flat"]["x"].array(library="np") for p in catalog])
+    assert np.isclose(out["sum"], x[x > 4.0].sum())
