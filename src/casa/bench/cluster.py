@@ -36,13 +36,21 @@ def _reset_peak() -> str:
         return "ru_maxrss"
 
 
+def _status_kib(field: str) -> int | None:
+    """On a worker: ``field`` of ``/proc/self/status`` (``VmHWM``, ``VmRSS``) in KiB."""
+    try:
+        with open("/proc/self/status") as f:
+            m = re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(m[1]) if m else None
+
+
 def _peak_kib(method: str) -> int:
     """On a worker: the process's peak RSS in KiB, by ``method``."""
-    if method == "VmHWM":
-        with open("/proc/self/status") as f:
-            m = re.search(r"^VmHWM:\s+(\d+) kB", f.read(), re.MULTILINE)
-        if m:
-            return int(m[1])
+    peak = _status_kib("VmHWM") if method == "VmHWM" else None
+    if peak is not None:
+        return peak
     import resource
 
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
@@ -50,12 +58,7 @@ def _peak_kib(method: str) -> int:
 
 def _resident_kib() -> int:
     """On a worker: the process's resident set now (``VmRSS``) in KiB, 0 if unknown."""
-    try:
-        with open("/proc/self/status") as f:
-            m = re.search(r"^VmRSS:\s+(\d+) kB", f.read(), re.MULTILINE)
-    except OSError:
-        return 0
-    return int(m[1]) if m else 0
+    return _status_kib("VmRSS") or 0
 
 
 def _warm_imports() -> bool:

@@ -44,30 +44,18 @@ SHORT = {
     "rdf-warm": "RDF warm",
     "limit": "limit",
 }
-#: Ratios reported per query: name -> (numerator engine, denominator engine), on events/s;
-#: warm against warm first.
+#: Ratios reported per query: name -> (numerator engine, denominator engine, heading), on
+#: events/s; warm against warm first.
 RATIOS = {
-    "casa_over_rdf_warm": ("casa-warm", "rdf-warm"),
-    "casa_over_coffea_warm": ("casa-warm", "coffea-warm"),
-    "casa_over_limit": ("casa-warm", "limit"),
-    "columns_over_rdf_warm": ("casa-columns", "rdf-warm"),
-    "columns_over_coffea_warm": ("casa-columns", "coffea-warm"),
-    "columns_over_limit": ("casa-columns", "limit"),
-    "casa_over_rdf_cold": ("casa-warm", "rdf"),
-    "casa_over_coffea_cold": ("casa-warm", "coffea"),
-    "cold_over_warm": ("casa-cold", "casa-warm"),
-}
-#: Column headings of the ratios.
-RATIO_HEADINGS = {
-    "casa_over_rdf_warm": "casa/RDF warm",
-    "casa_over_coffea_warm": "casa/coffea warm",
-    "casa_over_limit": "casa/limit",
-    "columns_over_rdf_warm": "cols/RDF warm",
-    "columns_over_coffea_warm": "cols/coffea warm",
-    "columns_over_limit": "cols/limit",
-    "casa_over_rdf_cold": "casa/RDF cold",
-    "casa_over_coffea_cold": "casa/coffea cold",
-    "cold_over_warm": "cold/warm",
+    "casa_over_rdf_warm": ("casa-warm", "rdf-warm", "casa/RDF warm"),
+    "casa_over_coffea_warm": ("casa-warm", "coffea-warm", "casa/coffea warm"),
+    "casa_over_limit": ("casa-warm", "limit", "casa/limit"),
+    "columns_over_rdf_warm": ("casa-columns", "rdf-warm", "cols/RDF warm"),
+    "columns_over_coffea_warm": ("casa-columns", "coffea-warm", "cols/coffea warm"),
+    "columns_over_limit": ("casa-columns", "limit", "cols/limit"),
+    "casa_over_rdf_cold": ("casa-warm", "rdf", "casa/RDF cold"),
+    "casa_over_coffea_cold": ("casa-warm", "coffea", "casa/coffea cold"),
+    "cold_over_warm": ("casa-cold", "casa-warm", "cold/warm"),
 }
 
 
@@ -165,7 +153,7 @@ def summarize(runs: Sequence[Measurement], workers: int) -> dict[str, dict[str, 
             }
         ratios = {
             name: engines[a]["events_per_second"] / engines[b]["events_per_second"]
-            for name, (a, b) in RATIOS.items()
+            for name, (a, b, _) in RATIOS.items()
             if a in engines and b in engines and engines[b]["events_per_second"] > 0
         }
         warm = [r for r in mine if r.engine == "casa-warm"]
@@ -280,8 +268,8 @@ def print_tables(console: Console, report: dict[str, Any]) -> None:
         title="ratios of events/s, warm against warm first; per core; decompressed MB/s"
     )
     derived.add_column("query")
-    for name in RATIOS:
-        derived.add_column(RATIO_HEADINGS[name], justify="right")
+    for _, _, heading in RATIOS.values():
+        derived.add_column(heading, justify="right")
     derived.add_column("casa warm /core", justify="right")
     derived.add_column("MB/s casa warm", justify="right")
     derived.add_column("MB/s limit", justify="right")

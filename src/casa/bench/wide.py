@@ -62,7 +62,7 @@ def wide_figures(
 
     from casa.bench.challenge import ChallengeProcessor, reference_counts
     from casa.bench.engines import run_casa, run_limit
-    from casa.bench.report import memory_per_chunk
+    from casa.bench.report import summarize
     from casa.generate.wide import challenge_branches
 
     with uproot.open(dataset.paths[0]) as f:
@@ -90,25 +90,23 @@ def wide_figures(
             log(f"[{repetition}/{repeat}] wide   {engine:<12} {m.seconds:8.2f} s  "
                 f"{m.events_per_second / 1e3:8.1f} k events/s")  # fmt: skip
         limit = run_limit("challenge", dataset.paths, workers, repetition)
+        if limit.events != dataset.events:
+            raise AnalysisError(f"the wide files' limit saw {limit.events:,} events of "
+                                f"{dataset.events:,}")  # fmt: skip
         runs.append(limit)
         log(f"[{repetition}/{repeat}] wide   limit        {limit.seconds:8.2f} s")
-    limits = [r for r in runs if r.engine == "limit"]
-    compressed = limits[0].details["compressed_bytes"]
-    decompressed = limits[0].details["uncompressed_bytes"]
-    engines: dict[str, Any] = {}
-    for engine in ("casa-warm", "casa-columns", "limit"):
-        seconds = statistics.median(r.seconds for r in runs if r.engine == engine)
-        rate = dataset.events / seconds
-        engines[engine] = {
-            "median_seconds": seconds,
-            "events_per_second": rate,
-            "events_per_second_per_worker": rate / workers,
-            "compressed_mb_per_second_per_worker": compressed / 1e6 / seconds / workers,
-            "decompressed_mb_per_second": decompressed / 1e6 / seconds,
-            "challenge_rate_ratio": rate / workers / CHALLENGE_EVENTS_PER_SECOND_PER_WORKER,
-        }
-    peaks = [max(r.details["peak_worker_memory_mb"].values(), default=0.0)
-             for r in runs if r.engine.startswith("casa")]  # fmt: skip
+    # Medians, rates, ratios to the limit and memory as for every other query; then per
+    # worker and beside the challenge.
+    summary = summarize(runs, workers)["challenge"]
+    compressed = statistics.median(r.details["compressed_bytes"] for r in runs
+                                   if r.engine == "limit")  # fmt: skip
+    engines = summary["engines"]
+    for e in engines.values():
+        e["events_per_second_per_worker"] = e["events_per_second"] / workers
+        e["compressed_mb_per_second_per_worker"] = compressed / 1e6 / e["median_seconds"] / workers
+        e["challenge_rate_ratio"] = (
+            e["events_per_second_per_worker"] / CHALLENGE_EVENTS_PER_SECOND_PER_WORKER
+        )
     figures = {
         "events": dataset.events,
         "files": len(dataset.files),
@@ -117,22 +115,18 @@ def wide_figures(
         "branches": len(all_branches),
         "branches_read": len(branches),
         "compressed_bytes_read": compressed,
-        "decompressed_bytes_read": decompressed,
+        "decompressed_bytes_read": summary["decompressed_bytes"],
         "store_seconds": store_seconds,
         "reference_seconds": reference_seconds,
         "engines": engines,
-        "casa_over_limit": engines["casa-warm"]["events_per_second"]
-        / engines["limit"]["events_per_second"],
-        "columns_over_limit": engines["casa-columns"]["events_per_second"]
-        / engines["limit"]["events_per_second"],
+        "casa_over_limit": summary["ratios"]["casa_over_limit"],
+        "columns_over_limit": summary["ratios"]["columns_over_limit"],
         "challenge": {
             "events_per_second_per_worker": CHALLENGE_EVENTS_PER_SECOND_PER_WORKER,
             "compressed_mb_per_second_per_worker": CHALLENGE_MB_PER_SECOND_PER_WORKER,
         },
-        "peak_worker_memory_mb": max(peaks) if peaks else None,
-        "memory": memory_per_chunk([r for r in runs if r.engine == "casa-warm"], decompressed),
+        "peak_worker_memory_mb": summary["peak_worker_memory_mb"],
+        "memory": summary["memory"],
         "histograms_equal_uproot": True,
     }
-    if any(r.events != dataset.events for r in runs):
-        raise AnalysisError(f"the wide query saw other than {dataset.events:,} events")
     return figures, runs
