@@ -477,3 +477,24 @@ def test_adl6_in_slices_of_events_fills_what_it_fills_at_once(small_nanoaod, mon
         np.testing.assert_array_equal(
             sliced[name].values(flow=True), at_once[name].values(flow=True)
         )
+
+
+@pytest.mark.parametrize("sample", [GENERATED, "nano_dy", "nano_dimuon"])
+def test_flat_pair_masses_equal_vectors_bit_for_bit(sample, sample_paths):
+    """The dimuon query sums muon pairs on flat arrays (FlatCandidates) instead of coffea's
+    candidate records; every pair's mass is the vector library's, to the last bit."""
+    from coffea.nanoevents import NanoEventsFactory
+
+    from casa.analysis.processors.objects import FlatCandidates, four_vectors
+
+    events = NanoEventsFactory.from_root(
+        {str(sample_paths(sample)): "Events"}, schemaclass=NanoAODSchema, mode="eager"
+    ).events()
+    muons = events.Muon[ak.num(events.Muon) >= 2]
+    records = four_vectors(muons, charge=muons.charge)
+    expected = ak.to_numpy((records[:, 0] + records[:, 1]).mass)
+    flat = FlatCandidates(muons)
+    got = flat.pair_mass(flat.starts, flat.starts + 1)
+    assert len(got) == len(muons) > 0
+    assert got.dtype == expected.dtype == np.float64
+    np.testing.assert_array_equal(got, expected)

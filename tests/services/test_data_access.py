@@ -354,3 +354,45 @@ def test_the_caches_own_token_reads_only_and_only_the_daemon_has_it(facility):
         assert pwd.getpwuid(info.st_uid).pw_name == facility.ctx().config.xrootd.user
     claims = unverified_claims(path.read_text().strip())
     assert claims["scope"] == "storage.read:/store" and claims["sub"] == "casa-cache"
+
+
+def test_casa_reader_asks_a_server_its_limits_once_and_closes_every_file(
+    facility, stored, monkeypatch
+):
+    """coffea opens the file of every chunk: casa's reader asks the cache for its
+    vector-read limits once per process (uproot asks on every open), with the same answer
+    uproot gets, and closes each file without waiting for the answer, yet closes it."""
+    import time
+
+    import uproot
+    import uproot.source.xrootd
+
+    from casa.data import sources
+
+    url = _urls(facility, "sim")[0]
+    monkeypatch.setenv("BEARER_TOKEN", facility.token())
+    monkeypatch.setattr(sources, "_SERVER_LIMITS", {})
+    asked = []
+    real = uproot.source.xrootd.get_server_config
+    monkeypatch.setattr(uproot.source.xrootd, "get_server_config",
+                        lambda f: asked.append(f) or real(f))  # fmt: skip
+    options = sources.uproot_options_for([url])
+    opened, arrays = [], []
+    for _ in range(4):
+        with uproot.open(url, **options) as f:
+            arrays.append(f["Events"]["MET_pt"].array(library="np"))
+            opened.append(f.file.source)
+    assert len(asked) == 1
+    plain = uproot.source.xrootd.XRootDSource(
+        sources.with_token(url, facility.token()), **uproot.reading.open.defaults
+    )
+    assert (opened[0]._max_num_elements, opened[0]._max_element_size) == (
+        plain._max_num_elements, plain._max_element_size,
+    )  # fmt: skip
+    plain.close()
+    assert all(len(a) == len(arrays[0]) and (a == arrays[0]).all() for a in arrays)
+    deadline = time.monotonic() + 10
+    while (sources._CLOSING or not all(s.closed for s in opened)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(s.closed for s in opened)
+    assert not sources._CLOSING

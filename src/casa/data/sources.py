@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import urllib.parse
 
+import uproot.source.futures
 import uproot.source.xrootd
 
 from casa.auth.tokens import discover_token, discovery_locations
@@ -73,8 +75,46 @@ def bound_xrootd_waits() -> None:
         client.EnvPutInt(key, value)  # refused (False) when XRD_<KEY> was set by the user
 
 
+#: Each data server's vector-read limits (elements per request, bytes per element), asked
+#: once per process: uproot asks the server again on every open, and coffea opens the
+#: file of every chunk.
+_SERVER_LIMITS: dict[str, tuple[int, int]] = {}
+#: Files whose close was sent and not yet answered (kept alive until it is).
+_CLOSING: set = set()
+_CLOSING_LOCK = threading.Lock()
+
+
+class _ClosedInBackground(uproot.source.xrootd.XRootDResource):
+    """uproot's XRootD resource, whose close does not wait for the server's answer.
+
+    A chunk's file is closed when the chunk is done; waiting for the close was a round
+    trip to the cache on every chunk (docs/performance.md). The close is still sent, and
+    the file object kept until the server answers.
+    """
+
+    def __exit__(self, exception_type, exception_value, traceback):
+        file = self._file
+        if not file.is_open():  # closed already (uproot may close a file twice)
+            return
+        with _CLOSING_LOCK:
+            _CLOSING.add(file)
+
+        def closed(status, response, hostlist):
+            with _CLOSING_LOCK:
+                _CLOSING.discard(file)
+
+        status = file.close(timeout=self._xrd_timeout(), callback=closed)
+        if not status.ok:  # not sent: nothing will answer
+            with _CLOSING_LOCK:
+                _CLOSING.discard(file)
+
+
 class TokenXRootDSource(uproot.source.xrootd.XRootDSource):
-    """uproot's XRootD source, presenting the token WLCG discovery finds on this worker."""
+    """uproot's XRootD source, presenting the token WLCG discovery finds on this worker.
+
+    Two round trips of uproot's per open are saved: the server's vector-read limits are
+    asked once per server and process, and closing does not wait for the server.
+    """
 
     def __init__(self, file_path: str, **options):
         found = discover_token()
@@ -97,6 +137,26 @@ class TokenXRootDSource(uproot.source.xrootd.XRootDSource):
                     message = f"XRootD error: {message} in file {file_path}"
                 raise ServerNotAnswering(message) from None
             raise
+
+    def _open(self) -> None:
+        """uproot's ``XRootDSource._open``, with the server's limits asked once."""
+        self._resource = _ClosedInBackground(self._file_path, self._timeout)
+        trivial = uproot.source.xrootd.trivial_resource
+        if self._use_threads:  # only merges split chunks: needs no resource of its own
+            self._executor = uproot.source.futures.ResourceThreadPoolExecutor(
+                [trivial() for _ in range(self._num_workers)]
+            )
+        else:
+            self._executor = uproot.source.futures.ResourceTrivialExecutor(trivial())
+        server = self._resource.file.get_property("DataServer") or self._file_path
+        limits = _SERVER_LIMITS.get(server)
+        if limits is None:
+            limits = _SERVER_LIMITS[server] = uproot.source.xrootd.get_server_config(
+                self._resource.file
+            )
+        self._max_num_elements, self._max_element_size = limits
+        if self._desired_max_num_elements is not None:
+            self._max_num_elements = min(self._max_num_elements, self._desired_max_num_elements)
 
     def __repr__(self) -> str:
         return f"<TokenXRootDSource {self._public_path!r}>"

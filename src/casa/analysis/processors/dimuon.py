@@ -5,7 +5,7 @@ from __future__ import annotations
 import awkward as ak
 import hist
 
-from casa.analysis.processors.objects import HistogramProcessor, fill, four_vectors
+from casa.analysis.processors.objects import FlatCandidates, HistogramProcessor, fill
 
 
 class DimuonProcessor(HistogramProcessor):
@@ -13,11 +13,10 @@ class DimuonProcessor(HistogramProcessor):
 
     def process(self, events: ak.Array) -> dict[str, hist.Hist]:
         """Fill ``mass`` (200 bins, 0-200 GeV), one entry per selected event."""
-        muons = events.Muon
-        muons = four_vectors(muons, charge=muons.charge)
-        pairs = muons[ak.num(muons) == 2]
-        pairs = pairs[pairs.charge[:, 0] * pairs.charge[:, 1] < 0]
-        mass = (pairs[:, 0] + pairs[:, 1]).mass
+        muons = FlatCandidates(events.Muon)
+        first = muons.starts[muons.counts == 2]
+        first = first[muons.charge[first] * muons.charge[first + 1] < 0]
+        mass = muons.pair_mass(first, first + 1)
         histogram = hist.Hist(
             hist.axis.Regular(200, 0, 200, name="mass", label=r"$m_{\mu\mu}$ [GeV]")
         )
