@@ -47,12 +47,11 @@ def fill(histogram: hist.Hist, values: ak.Array) -> hist.Hist:
 class FlatCandidates:
     """The objects of a collection, event by event, as flat numpy arrays.
 
-    ``counts`` and ``starts`` (int64) place each event's objects in the flat arrays; ``pt``,
-    ``eta``, ``phi``, ``mass`` are widened to float64 (as :func:`four_vectors` widens) and
+    ``counts`` and ``starts`` (int64) place each event's objects in the flat arrays;
     ``x``, ``y``, ``z``, ``t`` are the Cartesian components the vector library computes
-    for coffea's ``PtEtaPhiMCandidate`` records, with the same arithmetic in the same
-    order, so that masses of sums equal theirs bit for bit (tests/analysis). ``charge`` is
-    kept as read. On records of virtual arrays the same pair masses cost several passes
+    for coffea's ``PtEtaPhiMCandidate`` records from pt, eta, phi, mass widened to float64
+    (as :func:`four_vectors` widens), with the same arithmetic in the same order, so that
+    masses of sums equal theirs bit for bit (tests/analysis). ``charge`` is kept as read. On records of virtual arrays the same pair masses cost several passes
     over each chunk's muons (awkward's broadcasting compares offsets and projects indexed
     records per operation); on flat arrays the dimuon query is about a fifth faster per
     chunk (docs/performance.md).
@@ -64,7 +63,6 @@ class FlatCandidates:
         pt, eta, phi, mass = (
             ak.to_numpy(ak.flatten(collection[name])).astype(np.float64) for name in _KINEMATICS
         )
-        self.pt, self.eta, self.phi, self.mass = pt, eta, phi, mass
         self.charge = ak.to_numpy(ak.flatten(collection["charge"]))
         self.x, self.y, self.z = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
         # vector: t = sqrt(max(copysign(tau^2, tau) + |p|^2, 0)), |p|^2 = rho^2 / sin^2(theta)
